@@ -1,0 +1,259 @@
+"""Client role logic: what a trainer does with each message. Flower-free apart from records.
+
+Handlers take the message content, the node's persistent state and its node config, and
+return the reply content. :mod:`clients.app` binds them to Flower's ClientApp; tests and the
+in-memory fake grid call them directly. Simulated attackers are composed in through
+:class:`ClientHooks` (see :mod:`simulations.attacks`), never by editing this module.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from flwr.app import ConfigRecord, MetricRecord, RecordDict
+
+from clients import secure
+from clients.ledger import LedgerFile, ledger_from_state, ledger_to_state
+from clients.training import DPPlan, evaluate, train_local
+from federation import protocol as P
+from federation.config import FLAT_KEYS, FedConfig, from_flat
+from federation.data import load_fashion_mnist, load_subset, normalize
+from federation.errors import FedguardError, PrivacyBudgetExceeded
+from federation.partition import parse_partition, partition, split_test_iid
+from federation.privacy import (
+    PrivacyEvent,
+    PrivacyLedger,
+    calibrate_noise,
+    check_budget,
+    default_delta,
+    epsilon,
+)
+from federation.tasks import build_model, flatten_params, load_flat_params
+
+__all__ = ["ClientHooks", "LocalData", "handle_evaluate", "handle_train", "local_data"]
+
+log = logging.getLogger("fedguard.client")
+LEDGER_KEY = "privacy-ledger"
+
+
+@dataclass(frozen=True)
+class LocalData:
+    """One client's share: normalized train and test arrays."""
+
+    partition_id: int
+    train_x: npt.NDArray[np.float32]
+    train_y: npt.NDArray[np.int64]
+    test_x: npt.NDArray[np.float32]
+    test_y: npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class ClientHooks:
+    """Optional behaviour composed into a trainer (simulated attacks use this).
+
+    ``poison_data(x_uint8, y, rng) -> (x, y)`` runs before training;
+    ``poison_update(update, info) -> update`` runs after training, before encryption.
+    """
+
+    poison_data: Callable[..., tuple[Any, Any]] | None = None
+    poison_update: Callable[[npt.NDArray[np.float32], dict[str, Any]], npt.NDArray[np.float32]] | None = None
+
+
+NO_HOOKS = ClientHooks()
+
+
+@lru_cache(maxsize=8)
+def _partitions(data_dir: str, spec: str, num_parts: int, seed: int) -> tuple[Any, list[Any], list[Any]]:
+    ds = load_subset() if data_dir == "subset" else load_fashion_mnist(data_dir or None)
+    train_parts = partition(parse_partition(spec), ds.train_y, num_parts, seed)
+    test_parts = split_test_iid(len(ds.test_y), num_parts, seed)
+    return ds, train_parts, test_parts
+
+
+def local_data(
+    cfg: FedConfig, partition_id: int, num_partitions: int, poison_data: Callable[..., Any] | None = None
+) -> LocalData:
+    """Load the dataset (cached per process) and cut out this client's partition.
+
+    The train set is split by the configured partitioner; the official test set is split IID,
+    so the sample-weighted mean of the clients' test accuracies is the accuracy on the whole
+    test set.
+    """
+    if not 0 <= partition_id < num_partitions:
+        raise FedguardError(f"partition-id {partition_id} not in 0..{num_partitions - 1}")
+    ds, train_parts, test_parts = _partitions(
+        cfg.data.data_dir, cfg.data.partition, num_partitions, cfg.run.seed
+    )
+    tr, te = train_parts[partition_id], test_parts[partition_id]
+    x, y = ds.train_x[tr], ds.train_y[tr]
+    if poison_data is not None:
+        x, y = poison_data(x, y, np.random.default_rng([cfg.run.seed, partition_id]))
+    return LocalData(partition_id, normalize(x), y.astype(np.int64), normalize(ds.test_x[te]),
+                     ds.test_y[te].astype(np.int64))
+
+
+def _config(content: RecordDict) -> tuple[FedConfig, int]:
+    rec = content.config_records.get(P.CFG)
+    if rec is None:
+        raise FedguardError("message has no config record")
+    flat = {k: v for k, v in rec.items() if k in FLAT_KEYS}
+    round_ = rec.get("round")
+    if not isinstance(round_, int) or round_ < 1:
+        raise FedguardError("message has no valid round number")
+    return from_flat(flat), round_
+
+
+def _partition_of(node_config: Mapping[str, Any], cfg: FedConfig) -> tuple[int, int]:
+    pid = node_config.get("partition-id")
+    num = node_config.get("num-partitions", cfg.run.clients)
+    if not isinstance(pid, int) or not isinstance(num, int):
+        raise FedguardError("node config needs integer 'partition-id' and 'num-partitions'")
+    return pid, num
+
+
+def _set_threads() -> None:
+    # One torch thread per simulated client: oversubscribed CPUs slow training ~10x.
+    torch.set_num_threads(int(os.environ.get("FEDGUARD_TORCH_THREADS", "1")))
+
+
+def _ledger(state: RecordDict, node_config: Mapping[str, Any]) -> tuple[PrivacyLedger, LedgerFile | None]:
+    path = node_config.get("ledger-file") or ""
+    file = LedgerFile(Path(str(path))) if path else None
+    ledger = ledger_from_state(state, LEDGER_KEY)
+    if file is not None:
+        ledger = ledger.merge(file.load())
+    return ledger, file
+
+
+def _dp_plan(cfg: FedConfig, n: int) -> tuple[DPPlan | None, float, float]:
+    """Noise multiplier (calibrated once for the whole planned run), sample rate and delta."""
+    if not cfg.dp.enabled:
+        return None, 0.0, 0.0
+    q = min(1.0, cfg.train.batch_size / n)
+    delta = cfg.dp.delta or default_delta(n)
+    if cfg.dp.noise_multiplier > 0:
+        sigma = cfg.dp.noise_multiplier
+    else:
+        steps = cfg.run.rounds * cfg.train.local_epochs * _steps_per_epoch(q)
+        sigma = _calibrate(cfg.dp.epsilon, delta, q, steps, cfg.dp.accountant.value)
+    return DPPlan(noise_multiplier=sigma, max_grad_norm=cfg.dp.max_grad_norm), q, delta
+
+
+@lru_cache(maxsize=64)
+def _calibrate(eps: float, delta: float, q: float, steps: int, accountant: str) -> float:
+    return calibrate_noise(eps, delta, q, steps, accountant)
+
+
+def _steps_per_epoch(q: float) -> int:
+    return max(1, round(1.0 / q))
+
+
+def _reply(status: str, reason: str, metrics: dict[str, float], arrays: dict[str, Any] | None = None) -> RecordDict:
+    rd = RecordDict({
+        P.STATUS: ConfigRecord({"code": status, "reason": reason}),
+        P.METRICS: MetricRecord({k: float(v) for k, v in metrics.items()}),
+    })
+    for k, v in (arrays or {}).items():
+        rd[k] = v
+    return rd
+
+
+def _evaluate_global(model: torch.nn.Module, data: LocalData) -> dict[str, float]:
+    t = time.perf_counter()
+    ev = evaluate(model, data.test_x, data.test_y)
+    return {"eval-loss": ev.loss, "eval-accuracy": ev.accuracy, "eval-examples": ev.num_examples,
+            "eval-seconds": time.perf_counter() - t}
+
+
+def handle_train(
+    content: RecordDict,
+    state: RecordDict,
+    node_config: Mapping[str, Any],
+    run_id: int = 0,
+    hooks: ClientHooks = NO_HOOKS,
+) -> RecordDict:
+    """Evaluate the received global model, train on local data, reply with the update.
+
+    Order matters for privacy: the ledger records the round's privacy event (in the node's
+    state and, when configured, fsynced to its ledger file) *before* the update is released.
+    A client whose next round would exceed its epsilon budget does not train.
+    """
+    _set_threads()
+    cfg, round_ = _config(content)
+    pid, num = _partition_of(node_config, cfg)
+    data = local_data(cfg, pid, num, hooks.poison_data)
+    model = build_model(cfg.data.task, cfg.run.seed)
+    dim = int(sum(p.numel() for p in model.parameters()))
+    timings: dict[str, float] = {}
+    global_vec = secure.read_global(content, state, dim, timings)
+    load_flat_params(model, global_vec)
+    metrics: dict[str, float] = {"partition-id": pid, **_evaluate_global(model, data), **timings}
+
+    plan, q, delta = _dp_plan(cfg, len(data.train_y))
+    ledger, ledger_file = _ledger(state, node_config)
+    event: PrivacyEvent | None = None
+    if plan is not None:
+        steps = cfg.train.local_epochs * _steps_per_epoch(q)
+        event = PrivacyEvent(plan.noise_multiplier, q, steps, f"run{run_id}/round{round_}")
+        metrics["epsilon"] = epsilon(ledger.events, delta, cfg.dp.accountant.value) if ledger.events else 0.0
+        if cfg.dp.epsilon > 0:
+            try:
+                check_budget(ledger, event, cfg.dp.epsilon, delta, cfg.dp.accountant.value)
+            except PrivacyBudgetExceeded as exc:
+                return _reply(P.STATUS_BUDGET_EXHAUSTED, str(exc), metrics)
+
+    t = time.perf_counter()
+    result = train_local(
+        model, data.train_x, data.train_y, epochs=cfg.train.local_epochs,
+        batch_size=cfg.train.batch_size, lr=cfg.train.lr, momentum=cfg.train.momentum,
+        seed=(cfg.run.seed * 1_000_003 + pid * 10_007 + round_) % 2**31, dp=plan,
+    )
+    metrics["train-seconds"] = time.perf_counter() - t
+    update = (flatten_params(model) - global_vec).astype(np.float32)
+    if hooks.poison_update is not None:
+        update = hooks.poison_update(update, {"global": global_vec, "round": round_, "cfg": cfg,
+                                              "partition-id": pid, "data": data})
+    if not np.all(np.isfinite(update)):
+        return _reply(P.STATUS_ERROR, "training produced non-finite parameters", metrics)
+
+    if event is not None:
+        if ledger_file is not None:
+            ledger_file.append(event)
+        ledger = ledger.append(event)
+        ledger_to_state(state, LEDGER_KEY, ledger)
+        metrics["epsilon"] = epsilon(ledger.events, delta, cfg.dp.accountant.value)
+        metrics["noise-multiplier"] = plan.noise_multiplier if plan else 0.0
+    metrics.update({"num-examples": result.num_examples, "train-loss": result.mean_loss,
+                    "steps": result.steps})
+    arrays = secure.encode_update(update, state, cfg, metrics)
+    return _reply(P.STATUS_OK, "", metrics, arrays)
+
+
+def handle_evaluate(
+    content: RecordDict, state: RecordDict, node_config: Mapping[str, Any], run_id: int = 0
+) -> RecordDict:
+    """Evaluate the received global model on the local test split (no training)."""
+    _set_threads()
+    cfg, _round = _config(content)
+    pid, num = _partition_of(node_config, cfg)
+    data = local_data(cfg, pid, num)
+    model = build_model(cfg.data.task, cfg.run.seed)
+    dim = int(sum(p.numel() for p in model.parameters()))
+    timings: dict[str, float] = {}
+    load_flat_params(model, secure.read_global(content, state, dim, timings))
+    metrics: dict[str, float] = {"partition-id": pid, **_evaluate_global(model, data), **timings}
+    ledger, _file = _ledger(state, node_config)
+    if cfg.dp.enabled and ledger.events:
+        delta = cfg.dp.delta or default_delta(len(data.train_y))
+        metrics["epsilon"] = epsilon(ledger.events, delta, cfg.dp.accountant.value)
+    return _reply(P.STATUS_OK, "", metrics)

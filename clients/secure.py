@@ -1,0 +1,53 @@
+"""How a trainer reads the global model and ships its update: plaintext or CKKS.
+
+Plaintext mode: float32 vectors. CKKS mode: see :mod:`clients.encrypted` (the trainer holds the
+secret context in its node state; the server only ever sees ciphertexts).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from flwr.app import RecordDict
+
+from federation import protocol as P
+from federation.config import FedConfig, SecureAggregation
+from federation.errors import ProtocolError
+from federation.records import record_vector, vector_record
+
+__all__ = ["encode_update", "read_global"]
+
+
+def read_global(
+    content: RecordDict, state: RecordDict, dim: int, timings: dict[str, float]
+) -> npt.NDArray[np.float32]:
+    """The global model a message carries, decrypted if it came encrypted."""
+    if P.GLOBAL_PLAIN in content.array_records:
+        return record_vector(content.array_records[P.GLOBAL_PLAIN], dim)
+    if P.GLOBAL_CIPHER in content.array_records:
+        from clients import encrypted
+
+        t = time.perf_counter()
+        vec = encrypted.decrypt_global(content, state, dim)
+        timings["decrypt-seconds"] = time.perf_counter() - t
+        return vec
+    raise ProtocolError("message carries no global model")
+
+
+def encode_update(
+    update: npt.NDArray[np.float32], state: RecordDict, cfg: FedConfig, metrics: dict[str, float]
+) -> dict[str, Any]:
+    """The records carrying ``update`` to the server; adds ``bytes-up`` (and timings)."""
+    if cfg.secure.mode is SecureAggregation.CKKS:
+        from clients import encrypted
+
+        t = time.perf_counter()
+        arrays, nbytes = encrypted.encrypt_update(update, state)
+        metrics["encrypt-seconds"] = time.perf_counter() - t
+    else:
+        arrays, nbytes = {P.UPDATE_PLAIN: vector_record(update)}, int(update.nbytes)
+    metrics["bytes-up"] = nbytes
+    return arrays

@@ -1,0 +1,334 @@
+"""One typed, validated configuration tree.
+
+Flower's flat run config (``[tool.flwr.app.config]``, ``--run-config``) and the ``fedguard`` CLI
+are read into :class:`FedConfig` once, at the edge, by :func:`from_flat`. Every bad value raises
+:class:`~federation.errors.ConfigError` naming the flat key (the same spelling as the CLI flag)
+and what is allowed. Inside fedguard only the typed tree is passed around.
+
+The flat spelling is the single source of truth for names: ``FLAT_KEYS`` maps every accepted
+key to its section and field.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
+from enum import Enum
+from typing import Any
+
+from federation.errors import ConfigError
+from federation.partition import parse_partition
+
+__all__ = [
+    "FLAT_KEYS",
+    "Accountant",
+    "AttackConfig",
+    "DPConfig",
+    "DataConfig",
+    "DefenseConfig",
+    "FedConfig",
+    "RunConfig",
+    "SecureAggregation",
+    "SecureConfig",
+    "TrainConfig",
+    "from_flat",
+    "to_flat",
+]
+
+DEFENSES = ("norm", "multikrum", "cosine")
+ATTACKS = ("label-flip", "sign-flip", "scaling", "gaussian", "alie", "ipm", "backdoor")
+
+
+class SecureAggregation(str, Enum):
+    """How updates travel and are aggregated."""
+
+    NONE = "none"
+    CKKS = "ckks"
+
+
+class Accountant(str, Enum):
+    """Privacy accountant. GDP is deliberately absent: it under-reports epsilon here."""
+
+    PRV = "prv"
+    RDP = "rdp"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Shape of the federation: how many rounds and clients, seeds, where outputs go."""
+
+    rounds: int = 3
+    clients: int = 3
+    min_clients: int = 0  # 0 means "all sampled clients must stay reachable minus failures"
+    seed: int = 0
+    out_dir: str = ""  # absolute path of the run folder; empty: the ServerApp writes nothing
+    round_timeout: float = 600.0  # seconds to wait for one phase's replies
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Task and data split. The partition string is ``iid``, ``dirichlet:ALPHA`` or ``shards:K``."""
+
+    task: str = "fashion-mnist"
+    partition: str = "dirichlet:0.5"
+    # empty: FEDGUARD_DATA_DIR, then the Debian package, then the vendored subset;
+    # "subset": the vendored subset even when the full set is installed
+    data_dir: str = ""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Local training hyper-parameters (plain SGD with momentum, or DP-SGD)."""
+
+    local_epochs: int = 1
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+
+
+@dataclass(frozen=True)
+class DPConfig:
+    """Differential privacy. Off unless ``epsilon`` or ``noise_multiplier`` is set.
+
+    ``epsilon`` is the budget of the whole planned run; noise is calibrated once for
+    rounds x local epochs at each client's own sample rate. ``delta`` of 0 means
+    ``min(1e-5, 1/n)`` for a client with n records.
+    """
+
+    epsilon: float = 0.0
+    noise_multiplier: float = 0.0
+    delta: float = 0.0
+    max_grad_norm: float = 1.0
+    accountant: Accountant = Accountant.PRV
+
+    @property
+    def enabled(self) -> bool:
+        return self.epsilon > 0 or self.noise_multiplier > 0
+
+
+@dataclass(frozen=True)
+class SecureConfig:
+    """Secure aggregation mode and where keys come from."""
+
+    mode: SecureAggregation = SecureAggregation.NONE
+    key_dir: str = ""  # provisioned mode: a bundle directory; empty: in-band key setup
+
+
+@dataclass(frozen=True)
+class DefenseConfig:
+    """Poisoned-update filters, applied in plaintext or under encryption."""
+
+    defenses: tuple[str, ...] = ()
+    screen_quorum: int = 2
+    max_malicious: int = -1  # -1: assume up to floor((n - 3) / 2), the most Krum tolerates
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """Simulated attackers (simulations only): a fraction of clients running one attack."""
+
+    attack: str = ""
+    malicious: float = 0.0
+
+
+@dataclass(frozen=True)
+class FedConfig:
+    """The whole configuration of one federated run."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    dp: DPConfig = field(default_factory=DPConfig)
+    secure: SecureConfig = field(default_factory=SecureConfig)
+    defense: DefenseConfig = field(default_factory=DefenseConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able nested dict (enums as their values)."""
+        return _jsonable(asdict(self))
+
+
+# flat key -> (section, field)
+FLAT_KEYS: dict[str, tuple[str, str]] = {
+    "num-server-rounds": ("run", "rounds"),
+    "num-clients": ("run", "clients"),
+    "min-clients": ("run", "min_clients"),
+    "seed": ("run", "seed"),
+    "out-dir": ("run", "out_dir"),
+    "round-timeout": ("run", "round_timeout"),
+    "task": ("data", "task"),
+    "partition": ("data", "partition"),
+    "data-dir": ("data", "data_dir"),
+    "local-epochs": ("train", "local_epochs"),
+    "batch-size": ("train", "batch_size"),
+    "lr": ("train", "lr"),
+    "momentum": ("train", "momentum"),
+    "dp-epsilon": ("dp", "epsilon"),
+    "dp-noise": ("dp", "noise_multiplier"),
+    "dp-delta": ("dp", "delta"),
+    "max-grad-norm": ("dp", "max_grad_norm"),
+    "dp-accountant": ("dp", "accountant"),
+    "secure-aggregation": ("secure", "mode"),
+    "key-dir": ("secure", "key_dir"),
+    "defense": ("defense", "defenses"),
+    "screen-quorum": ("defense", "screen_quorum"),
+    "max-malicious": ("defense", "max_malicious"),
+    "attack": ("attack", "attack"),
+    "malicious": ("attack", "malicious"),
+}
+
+_SECTIONS = {f.name: f.type for f in fields(FedConfig)}
+
+
+def from_flat(flat: Mapping[str, Any], base: FedConfig | None = None) -> FedConfig:
+    """Read a flat mapping (Flower run config, CLI options) into a validated :class:`FedConfig`.
+
+    Unknown keys are errors (with a suggestion); values are converted and range-checked.
+    Keys absent from ``flat`` keep their value from ``base`` (defaults if ``base`` is None).
+    """
+    cfg = base or FedConfig()
+    updates: dict[str, dict[str, Any]] = {}
+    for key, raw in flat.items():
+        if key not in FLAT_KEYS:
+            close = difflib.get_close_matches(key, FLAT_KEYS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(key, f"unknown setting{hint} Known: {', '.join(sorted(FLAT_KEYS))}")
+        section, name = FLAT_KEYS[key]
+        updates.setdefault(section, {})[name] = _convert(key, getattr(getattr(cfg, section), name), raw)
+    for section, values in updates.items():
+        cfg = replace(cfg, **{section: replace(getattr(cfg, section), **values)})
+    _validate(cfg)
+    return cfg
+
+
+def to_flat(cfg: FedConfig) -> dict[str, bool | int | float | str]:
+    """The inverse of :func:`from_flat`: a flat dict that Flower's run config can carry."""
+    out: dict[str, bool | int | float | str] = {}
+    for key, (section, name) in FLAT_KEYS.items():
+        value = getattr(getattr(cfg, section), name)
+        if isinstance(value, Enum):
+            value = value.value
+        elif isinstance(value, tuple):
+            value = ",".join(value) if value else "none"
+        out[key] = value
+    return out
+
+
+def _convert(key: str, current: Any, raw: Any) -> Any:
+    """Convert ``raw`` to the type of the field's current value, or raise ConfigError."""
+    if isinstance(current, Enum):
+        allowed = [m.value for m in type(current)]
+        text = str(raw).strip().lower()
+        if text not in allowed:
+            raise ConfigError(key, f"got {raw!r}; allowed: {' | '.join(allowed)}")
+        return type(current)(text)
+    if isinstance(current, tuple):  # the defence list
+        return _parse_defenses(key, raw)
+    if isinstance(current, bool):
+        if isinstance(raw, bool):
+            return raw
+        if str(raw).lower() in ("true", "1", "yes"):
+            return True
+        if str(raw).lower() in ("false", "0", "no"):
+            return False
+        raise ConfigError(key, f"got {raw!r}; allowed: true | false")
+    if isinstance(current, int):
+        if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+            raise ConfigError(key, f"got {raw!r}; expected an integer")
+        try:
+            return int(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(key, f"got {raw!r}; expected an integer") from None
+    if isinstance(current, float):
+        try:
+            value = float(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(key, f"got {raw!r}; expected a number") from None
+        if not math.isfinite(value):
+            raise ConfigError(key, f"got {raw!r}; expected a finite number")
+        return value
+    return str(raw)
+
+
+def _parse_defenses(key: str, raw: Any) -> tuple[str, ...]:
+    text = str(raw).strip().lower()
+    if text in ("", "none"):
+        return ()
+    parts = tuple(p.strip() for p in text.split(","))
+    bad = [p for p in parts if p not in DEFENSES]
+    if bad or len(set(parts)) != len(parts):
+        raise ConfigError(
+            key, f"got {raw!r}; allowed: none, or a comma list of {', '.join(DEFENSES)}"
+        )
+    return tuple(d for d in DEFENSES if d in parts)  # canonical order
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(key, message)
+
+
+def _validate(cfg: FedConfig) -> None:
+    """Range checks that need more than one field's type."""
+    r, d, t, p, s, f, a = cfg.run, cfg.data, cfg.train, cfg.dp, cfg.secure, cfg.defense, cfg.attack
+    _check(1 <= r.rounds <= 10_000, "num-server-rounds", f"got {r.rounds}; allowed: 1..10000")
+    _check(1 <= r.clients <= 10_000, "num-clients", f"got {r.clients}; allowed: 1..10000")
+    _check(
+        0 <= r.min_clients <= r.clients,
+        "min-clients",
+        f"got {r.min_clients}; allowed: 0..num-clients ({r.clients})",
+    )
+    _check(r.round_timeout > 0, "round-timeout", f"got {r.round_timeout}; allowed: > 0 seconds")
+    _check(d.task == "fashion-mnist", "task", f"got {d.task!r}; allowed: fashion-mnist")
+    parse_partition(d.partition)  # raises ConfigError("partition", ...)
+    _check(1 <= t.local_epochs <= 1000, "local-epochs", f"got {t.local_epochs}; allowed: 1..1000")
+    _check(1 <= t.batch_size <= 65536, "batch-size", f"got {t.batch_size}; allowed: 1..65536")
+    _check(0 < t.lr <= 10, "lr", f"got {t.lr}; allowed: 0 < lr <= 10")
+    _check(0 <= t.momentum < 1, "momentum", f"got {t.momentum}; allowed: 0 <= momentum < 1")
+    _check(p.epsilon >= 0, "dp-epsilon", f"got {p.epsilon}; allowed: > 0 (0 = not set)")
+    _check(p.noise_multiplier >= 0, "dp-noise", f"got {p.noise_multiplier}; allowed: > 0 (0 = not set)")
+    _check(
+        not (p.epsilon > 0 and p.noise_multiplier > 0),
+        "dp-epsilon",
+        "set either dp-epsilon (a budget; noise is calibrated) or dp-noise, not both",
+    )
+    _check(0 <= p.delta < 1, "dp-delta", f"got {p.delta}; allowed: 0 < delta < 1 (0 = default)")
+    _check(p.max_grad_norm > 0, "max-grad-norm", f"got {p.max_grad_norm}; allowed: > 0")
+    _check(
+        1 <= f.screen_quorum <= r.clients,
+        "screen-quorum",
+        f"got {f.screen_quorum}; allowed: 1..num-clients ({r.clients})",
+    )
+    _check(
+        -1 <= f.max_malicious < r.clients,
+        "max-malicious",
+        f"got {f.max_malicious}; allowed: -1 (automatic) or 0..num-clients-1",
+    )
+    _check(
+        a.attack == "" or a.attack in ATTACKS,
+        "attack",
+        f"got {a.attack!r}; allowed: {' | '.join(ATTACKS)}",
+    )
+    _check(0 <= a.malicious < 1, "malicious", f"got {a.malicious}; allowed: 0 <= fraction < 1")
+    _check(
+        not (a.malicious > 0 and a.attack == ""),
+        "attack",
+        "malicious > 0 needs an attack: " + " | ".join(ATTACKS),
+    )
+    _check(
+        s.mode is SecureAggregation.CKKS or not s.key_dir,
+        "key-dir",
+        "a key directory only makes sense with secure-aggregation ckks",
+    )
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value

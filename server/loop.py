@@ -1,0 +1,411 @@
+"""The round loop: sample, train, (screen), aggregate, report. No I/O of its own.
+
+Flower is reached only through :class:`GridLike` (``get_node_ids`` and ``send_and_receive``,
+which Flower's ``Grid`` has and an in-memory fake can have); the clock and the observer that
+writes files are parameters. How the global model and the updates travel — plaintext arrays
+or CKKS ciphertexts — is a :class:`~server.schemes.Scheme`, so encryption and screening plug
+in without touching this loop.
+
+One round (DESIGN.md §3):
+
+1. **train**: every sampled node receives the round config and the global model; it evaluates
+   the received model on its local test split, trains, and replies with its update and
+   metrics. The evaluation therefore describes the *previous* round's model; the loop holds a
+   round's report back until that evaluation arrives (next round, or the final evaluate
+   phase).
+2. **screen** (only with a defence): the scheme computes the statistics the filters need
+   (in plaintext, or under encryption with a quorum of key holders) and the pure filters in
+   :mod:`federation.robust` decide who is accepted.
+3. **aggregate**: integer-weighted sum of accepted updates (:mod:`federation.aggregation`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from flwr.app import ConfigRecord, Message, RecordDict
+
+from federation import protocol as P
+from federation.aggregation import integer_weights
+from federation.config import FedConfig, to_flat
+from federation.errors import ProtocolError, RejectedUpdate
+from federation.robust import Decision, screen
+from server.schemes import Scheme
+
+__all__ = [
+    "ClientResult",
+    "GridLike",
+    "RoundReport",
+    "RunObserver",
+    "RunResult",
+    "run_federation",
+]
+
+log = logging.getLogger("fedguard.server")
+
+
+class GridLike(Protocol):
+    """The part of Flower's ``Grid`` the loop uses."""
+
+    def get_node_ids(self) -> Iterable[int]: ...
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]: ...
+
+
+@dataclass
+class ClientResult:
+    """One node's train reply, parsed and validated."""
+
+    node_id: int
+    status: str  # ok | budget-exhausted | error | rejected | lost
+    reason: str = ""
+    num_examples: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    payload: Any = None  # the scheme's validated update (plain vector or ciphertext)
+
+
+@dataclass
+class RoundReport:
+    """Everything observable about one round; one line of ``metrics.jsonl``."""
+
+    round: int
+    seconds: float
+    sampled: int
+    replied: int
+    accepted: list[int]
+    rejected: dict[int, str]
+    refused: dict[int, str]  # clients that did not train (budget exhausted, errors, lost)
+    train_loss: float | None
+    accuracy: float | None = None  # of the global model produced by this round
+    loss: float | None = None
+    epsilon_by_client: dict[str, float] = field(default_factory=dict)
+    decisions: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    bytes_up: dict[int, int] = field(default_factory=dict)
+    bytes_down: dict[int, int] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "round": self.round,
+            "accuracy": self.accuracy,
+            "loss": self.loss,
+            "train_loss": self.train_loss,
+            "seconds": round(self.seconds, 4),
+            "sampled": self.sampled,
+            "replied": self.replied,
+            "accepted": self.accepted,
+            "rejected": {str(k): v for k, v in self.rejected.items()},
+            "refused": {str(k): v for k, v in self.refused.items()},
+            "epsilon_by_client": self.epsilon_by_client,
+            "max_epsilon": max(self.epsilon_by_client.values(), default=None),
+            "decisions": self.decisions,
+            "timings": {k: round(v, 4) for k, v in self.timings.items()},
+            "bytes_up": {str(k): v for k, v in self.bytes_up.items()},
+            "bytes_down": {str(k): v for k, v in self.bytes_down.items()},
+        }
+
+
+@dataclass
+class RunResult:
+    """How the run ended."""
+
+    rounds_completed: int
+    stopped_early: bool
+    stop_reason: str
+    reports: list[RoundReport]
+
+
+class RunObserver(Protocol):
+    """Receives what the loop produces; the ServerApp's observer writes files and prints."""
+
+    def on_round(self, report: RoundReport) -> None: ...
+
+    def on_audit(self, entry: dict[str, Any]) -> None: ...
+
+    def on_checkpoint(self, round_: int, state: dict[str, Any]) -> None: ...
+
+
+class _NullObserver:
+    def on_round(self, report: RoundReport) -> None:
+        pass
+
+    def on_audit(self, entry: dict[str, Any]) -> None:
+        pass
+
+    def on_checkpoint(self, round_: int, state: dict[str, Any]) -> None:
+        pass
+
+
+def _wait_for_nodes(grid: GridLike, wanted: int, timeout: float, clock: Callable[[], float],
+                    sleep: Callable[[float], None]) -> list[int]:
+    deadline = clock() + timeout
+    while True:
+        nodes = sorted(int(n) for n in grid.get_node_ids())
+        if len(nodes) >= wanted or clock() >= deadline:
+            return nodes[:wanted] if len(nodes) >= wanted else nodes
+        sleep(0.5)
+
+
+def exchange(
+    grid: GridLike,
+    node_contents: dict[int, RecordDict],
+    message_type: str,
+    round_: int,
+    timeout: float,
+) -> tuple[dict[int, Message], dict[int, str]]:
+    """Send one message per node and collect replies.
+
+    Returns ``(replies, lost)``: replies with content by node id, and a reason for every node
+    that answered with an error or not at all. Replies are matched to nodes through the
+    message ids, never through the sender field (an error reply comes from the SuperLink).
+    """
+    messages = [
+        Message(content, dst_node_id=node, message_type=message_type, group_id=str(round_))
+        for node, content in node_contents.items()
+    ]
+    raw = list(grid.send_and_receive(messages, timeout=timeout))
+    by_id = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
+    replies: dict[int, Message] = {}
+    lost: dict[int, str] = {}
+    for reply in raw:
+        node = by_id.get(reply.metadata.reply_to_message_id)
+        if node is None or node in replies or node in lost:
+            log.warning("ignoring an unexpected or duplicate reply")
+            continue
+        if reply.has_error():
+            lost[node] = f"error-reply: code {reply.error.code}: {reply.error.reason[:200]}"
+        elif not reply.has_content():
+            lost[node] = "empty-reply"
+        else:
+            replies[node] = reply
+    for node in node_contents:
+        if node not in replies and node not in lost:
+            lost[node] = f"no-reply within {timeout:.0f}s"
+    return replies, lost
+
+
+def _metrics_of(content: RecordDict) -> dict[str, float]:
+    if P.METRICS not in content.metric_records:
+        raise ProtocolError("reply has no metrics record")
+    out: dict[str, float] = {}
+    for k, v in content.metric_records[P.METRICS].items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[k] = float(v)
+    return out
+
+
+def _status_of(content: RecordDict) -> tuple[str, str]:
+    rec = content.config_records.get(P.STATUS)
+    if rec is None:
+        raise ProtocolError("reply has no status record")
+    code, reason = rec.get("code"), rec.get("reason", "")
+    if code not in (P.STATUS_OK, P.STATUS_BUDGET_EXHAUSTED, P.STATUS_ERROR):
+        raise ProtocolError("unknown status code")
+    return str(code), str(reason)[:500]
+
+
+def _weighted_eval(results: Sequence[ClientResult]) -> tuple[float | None, float | None]:
+    """Sample-weighted accuracy and loss of the evaluation the replies carry."""
+    num = sum(r.metrics.get("eval-examples", 0.0) for r in results)
+    if num <= 0:
+        return None, None
+    acc = sum(r.metrics["eval-accuracy"] * r.metrics["eval-examples"] for r in results
+              if r.metrics.get("eval-examples", 0) > 0) / num
+    loss = sum(r.metrics["eval-loss"] * r.metrics["eval-examples"] for r in results
+               if r.metrics.get("eval-examples", 0) > 0) / num
+    return acc, loss
+
+
+def _parse_eval(content: RecordDict) -> dict[str, float]:
+    m = _metrics_of(content)
+    n, acc, loss = m.get("eval-examples", 0.0), m.get("eval-accuracy"), m.get("eval-loss")
+    if n < 0 or n > 1e9 or (n > 0 and (acc is None or loss is None)):
+        raise ProtocolError("bad evaluation metrics")
+    if n > 0 and not (0.0 <= acc <= 1.0 and loss >= 0 and loss < 1e6):  # type: ignore[operator]
+        raise ProtocolError("evaluation metrics out of range")
+    return m
+
+
+def run_federation(
+    grid: GridLike,
+    cfg: FedConfig,
+    scheme: Scheme,
+    *,
+    observer: RunObserver | None = None,
+    start_round: int = 1,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    node_wait: float = 120.0,
+) -> RunResult:
+    """Run rounds ``start_round .. cfg.run.rounds`` and return how the run ended.
+
+    A bad reply costs that reply only: it is recorded with a reason and the round goes on
+    while at least ``min-clients`` (default 1) accepted updates remain.
+    """
+    obs = observer or _NullObserver()
+    flat = to_flat(cfg)
+    nodes = _wait_for_nodes(grid, cfg.run.clients, node_wait, clock, sleep)
+    if not nodes:
+        raise ProtocolError("no client nodes connected")
+    if len(nodes) < cfg.run.clients:
+        log.warning("only %d of %d nodes connected; continuing with them", len(nodes), cfg.run.clients)
+    scheme.setup(grid, nodes, cfg)
+
+    reports: list[RoundReport] = []
+    pending: RoundReport | None = None
+    completed = start_round - 1
+    stop_reason, stopped_early = "", False
+    for rnd in range(start_round, cfg.run.rounds + 1):
+        t0 = clock()
+        contents: dict[int, RecordDict] = {}
+        for node in nodes:
+            rd = scheme.global_records(node, rnd)
+            rd[P.CFG] = ConfigRecord({**flat, "round": rnd, "node-id": node})
+            contents[node] = rd
+        replies, lost = exchange(grid, contents, P.MSG_TRAIN, rnd, cfg.run.round_timeout)
+        t_train = clock() - t0
+
+        results: list[ClientResult] = [ClientResult(n, "lost", reason) for n, reason in lost.items()]
+        evals: list[ClientResult] = []
+        for node, reply in replies.items():
+            res = ClientResult(node, "error")
+            try:
+                res.status, res.reason = _status_of(reply.content)
+                res.metrics = _parse_eval(reply.content)
+                evals.append(res)
+                if res.status == P.STATUS_OK:
+                    res.num_examples = _positive_count(res.metrics.get("num-examples"))
+                    res.payload = scheme.parse_update(node, reply.content)
+            except RejectedUpdate as exc:
+                res.status, res.reason = "rejected", exc.reason + (f": {exc.detail}" if exc.detail else "")
+            except ProtocolError as exc:
+                res.status, res.reason = "rejected", f"protocol: {exc}"
+            results.append(res)
+
+        if pending is not None:  # replies evaluated last round's model
+            pending.accuracy, pending.loss = _weighted_eval(evals)
+            obs.on_round(pending)
+            reports.append(pending)
+            pending = None
+
+        candidates = [r for r in results if r.status == P.STATUS_OK]
+        t1 = clock()
+        decisions = _decide(grid, cfg, scheme, candidates, rnd)
+        t_screen = clock() - t1
+        accepted = [r for r in candidates if decisions[r.node_id].accepted]
+        for r in candidates:
+            if not decisions[r.node_id].accepted:
+                r.status, r.reason = "rejected", "; ".join(decisions[r.node_id].reasons)
+        for r in results:
+            if r.status != P.STATUS_OK:
+                obs.on_audit({"round": rnd, "node": r.node_id, "event": r.status, "reason": r.reason})
+        for node, d in sorted(decisions.items()):
+            obs.on_audit({"round": rnd, "node": node, "event": "accepted" if d.accepted else "filtered",
+                          "reasons": list(d.reasons), "scores": d.scores})
+
+        report = RoundReport(
+            round=rnd,
+            seconds=0.0,
+            sampled=len(nodes),
+            replied=len(replies),
+            accepted=sorted(r.node_id for r in accepted),
+            rejected={r.node_id: r.reason for r in results if r.status == "rejected"},
+            refused={r.node_id: f"{r.status}: {r.reason}" for r in results
+                     if r.status not in (P.STATUS_OK, "rejected")},
+            train_loss=_mean([r.metrics.get("train-loss") for r in accepted]),
+            epsilon_by_client={_client_label(r): r.metrics["epsilon"] for r in evals
+                               if "epsilon" in r.metrics},
+            decisions=[{"node": n, "accepted": d.accepted, "reasons": list(d.reasons),
+                        "scores": d.scores} for n, d in sorted(decisions.items())],
+        )
+        need = max(cfg.run.min_clients, 1)
+        if len(accepted) < need:
+            exhausted = sum(1 for r in results if r.status == P.STATUS_BUDGET_EXHAUSTED)
+            stop_reason = (
+                f"round {rnd}: only {len(accepted)} update(s) accepted, min-clients is {need}"
+                + (f"; {exhausted} client(s) have exhausted their privacy budget" if exhausted else "")
+            )
+            stopped_early = True
+            report.seconds = clock() - t0
+            report.timings = {"train-phase": t_train, "screen": t_screen}
+            obs.on_audit({"round": rnd, "event": "stopped", "reason": stop_reason})
+            obs.on_round(report)
+            reports.append(report)
+            break
+
+        t2 = clock()
+        weights = integer_weights([r.num_examples for r in accepted])
+        scheme.aggregate([r.payload for r in accepted], [int(w) for w in weights])
+        t_agg = clock() - t2
+        report.seconds = clock() - t0
+        report.timings = {"train-phase": t_train, "screen": t_screen, "aggregate": t_agg,
+                          **_sum_client_timings(accepted)}
+        report.bytes_up = {r.node_id: int(r.metrics.get("bytes-up", 0)) for r in accepted}
+        report.bytes_down = {n: scheme.bytes_down(n) for n in nodes}
+        obs.on_checkpoint(rnd, {"round": rnd, **scheme.checkpoint()})
+        completed = rnd
+        pending = report
+
+    # Final evaluation of the last model (nothing trains, nothing privacy-relevant is spent).
+    if pending is not None:
+        contents = {}
+        for node in nodes:
+            rd = scheme.global_records(node, pending.round + 1)
+            rd[P.CFG] = ConfigRecord({**flat, "round": pending.round + 1, "node-id": node})
+            contents[node] = rd
+        replies, _lost = exchange(grid, contents, P.MSG_EVALUATE, pending.round + 1,
+                                  cfg.run.round_timeout)
+        evals = []
+        for node, reply in replies.items():
+            try:
+                evals.append(ClientResult(node, "ok", metrics=_parse_eval(reply.content)))
+            except ProtocolError as exc:
+                log.warning("node %s: bad evaluation reply: %s", node, exc)
+        pending.accuracy, pending.loss = _weighted_eval(evals)
+        obs.on_round(pending)
+        reports.append(pending)
+    return RunResult(completed, stopped_early, stop_reason, reports)
+
+
+def _decide(grid: GridLike, cfg: FedConfig, scheme: Scheme, candidates: list[ClientResult],
+            rnd: int) -> dict[int, Decision]:
+    ids = [r.node_id for r in candidates]
+    counts = [r.num_examples for r in candidates]
+    if not cfg.defense.defenses or not candidates:
+        return {i: Decision(i, True, c, (), {}) for i, c in zip(ids, counts, strict=True)}
+    n = len(candidates)
+    f = cfg.defense.max_malicious if cfg.defense.max_malicious >= 0 else max((n - 3) // 2, 0)
+    stats = scheme.statistics(grid, {r.node_id: r.payload for r in candidates}, rnd)
+    return {d.client_id: d for d in screen(stats, counts, cfg.defense.defenses, f=f)}
+
+
+def _positive_count(value: float | None) -> int:
+    if value is None or not (1 <= value <= 1e9) or value != int(value):
+        raise RejectedUpdate("bad-sample-count", f"{value!r}")
+    return int(value)
+
+
+def _client_label(r: ClientResult) -> str:
+    pid = r.metrics.get("partition-id")
+    return f"client-{int(pid)}" if pid is not None else f"node-{r.node_id}"
+
+
+def _mean(values: Iterable[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def _sum_client_timings(results: Sequence[ClientResult]) -> dict[str, float]:
+    keys = ("train-seconds", "encrypt-seconds", "decrypt-seconds", "eval-seconds")
+    out = {}
+    for k in keys:
+        vals = [r.metrics[k] for r in results if k in r.metrics]
+        if vals:
+            out[f"client-{k}-max"] = max(vals)
+    return out

@@ -1,0 +1,176 @@
+"""What a run leaves on disk: metrics.jsonl, audit.jsonl, checkpoints, summary.json, plots.
+
+The round loop hands events to :class:`RunWriter` (a :class:`server.loop.RunObserver`); all
+file I/O of the server role happens here. Files are written so that a crash loses at most
+the line being written: JSON lines are flushed and fsynced, whole files are written to a
+temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from server.loop import RoundReport, RunResult
+
+__all__ = ["RunWriter", "atomic_write", "load_checkpoint", "plot_run"]
+
+log = logging.getLogger("fedguard.server")
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file and a rename (all or nothing)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _append_line(path: Path, obj: dict[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(obj, sort_keys=True, default=_json_default) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    raise TypeError(type(o).__name__)
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "  n/a " if v is None else format(v, spec)
+
+
+class RunWriter:
+    """Writes a run folder and prints one progress line per round.
+
+    Layout of ``out_dir``: ``config.json`` (written by the caller), ``metrics.jsonl``,
+    ``audit.jsonl`` (append-only decisions and refusals), ``checkpoints/round-NNNN.npz``,
+    ``summary.json``, ``accuracy.png`` and, with DP, ``epsilon.png``.
+    """
+
+    def __init__(self, out_dir: Path, total_rounds: int,
+                 progress: Callable[[str], None] | None = None) -> None:
+        self.out_dir = out_dir
+        self.total_rounds = total_rounds
+        self.progress = progress or (lambda line: print(line, flush=True))
+        (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        self.metrics_path = out_dir / "metrics.jsonl"
+        self.audit_path = out_dir / "audit.jsonl"
+        self.started = time.time()
+
+    def on_round(self, report: RoundReport) -> None:
+        row = report.to_json()
+        row["wall_time"] = round(time.time() - self.started, 3)
+        _append_line(self.metrics_path, row)
+        eps = row.get("max_epsilon")
+        rej = len(report.rejected)
+        self.progress(
+            f"round {report.round:>3}/{self.total_rounds}  "
+            f"acc {_fmt(report.accuracy, '.4f')}  loss {_fmt(report.loss, '.4f')}  "
+            + (f"max ε {eps:.3f}  " if eps is not None else "")
+            + f"accepted {len(report.accepted)}/{report.sampled}"
+            + (f" (rejected {rej})" if rej else "")
+            + f"  {report.seconds:.1f}s"
+        )
+
+    def on_audit(self, entry: dict[str, Any]) -> None:
+        _append_line(self.audit_path, {"time": round(time.time(), 3), **entry})
+
+    def on_checkpoint(self, round_: int, state: dict[str, Any]) -> None:
+        buf = io.BytesIO()
+        arrays = {k: (np.frombuffer(v, dtype=np.uint8) if isinstance(v, bytes) else np.asarray(v))
+                  for k, v in state.items()}
+        np.savez(buf, **arrays)
+        atomic_write(self.out_dir / "checkpoints" / f"round-{round_:04d}.npz", buf.getvalue())
+        # Keep the two newest checkpoints: enough to resume, bounded on disk.
+        olds = sorted((self.out_dir / "checkpoints").glob("round-*.npz"))[:-2]
+        for old in olds:
+            old.unlink(missing_ok=True)
+
+    def finish(self, result: RunResult, extra: dict[str, Any]) -> dict[str, Any]:
+        reports = result.reports
+        acc = [r.accuracy for r in reports]
+        eps_by_client: dict[str, float] = {}
+        for r in reports:
+            eps_by_client.update(r.epsilon_by_client)
+        summary: dict[str, Any] = {
+            "rounds_completed": result.rounds_completed,
+            "stopped_early": result.stopped_early,
+            "stop_reason": result.stop_reason,
+            "final_accuracy": next((a for a in reversed(acc) if a is not None), None),
+            "final_loss": next((r.loss for r in reversed(reports) if r.loss is not None), None),
+            "accuracy_by_round": acc,
+            "loss_by_round": [r.loss for r in reports],
+            "rejected_by_round": [{str(k): v for k, v in r.rejected.items()} for r in reports],
+            "epsilon_by_client": eps_by_client,
+            "max_epsilon": max(eps_by_client.values(), default=None),
+            "wall_seconds": round(time.time() - self.started, 2),
+            "seconds_per_round": [round(r.seconds, 3) for r in reports],
+            **extra,
+        }
+        atomic_write(self.out_dir / "summary.json",
+                     json.dumps(summary, indent=2, default=_json_default).encode())
+        try:
+            plot_run(self.out_dir, reports)
+        except Exception as exc:  # noqa: BLE001 - a plot must never fail a finished run
+            log.warning("could not draw plots: %s", exc)
+        return summary
+
+
+def load_checkpoint(out_dir: Path) -> dict[str, Any] | None:
+    """The newest checkpoint of a run folder, or None."""
+    files = sorted((out_dir / "checkpoints").glob("round-*.npz"))
+    if not files:
+        return None
+    with np.load(files[-1], allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def plot_run(out_dir: Path, reports: list[RoundReport]) -> None:
+    """accuracy.png (accuracy and loss per round) and, if any client reported ε, epsilon.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = [r.round for r in reports]
+    fig, ax1 = plt.subplots(figsize=(6, 4))
+    ax1.plot(rounds, [r.accuracy for r in reports], "o-", color="tab:blue", label="accuracy")
+    ax1.set_xlabel("round")
+    ax1.set_ylabel("test accuracy", color="tab:blue")
+    ax2 = ax1.twinx()
+    ax2.plot(rounds, [r.loss for r in reports], "s--", color="tab:red", label="loss")
+    ax2.set_ylabel("test loss", color="tab:red")
+    ax1.set_title("Global model on the clients' test splits")
+    fig.tight_layout()
+    fig.savefig(out_dir / "accuracy.png", dpi=110)
+    plt.close(fig)
+
+    clients = sorted({c for r in reports for c in r.epsilon_by_client})
+    if clients:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for c in clients:
+            ax.plot(rounds, [r.epsilon_by_client.get(c) for r in reports], marker=".", label=c)
+        ax.set_xlabel("round")
+        ax.set_ylabel("ε spent (cumulative)")
+        ax.set_title("Privacy spent per client")
+        if len(clients) <= 12:
+            ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        fig.savefig(out_dir / "epsilon.png", dpi=110)
+        plt.close(fig)

@@ -1,0 +1,136 @@
+"""The ``fedguard`` command.
+
+``fedguard simulate`` runs a local federation on Flower's simulation engine; ``fedguard bench``
+measures; ``fedguard keys`` provisions key material; ``fedguard server`` / ``fedguard client``
+run real SuperLink / SuperNode processes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from federation.config import FedConfig, from_flat
+from federation.errors import ConfigError, FedguardError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="fedguard: private, encrypted, poisoning-resistant federated training.")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (JSON output).")
+keys_app = typer.Typer(no_args_is_help=True, help="Key material for real deployments.")
+app.add_typer(bench_app, name="bench")
+app.add_typer(keys_app, name="keys")
+console = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def build_config(flat: dict[str, Any]) -> FedConfig:
+    """Flat CLI values (None = not given) into a validated config, or exit with the key named."""
+    try:
+        return from_flat({k: v for k, v in flat.items() if v is not None})
+    except ConfigError as exc:
+        _fail(f"--{exc.key}: {str(exc).split(': ', 1)[1]}")
+        raise  # unreachable
+
+
+def resolve_out(out: Path | None, name: str) -> Path:
+    base = out if out is not None else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return base.expanduser().resolve()
+
+
+Clients = Annotated[int, typer.Option("--clients", help="Number of simulated clients.")]
+Rounds = Annotated[int, typer.Option("--rounds", help="Federated rounds.")]
+
+
+@app.command()
+def simulate(
+    clients: Clients = 3,
+    rounds: Rounds = 3,
+    partition: Annotated[str, typer.Option(help="iid | dirichlet:ALPHA | shards:K")] = "dirichlet:0.5",
+    local_epochs: Annotated[int, typer.Option("--local-epochs")] = 1,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 64,
+    lr: Annotated[float, typer.Option("--lr")] = 0.05,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    out: Annotated[Path | None, typer.Option("--out", help="Run folder (default runs/sim-TIME).")] = None,
+    data_dir: Annotated[str | None, typer.Option("--data-dir", help="Fashion-MNIST IDX folder.")] = None,
+    dp_epsilon: Annotated[float | None, typer.Option("--dp-epsilon", help="ε budget of the whole run, per client.")] = None,
+    dp_noise: Annotated[float | None, typer.Option("--dp-noise", help="Noise multiplier (instead of --dp-epsilon).")] = None,
+    dp_delta: Annotated[float | None, typer.Option("--dp-delta", help="δ (default min(1e-5, 1/n)).")] = None,
+    max_grad_norm: Annotated[float | None, typer.Option("--max-grad-norm")] = None,
+    dp_accountant: Annotated[str | None, typer.Option("--dp-accountant", help="prv | rdp")] = None,
+    secure_aggregation: Annotated[str, typer.Option("--secure-aggregation", help="none | ckks")] = "none",
+    defense: Annotated[str, typer.Option("--defense", help="none or a comma list of norm, multikrum, cosine")] = "none",
+    screen_quorum: Annotated[int | None, typer.Option("--screen-quorum")] = None,
+    malicious: Annotated[float, typer.Option("--malicious", help="Fraction of attacking clients.")] = 0.0,
+    attack: Annotated[str | None, typer.Option("--attack", help="label-flip | sign-flip | scaling | gaussian | alie | ipm | backdoor")] = None,
+    min_clients: Annotated[int | None, typer.Option("--min-clients")] = None,
+) -> None:
+    """Run a local multi-client simulation and write metrics, summary and plots to --out."""
+    out_dir = resolve_out(out, "sim")
+    cfg = build_config({
+        "num-clients": clients, "num-server-rounds": rounds, "partition": partition,
+        "local-epochs": local_epochs, "batch-size": batch_size, "lr": lr, "seed": seed,
+        "out-dir": str(out_dir), "data-dir": data_dir, "dp-epsilon": dp_epsilon,
+        "dp-noise": dp_noise, "dp-delta": dp_delta, "max-grad-norm": max_grad_norm,
+        "dp-accountant": dp_accountant, "secure-aggregation": secure_aggregation,
+        "defense": defense, "screen-quorum": screen_quorum, "malicious": malicious,
+        "attack": attack, "min-clients": min_clients,
+    })
+    summary = run_simulation_cli(cfg)
+    console.print(f"final accuracy: [bold]{_pct(summary.get('final_accuracy'))}[/]  "
+                  f"rounds: {summary['rounds_completed']}  run folder: {out_dir}")
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.2f} %"
+
+
+def run_simulation_cli(cfg: FedConfig) -> dict[str, Any]:
+    """Run a simulation with a header and per-round progress; exit non-zero on failure."""
+    from federation.data import load_fashion_mnist
+    from simulations.simulate import simulate as run_sim
+
+    try:
+        source = load_fashion_mnist(cfg.data.data_dir or None).source
+    except FedguardError as exc:
+        _fail(str(exc))
+    console.print(
+        f"[bold]fedguard simulate[/]: {cfg.run.clients} clients, {cfg.run.rounds} rounds, "
+        f"partition {cfg.data.partition}, data {source}, "
+        f"DP {'ε=' + str(cfg.dp.epsilon) if cfg.dp.epsilon else ('σ=' + str(cfg.dp.noise_multiplier) if cfg.dp.noise_multiplier else 'off')}, "
+        f"secure aggregation {cfg.secure.mode.value}, defence {','.join(cfg.defense.defenses) or 'none'}"
+        + (f", attack {cfg.attack.attack} ({cfg.attack.malicious:.0%})" if cfg.attack.attack else "")
+    )
+    console.print(f"run folder: {cfg.run.out_dir}")
+    try:
+        return run_sim(cfg, progress=lambda line: console.print(line))
+    except Exception as exc:  # noqa: BLE001 - the command must fail loudly, never report success
+        _fail(f"the federation failed: {type(exc).__name__}: {exc}", code=1)
+        raise
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
+
+

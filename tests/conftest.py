@@ -1,0 +1,65 @@
+"""Shared fixtures: an in-memory fake of Flower's Grid that drives the real ClientApp."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import pytest
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.supercore.task_identity import TaskIdentity
+
+os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+os.environ.setdefault("FEDGUARD_TORCH_THREADS", "1")
+
+ReplyTamper = Callable[[int, Message], Message | None]
+
+
+class FakeGrid:
+    """Delivers each message to a ClientApp in this process, synchronously.
+
+    ``tamper(node_id, reply)`` may replace a reply (a malicious or broken client) or return
+    ``None`` (the node died: an error reply comes back, as from a real SuperLink).
+    """
+
+    def __init__(self, client_app: Any, num_nodes: int, *, run_id: int = 7,
+                 tamper: ReplyTamper | None = None,
+                 node_config: Callable[[int], dict[str, Any]] | None = None) -> None:
+        TaskIdentity.run_id = run_id
+        TaskIdentity.node_id = 0
+        TaskIdentity.task_id = 1
+        self.client_app = client_app
+        self.tamper = tamper
+        self.nodes = {100 + i: Context(
+            run_id=run_id, node_id=100 + i,
+            node_config=(node_config(i) if node_config else {"partition-id": i, "num-partitions": num_nodes}),
+            state=RecordDict(), run_config={}) for i in range(num_nodes)}
+        self.sent: list[Message] = []
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.nodes)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
+        replies = []
+        for msg in messages:
+            msg.metadata.__dict__["_message_id"] = uuid.uuid4().hex
+            self.sent.append(msg)
+            node = msg.metadata.dst_node_id
+            # Deliver a copy, as the wire would: handlers must not share objects with the server.
+            delivered = Message(RecordDict(msg.content), dst_node_id=node,
+                                message_type=msg.metadata.message_type, group_id=msg.metadata.group_id)
+            delivered.metadata.__dict__["_message_id"] = msg.metadata.message_id
+            reply = self.client_app(delivered, self.nodes[node])
+            if self.tamper is not None:
+                reply = self.tamper(node, reply)
+                if reply is None:
+                    reply = Message(Error(code=5, reason="node unavailable"), reply_to=delivered)
+            replies.append(reply)
+        return replies
+
+
+@pytest.fixture
+def fake_grid() -> type[FakeGrid]:
+    return FakeGrid

@@ -1,0 +1,80 @@
+"""The config tree: every bad value names its key and what is allowed."""
+
+from __future__ import annotations
+
+import pytest
+
+from federation.config import (
+    FLAT_KEYS,
+    Accountant,
+    FedConfig,
+    SecureAggregation,
+    from_flat,
+    to_flat,
+)
+from federation.errors import ConfigError
+
+
+def test_defaults_round_trip_through_flat() -> None:
+    cfg = FedConfig()
+    assert from_flat(to_flat(cfg)) == cfg
+
+
+def test_values_are_converted_and_placed() -> None:
+    cfg = from_flat(
+        {
+            "num-clients": "10",
+            "num-server-rounds": 20,
+            "partition": "shards:2",
+            "dp-epsilon": "3",
+            "dp-accountant": "RDP",
+            "secure-aggregation": "ckks",
+            "defense": "cosine,norm",
+        }
+    )
+    assert cfg.run.clients == 10 and cfg.run.rounds == 20
+    assert cfg.data.partition == "shards:2"
+    assert cfg.dp.epsilon == 3.0 and cfg.dp.enabled and cfg.dp.accountant is Accountant.RDP
+    assert cfg.secure.mode is SecureAggregation.CKKS
+    assert cfg.defense.defenses == ("norm", "cosine")  # canonical order
+
+
+@pytest.mark.parametrize(
+    ("flat", "key", "fragment"),
+    [
+        ({"num-clients": 0}, "num-clients", "allowed: 1..10000"),
+        ({"num-clients": "ten"}, "num-clients", "integer"),
+        ({"num-server-rounds": 2.5}, "num-server-rounds", "integer"),
+        ({"partition": "dirichlet:-1"}, "partition", "dirichlet"),
+        ({"partition": "random"}, "partition", "iid"),
+        ({"secure-aggregation": "paillier"}, "secure-aggregation", "none | ckks"),
+        ({"dp-accountant": "gdp"}, "dp-accountant", "prv | rdp"),
+        ({"dp-epsilon": 1, "dp-noise": 1}, "dp-epsilon", "not both"),
+        ({"dp-epsilon": "nan"}, "dp-epsilon", "finite"),
+        ({"dp-delta": 1.5}, "dp-delta", "delta < 1"),
+        ({"defense": "krum"}, "defense", "norm, multikrum, cosine"),
+        ({"malicious": 0.2}, "attack", "needs an attack"),
+        ({"attack": "rowhammer"}, "attack", "label-flip"),
+        ({"lr": 0}, "lr", "0 < lr"),
+        ({"screen-quorum": 9, "num-clients": 3}, "screen-quorum", "1..num-clients"),
+        ({"num-rounds": 3}, "num-rounds", "did you mean 'num-server-rounds'"),
+    ],
+)
+def test_bad_values_name_the_key(flat: dict[str, object], key: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        from_flat(flat)
+    assert info.value.key == key
+    assert fragment in str(info.value)
+
+
+def test_every_flat_key_maps_to_a_real_field() -> None:
+    cfg = FedConfig()
+    for section, name in FLAT_KEYS.values():
+        assert hasattr(getattr(cfg, section), name)
+
+
+def test_to_dict_is_jsonable() -> None:
+    import json
+
+    text = json.dumps(from_flat({"secure-aggregation": "ckks"}).to_dict())
+    assert '"mode": "ckks"' in text
