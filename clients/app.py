@@ -56,7 +56,8 @@ def make_client_app(hooks_factory: HooksFactory | None = None) -> ClientApp:
     @client_app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
         try:
-            content = handle_evaluate(msg.content, context.state, context.node_config, context.run_id)
+            content = handle_evaluate(msg.content, context.state, context.node_config,
+                                      context.run_id, hooks_for(context))
         except Exception as exc:  # noqa: BLE001
             return _error_reply(msg, exc)
         return Message(content, reply_to=msg)

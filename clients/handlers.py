@@ -40,7 +40,8 @@ from federation.privacy import (
 )
 from federation.tasks import build_model, flatten_params, load_flat_params
 
-__all__ = ["ClientHooks", "LocalData", "handle_evaluate", "handle_train", "local_data"]
+__all__ = ["NO_HOOKS", "ClientHooks", "LocalData", "handle_evaluate", "handle_train", "local_data",
+           "raw_partition"]
 
 log = logging.getLogger("fedguard.client")
 LEDGER_KEY = "privacy-ledger"
@@ -62,11 +63,14 @@ class ClientHooks:
     """Optional behaviour composed into a trainer (simulated attacks use this).
 
     ``poison_data(x_uint8, y, rng) -> (x, y)`` runs before training;
-    ``poison_update(update, info) -> update`` runs after training, before encryption.
+    ``poison_update(update, info) -> update`` runs after training, before encryption;
+    ``extra_eval(model, cfg, partition_id, num_partitions) -> {"eval-x-NAME": value}`` adds
+    evaluation metrics (weighted by test examples at the server), e.g. a backdoor's success rate.
     """
 
     poison_data: Callable[..., tuple[Any, Any]] | None = None
     poison_update: Callable[[npt.NDArray[np.float32], dict[str, Any]], npt.NDArray[np.float32]] | None = None
+    extra_eval: Callable[[torch.nn.Module, FedConfig, int, int], dict[str, float]] | None = None
 
 
 NO_HOOKS = ClientHooks()
@@ -80,10 +84,10 @@ def _partitions(data_dir: str, spec: str, num_parts: int, seed: int) -> tuple[An
     return ds, train_parts, test_parts
 
 
-def local_data(
-    cfg: FedConfig, partition_id: int, num_partitions: int, poison_data: Callable[..., Any] | None = None
-) -> LocalData:
-    """Load the dataset (cached per process) and cut out this client's partition.
+def raw_partition(
+    cfg: FedConfig, partition_id: int, num_partitions: int
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64], npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
+    """This client's uint8 train images and labels, then its slice of the official test set.
 
     The train set is split by the configured partitioner; the official test set is split IID,
     so the sample-weighted mean of the clients' test accuracies is the accuracy on the whole
@@ -95,11 +99,18 @@ def local_data(
         cfg.data.data_dir, cfg.data.partition, num_partitions, cfg.run.seed
     )
     tr, te = train_parts[partition_id], test_parts[partition_id]
-    x, y = ds.train_x[tr], ds.train_y[tr]
+    return ds.train_x[tr], ds.train_y[tr], ds.test_x[te], ds.test_y[te]
+
+
+def local_data(
+    cfg: FedConfig, partition_id: int, num_partitions: int, poison_data: Callable[..., Any] | None = None
+) -> LocalData:
+    """This client's normalized share (see :func:`raw_partition`), poisoned by ``poison_data``."""
+    x, y, tx, ty = raw_partition(cfg, partition_id, num_partitions)
     if poison_data is not None:
         x, y = poison_data(x, y, np.random.default_rng([cfg.run.seed, partition_id]))
-    return LocalData(partition_id, normalize(x), y.astype(np.int64), normalize(ds.test_x[te]),
-                     ds.test_y[te].astype(np.int64))
+    return LocalData(partition_id, normalize(x), np.asarray(y, np.int64), normalize(tx),
+                     np.asarray(ty, np.int64))
 
 
 def _config(content: RecordDict) -> tuple[FedConfig, int]:
@@ -198,6 +209,8 @@ def handle_train(
     global_vec = secure.read_global(content, state, dim, timings)
     load_flat_params(model, global_vec)
     metrics: dict[str, float] = {"partition-id": pid, **_evaluate_global(model, data), **timings}
+    if hooks.extra_eval is not None:
+        metrics.update(hooks.extra_eval(model, cfg, pid, num))
 
     plan, q, delta = _dp_plan(cfg, len(data.train_y))
     ledger, ledger_file = _ledger(state, node_config)
@@ -240,7 +253,8 @@ def handle_train(
 
 
 def handle_evaluate(
-    content: RecordDict, state: RecordDict, node_config: Mapping[str, Any], run_id: int = 0
+    content: RecordDict, state: RecordDict, node_config: Mapping[str, Any], run_id: int = 0,
+    hooks: ClientHooks = NO_HOOKS,
 ) -> RecordDict:
     """Evaluate the received global model on the local test split (no training)."""
     _set_threads()
@@ -252,6 +266,8 @@ def handle_evaluate(
     timings: dict[str, float] = {}
     load_flat_params(model, secure.read_global(content, state, dim, timings))
     metrics: dict[str, float] = {"partition-id": pid, **_evaluate_global(model, data), **timings}
+    if hooks.extra_eval is not None:
+        metrics.update(hooks.extra_eval(model, cfg, pid, num))
     ledger, _file = _ledger(state, node_config)
     if cfg.dp.enabled and ledger.events:
         delta = cfg.dp.delta or default_delta(len(data.train_y))

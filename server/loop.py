@@ -89,6 +89,7 @@ class RoundReport:
     timings: dict[str, float] = field(default_factory=dict)
     bytes_up: dict[int, int] = field(default_factory=dict)
     bytes_down: dict[int, int] = field(default_factory=dict)
+    extra: dict[str, float] = field(default_factory=dict)  # eval-x-* metrics, e.g. "asr"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -108,6 +109,7 @@ class RoundReport:
             "timings": {k: round(v, 4) for k, v in self.timings.items()},
             "bytes_up": {str(k): v for k, v in self.bytes_up.items()},
             "bytes_down": {str(k): v for k, v in self.bytes_down.items()},
+            **{f"eval_{k}": v for k, v in self.extra.items()},
         }
 
 
@@ -210,6 +212,20 @@ def _status_of(content: RecordDict) -> tuple[str, str]:
     return str(code), str(reason)[:500]
 
 
+def _weighted_extra(results: Sequence[ClientResult]) -> dict[str, float]:
+    """Weighted means of ``eval-x-NAME`` metrics (weights ``eval-x-NAME-examples``)."""
+    names = {k[len("eval-x-"):] for r in results for k in r.metrics
+             if k.startswith("eval-x-") and not k.endswith("-examples")}
+    out = {}
+    for name in sorted(names):
+        pairs = [(r.metrics[f"eval-x-{name}"], r.metrics.get(f"eval-x-{name}-examples", 0.0))
+                 for r in results if f"eval-x-{name}" in r.metrics]
+        total = sum(w for _v, w in pairs if w > 0)
+        if total > 0:
+            out[name] = sum(v * w for v, w in pairs if w > 0) / total
+    return out
+
+
 def _weighted_eval(results: Sequence[ClientResult]) -> tuple[float | None, float | None]:
     """Sample-weighted accuracy and loss of the evaluation the replies carry."""
     num = sum(r.metrics.get("eval-examples", 0.0) for r in results)
@@ -290,6 +306,7 @@ def run_federation(
 
         if pending is not None:  # replies evaluated last round's model
             pending.accuracy, pending.loss = _weighted_eval(evals)
+            pending.extra = _weighted_extra(evals)
             obs.on_round(pending)
             reports.append(pending)
             pending = None
@@ -306,8 +323,8 @@ def run_federation(
             if r.status != P.STATUS_OK:
                 obs.on_audit({"round": rnd, "node": r.node_id, "event": r.status, "reason": r.reason})
         for node, d in sorted(decisions.items()):
-            obs.on_audit({"round": rnd, "node": node, "event": "accepted" if d.accepted else "filtered",
-                          "reasons": list(d.reasons), "scores": d.scores})
+            obs.on_audit({"round": rnd, "node": node,
+                          "event": "accepted" if d.accepted else "filtered", **d.to_record()})
 
         report = RoundReport(
             round=rnd,
@@ -321,8 +338,7 @@ def run_federation(
             train_loss=_mean([r.metrics.get("train-loss") for r in accepted]),
             epsilon_by_client={_client_label(r): r.metrics["epsilon"] for r in evals
                                if "epsilon" in r.metrics},
-            decisions=[{"node": n, "accepted": d.accepted, "reasons": list(d.reasons),
-                        "scores": d.scores} for n, d in sorted(decisions.items())],
+            decisions=[d.to_record() for _n, d in sorted(decisions.items())],
         )
         need = max(cfg.run.min_clients, 1)
         if len(accepted) < need:
@@ -368,6 +384,7 @@ def run_federation(
             except ProtocolError as exc:
                 log.warning("node %s: bad evaluation reply: %s", node, exc)
         pending.accuracy, pending.loss = _weighted_eval(evals)
+        pending.extra = _weighted_extra(evals)
         obs.on_round(pending)
         reports.append(pending)
     return RunResult(completed, stopped_early, stop_reason, reports)
@@ -382,7 +399,8 @@ def _decide(grid: GridLike, cfg: FedConfig, scheme: Scheme, candidates: list[Cli
     n = len(candidates)
     f = cfg.defense.max_malicious if cfg.defense.max_malicious >= 0 else max((n - 3) // 2, 0)
     stats = scheme.statistics(grid, {r.node_id: r.payload for r in candidates}, rnd)
-    return {d.client_id: d for d in screen(stats, counts, cfg.defense.defenses, f=f)}
+    decisions = screen(stats, dict(zip(ids, counts, strict=True)), cfg.defense.defenses, f=f)
+    return {int(d.client_id): d for d in decisions}
 
 
 def _positive_count(value: float | None) -> int:

@@ -85,6 +85,7 @@ class RunWriter:
             + (f"max ε {eps:.3f}  " if eps is not None else "")
             + f"accepted {len(report.accepted)}/{report.sampled}"
             + (f" (rejected {rej})" if rej else "")
+            + (f"  backdoor {report.extra['asr']:.3f}" if "asr" in report.extra else "")
             + f"  {report.seconds:.1f}s"
         )
 
@@ -119,6 +120,9 @@ class RunWriter:
             "rejected_by_round": [{str(k): v for k, v in r.rejected.items()} for r in reports],
             "epsilon_by_client": eps_by_client,
             "max_epsilon": max(eps_by_client.values(), default=None),
+            "attack_success_rate": next((r.extra["asr"] for r in reversed(reports)
+                                         if "asr" in r.extra), None),
+            "attack_success_rate_by_round": [r.extra.get("asr") for r in reports],
             "wall_seconds": round(time.time() - self.started, 2),
             "seconds_per_round": [round(r.seconds, 3) for r in reports],
             **extra,

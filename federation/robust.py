@@ -1,0 +1,799 @@
+"""Poisoned-update filtering: pure decisions over per-client scalar statistics.
+
+Who sees what
+-------------
+In encrypted mode the server holds only ciphertexts. It can never look at an update, so every
+filter here decides from a handful of **scalar statistics per client** that the screen phase
+(DESIGN.md §3) computes under CKKS and a quorum of key holders decrypts as masked slot sums:
+
+* ``sq_norms[i]      = ||u_i||²``
+* ``pair_sq_dists[i, j] = ||u_i - u_j||²``
+* ``inner_with_ref[i]  = <u_i, m>`` and ``ref_sq_norm = ||m||²`` for a reference vector ``m``.
+
+These scalars, and the decisions derived from them, are what the server operator and the
+key holders learn about a client in a round; nothing else about the update is revealed.
+In plaintext mode :func:`stats_from_plain` produces the same statistics from arrays, so one
+code path decides in both modes (and the plaintext version is the test oracle for the
+encrypted one).
+
+The pair distances carry the whole Gram matrix, ``<u_i, u_j> = (||u_i||² + ||u_j||² -
+||u_i - u_j||²) / 2``, so cosines between clients cost no extra ciphertext products.
+
+Filters
+-------
+Each filter is a pure function ``UpdateStats -> tuple[Verdict, ...]`` (one verdict per client,
+in ``stats.client_ids`` order). :func:`screen` runs the chosen filters **side by side on the
+same statistics** and accepts a client only if every chosen filter accepts it. Each filter is
+built so that outliers cannot move the verdicts of the others (medians, nearest-neighbour
+sums), which is what makes side-by-side composition safe; a filter that depended on a mean
+would let one boosted attacker get honest clients rejected.
+
+* ``norm``      reject ``||u_i|| > k * median_j ||u_j||`` (default ``k = 3``).
+* ``multikrum`` Krum scores from the pair distances; keep the ``n - f`` lowest.
+* ``cosine``    reject when the median cosine of ``u_i`` to the other updates is below a
+  threshold (default ``0``: pointing against the consensus).
+* ``none``      accept everyone.
+
+Every filter rejects a client whose statistics are not finite (NaN/Inf). Client order never
+changes any client's decision: all reductions are over sorted multisets and ties are broken by
+client id, not by position.
+
+Plaintext-only aggregation rules (for comparisons; they need the updates themselves) wrap
+Flower's implementations: :func:`trimmed_mean`, :func:`coordinate_median`, :func:`bulyan`;
+:func:`fedavg` is the weighted mean every mode uses.
+
+Nothing in this module mutates its inputs, does I/O, or imports Flower at import time.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Final, TypeAlias
+
+import numpy as np
+import numpy.typing as npt
+
+from federation.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_COSINE_THRESHOLD",
+    "DEFAULT_NORM_K",
+    "DEFENSES",
+    "ClientId",
+    "Decision",
+    "UpdateStats",
+    "Verdict",
+    "bulyan",
+    "coordinate_median",
+    "cosine_filter",
+    "fedavg",
+    "gram_matrix",
+    "krum_scores",
+    "multikrum_filter",
+    "no_filter",
+    "norm_filter",
+    "pairwise_cosines",
+    "parse_defenses",
+    "required_stats",
+    "screen",
+    "stats_from_plain",
+    "trimmed_mean",
+]
+
+ClientId: TypeAlias = int | str
+"""A client's identity in a round (Flower node id or partition id)."""
+
+FloatArray: TypeAlias = npt.NDArray[np.float64]
+
+DEFENSES: Final[tuple[str, ...]] = ("none", "norm", "multikrum", "cosine")
+"""Every defence name ``--defense`` accepts, in the canonical order used for output."""
+
+DEFAULT_NORM_K: Final[float] = 3.0
+"""Norm filter threshold, as a multiple of the median update norm.
+
+Why 3: with equal local epochs, honest update norms differ mostly through the number of
+local steps (client data size under a Dirichlet split) and DP noise; the norm grows
+sub-linearly in the number of steps, so honest clients sit within about 2x of the median.
+3x leaves that margin and still bounds what a norm-aware attacker can hide: its boost is
+capped at ~3x a typical update instead of the ~n/f (5-10x) model replacement needs.
+"""
+
+DEFAULT_COSINE_THRESHOLD: Final[float] = 0.0
+"""Cosine filter threshold: reject updates whose median cosine to the others is below it.
+
+Why 0: a negative median cosine means the update points against what most other clients
+agree on (sign flip, inner-product manipulation). Honest non-IID updates with DP noise can
+have small positive cosines to each other, so a positive threshold would reject honest
+clients; 0 only rejects updates that actively oppose the majority.
+"""
+
+_CANONICAL: Final[dict[str, int]] = {name: i for i, name in enumerate(DEFENSES)}
+_ALLOWED_MSG: Final[str] = "allowed: none or a comma list of norm, multikrum, cosine"
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def _frozen_f64(value: npt.ArrayLike, name: str, shape: tuple[int, ...]) -> FloatArray:
+    """A read-only float64 copy of ``value`` with exactly ``shape``."""
+    arr = np.array(value, dtype=np.float64, copy=True)
+    if arr.shape != shape:
+        raise ValueError(f"{name} has shape {arr.shape}, expected {shape}")
+    arr.setflags(write=False)
+    return arr
+
+
+@dataclass(frozen=True, eq=False)
+class UpdateStats:
+    """The scalar statistics of one round's updates that the filters may use.
+
+    Arrays are stored as read-only float64 copies, so an ``UpdateStats`` never aliases (or
+    lets anyone change) the caller's arrays. Values may be NaN/Inf (they come from hostile
+    updates); the filters reject such clients. Shapes and structure are validated here.
+
+    Parameters
+    ----------
+    client_ids:
+        Distinct client ids (``int`` or ``str``), one per update; index ``i`` of every array
+        refers to ``client_ids[i]``.
+    sq_norms:
+        ``(n,)`` squared L2 norms ``||u_i||²`` (units: squared parameter units).
+    pair_sq_dists:
+        ``(n, n)`` squared distances ``||u_i - u_j||²``: symmetric with a zero diagonal (build
+        it from the ``n (n - 1) / 2`` upper-triangle values), or ``None`` if not computed.
+    inner_with_ref:
+        ``(n,)`` inner products ``<u_i, m>`` with a reference vector ``m``, or ``None``.
+    ref_sq_norm:
+        ``||m||²``; given exactly when ``inner_with_ref`` is.
+    """
+
+    client_ids: tuple[ClientId, ...]
+    sq_norms: FloatArray
+    pair_sq_dists: FloatArray | None = None
+    inner_with_ref: FloatArray | None = None
+    ref_sq_norm: float | None = None
+
+    def __post_init__(self) -> None:
+        # numpy integer ids (e.g. from an index array) become plain ints, for JSON and order.
+        ids = tuple(int(c) if isinstance(c, np.integer) else c for c in self.client_ids)
+        for cid in ids:
+            if isinstance(cid, bool) or not isinstance(cid, (int, str)):
+                raise TypeError(f"client ids must be int or str, got {cid!r}")
+        if len(set(ids)) != len(ids):
+            raise ValueError("client ids must be distinct")
+        n = len(ids)
+        object.__setattr__(self, "client_ids", ids)
+        object.__setattr__(self, "sq_norms", _frozen_f64(self.sq_norms, "sq_norms", (n,)))
+        if self.pair_sq_dists is not None:
+            dists = _frozen_f64(self.pair_sq_dists, "pair_sq_dists", (n, n))
+            if not np.array_equal(dists, dists.T, equal_nan=True):
+                raise ValueError("pair_sq_dists must be symmetric")
+            if np.any(np.diag(dists) != 0.0):
+                raise ValueError("pair_sq_dists must have a zero diagonal")
+            object.__setattr__(self, "pair_sq_dists", dists)
+        if (self.inner_with_ref is None) != (self.ref_sq_norm is None):
+            raise ValueError("inner_with_ref and ref_sq_norm come together")
+        if self.inner_with_ref is not None and self.ref_sq_norm is not None:
+            inner = _frozen_f64(self.inner_with_ref, "inner_with_ref", (n,))
+            object.__setattr__(self, "inner_with_ref", inner)
+            object.__setattr__(self, "ref_sq_norm", float(self.ref_sq_norm))
+
+    @property
+    def n(self) -> int:
+        """Number of clients."""
+        return len(self.client_ids)
+
+
+def stats_from_plain(
+    updates: Sequence[npt.ArrayLike],
+    ids: Sequence[ClientId],
+    ref: npt.ArrayLike | None = None,
+) -> UpdateStats:
+    """Compute :class:`UpdateStats` from plaintext updates (plaintext mode; test oracle).
+
+    Every statistic is computed by its definition in float64: ``||u_i||²``,
+    ``||u_i - u_j||²`` from the difference (not from the Gram identity, which cancels
+    catastrophically for close updates), and ``<u_i, ref>``.
+
+    Parameters
+    ----------
+    updates:
+        One update per client, all the same shape (flattened here). Not modified.
+    ids:
+        Client ids, aligned with ``updates``.
+    ref:
+        Optional reference vector (same size); ``inner_with_ref`` and ``ref_sq_norm`` are
+        ``None`` without it.
+
+    Returns
+    -------
+    UpdateStats
+        Pair distances are always included.
+    """
+    if len(updates) != len(ids):
+        raise ValueError(f"{len(updates)} updates but {len(ids)} ids")
+    flat = [np.asarray(u, dtype=np.float64).ravel() for u in updates]
+    sizes = {v.size for v in flat}
+    if len(sizes) > 1:
+        raise ValueError(f"updates differ in size: {sorted(sizes)}")
+    n = len(flat)
+    with np.errstate(over="ignore", invalid="ignore"):
+        sq = np.array([float(np.dot(v, v)) for v in flat], dtype=np.float64)
+        dists = np.zeros((n, n), dtype=np.float64)
+        for i in range(n):
+            for j in range(i + 1, n):
+                diff = flat[i] - flat[j]
+                dists[i, j] = dists[j, i] = float(np.dot(diff, diff))
+        inner: FloatArray | None = None
+        ref_sq: float | None = None
+        if ref is not None:
+            m = np.asarray(ref, dtype=np.float64).ravel()
+            if sizes and m.size not in sizes:
+                raise ValueError(f"ref has {m.size} values, updates have {sizes.pop()}")
+            inner = np.array([float(np.dot(v, m)) for v in flat], dtype=np.float64)
+            ref_sq = float(np.dot(m, m))
+    return UpdateStats(tuple(ids), sq, dists, inner, ref_sq)
+
+
+def gram_matrix(stats: UpdateStats) -> FloatArray:
+    """Inner products ``<u_i, u_j>`` recovered from norms and pair distances.
+
+    ``<a, b> = (||a||² + ||b||² - ||a - b||²) / 2``; the diagonal is ``||u_i||²``.
+    Needs ``stats.pair_sq_dists``.
+    """
+    if stats.pair_sq_dists is None:
+        raise ValueError("the Gram matrix needs pair_sq_dists")
+    s = stats.sq_norms
+    with np.errstate(over="ignore", invalid="ignore"):
+        gram: FloatArray = (s[:, None] + s[None, :] - stats.pair_sq_dists) / 2.0
+    return gram
+
+
+def pairwise_cosines(stats: UpdateStats) -> FloatArray:
+    """Cosine similarity of every pair of updates, from the statistics alone.
+
+    Returns an ``(n, n)`` matrix; entries are clipped to ``[-1, 1]`` (CKKS noise can push
+    them slightly outside) and are NaN where a cosine is undefined (a zero or non-finite
+    norm, a non-finite distance). Needs ``stats.pair_sq_dists``.
+    """
+    gram = gram_matrix(stats)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        norms = np.sqrt(np.maximum(stats.sq_norms, 0.0))
+        denom = norms[:, None] * norms[None, :]
+        cos = np.where(denom > 0.0, gram / np.where(denom > 0.0, denom, 1.0), np.nan)
+        cos = np.where(np.isfinite(cos), np.clip(cos, -1.0, 1.0), np.nan)
+    out: FloatArray = cos.astype(np.float64)
+    return out
+
+
+def krum_scores(pair_sq_dists: npt.ArrayLike, f: int) -> FloatArray:
+    """Krum score of each client: the sum of its ``n - f - 2`` smallest squared distances.
+
+    Non-finite distances count as ``+inf``. The sum runs over the sorted distances, so the
+    score of a client does not depend on the order of the others (bit for bit). With
+    ``n - f - 2 < 1`` every score is 0 (Krum has nothing to compare).
+
+    Parameters
+    ----------
+    pair_sq_dists:
+        ``(n, n)`` squared distances, zero diagonal (the diagonal is ignored).
+    f:
+        Assumed number of attackers.
+    """
+    dists = np.array(pair_sq_dists, dtype=np.float64)
+    n = dists.shape[0]
+    if dists.shape != (n, n):
+        raise ValueError(f"pair_sq_dists must be square, got {dists.shape}")
+    if f < 0:
+        raise ValueError(f"f must be >= 0, got {f}")
+    k = n - f - 2
+    scores = np.zeros(n, dtype=np.float64)
+    if k < 1:
+        return scores
+    dists = np.where(np.isfinite(dists), np.maximum(dists, 0.0), np.inf)
+    for i in range(n):
+        row = np.sort(np.delete(dists[i], i))
+        scores[i] = float(np.sum(row[:k]))
+    return scores
+
+
+# --------------------------------------------------------------------------- verdicts
+
+
+def _freeze_scores(scores: Mapping[str, float]) -> Mapping[str, float]:
+    return MappingProxyType({k: float(v) for k, v in scores.items()})
+
+
+def _json_float(x: float) -> float | str:
+    return x if math.isfinite(x) else str(x)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One filter's verdict on one client.
+
+    ``reasons`` names the failed rule when rejected (``"norm>3.0*median"``) and may carry a
+    note when accepted (``"multikrum:degraded..."``); ``scores`` holds the numbers behind it.
+    """
+
+    client_id: ClientId
+    accepted: bool
+    reasons: tuple[str, ...] = ()
+    scores: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "reasons", tuple(self.reasons))
+        object.__setattr__(self, "scores", _freeze_scores(self.scores))
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The screen's final word on one client in one round.
+
+    Attributes
+    ----------
+    client_id:
+        Whose update.
+    accepted:
+        True when every chosen filter accepted it.
+    weight:
+        The client's sample count if accepted, else 0: the integer weight of its
+        ciphertext in the aggregate.
+    reasons:
+        Why: the failed rules of every filter that rejected it, plus notes such as a
+        degraded Multi-Krum. Empty for a plain accept.
+    scores:
+        The numbers behind the verdict (norm, median norm, Krum score, median cosine, ...).
+    """
+
+    client_id: ClientId
+    accepted: bool
+    weight: int
+    reasons: tuple[str, ...] = ()
+    scores: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "reasons", tuple(self.reasons))
+        object.__setattr__(self, "scores", _freeze_scores(self.scores))
+
+    def to_record(self) -> dict[str, object]:
+        """A JSON-ready dict for ``metrics.jsonl`` and the audit log (non-finite as text)."""
+        return {
+            "client_id": self.client_id,
+            "accepted": self.accepted,
+            "weight": self.weight,
+            "reasons": list(self.reasons),
+            "scores": {k: _json_float(v) for k, v in sorted(self.scores.items())},
+        }
+
+
+def _id_key(cid: ClientId) -> tuple[int, int | str]:
+    """Total order on mixed int/str ids, used only to break exact ties."""
+    return (0, cid) if isinstance(cid, int) else (1, cid)
+
+
+def _finite(x: FloatArray) -> npt.NDArray[np.bool_]:
+    return np.isfinite(x)
+
+
+# --------------------------------------------------------------------------- filters
+
+
+def no_filter(stats: UpdateStats) -> tuple[Verdict, ...]:
+    """``none``: accept every client (no statistics read)."""
+    return tuple(Verdict(cid, True) for cid in stats.client_ids)
+
+
+def norm_filter(stats: UpdateStats, *, k: float = DEFAULT_NORM_K) -> tuple[Verdict, ...]:
+    """``norm``: reject updates longer than ``k`` times the median update norm.
+
+    The median is taken over the finite norms of the round, so up to half the clients can
+    be arbitrarily large without moving it. A client is rejected with
+    ``"norm>{k}*median"`` when ``||u_i|| > k * median``, or ``"norm:non-finite"`` when its
+    squared norm is NaN/Inf. Slightly negative squared norms (CKKS noise around 0) count as 0.
+
+    Parameters
+    ----------
+    stats:
+        Needs ``sq_norms`` only.
+    k:
+        Threshold multiple, ``> 0`` (default :data:`DEFAULT_NORM_K`).
+    """
+    if not (math.isfinite(k) and k > 0):
+        raise ValueError(f"norm k must be a positive finite number, got {k}")
+    finite = _finite(stats.sq_norms)
+    norms = np.sqrt(np.maximum(np.where(finite, stats.sq_norms, 0.0), 0.0))
+    median = float(np.median(norms[finite])) if finite.any() else math.nan
+    limit = k * median
+    out: list[Verdict] = []
+    for i, cid in enumerate(stats.client_ids):
+        if not finite[i]:
+            out.append(Verdict(cid, False, ("norm:non-finite",), {"norm_median": median}))
+            continue
+        norm = float(norms[i])
+        ratio = norm / median if median > 0 else (0.0 if norm == 0 else math.inf)
+        scores = {"norm": norm, "norm_median": median, "norm_ratio": ratio}
+        if norm > limit:
+            out.append(Verdict(cid, False, (f"norm>{float(k)!r}*median",), scores))
+        else:
+            out.append(Verdict(cid, True, (), scores))
+    return tuple(out)
+
+
+def _effective_f(n: int, f: int) -> int:
+    """Largest ``f' <= f`` with ``n > 2 f' + 2`` (0 when even ``f' = 0`` fails)."""
+    if n > 2 * f + 2:
+        return f
+    return max(0, (n - 3) // 2)
+
+
+def multikrum_filter(stats: UpdateStats, *, f: int) -> tuple[Verdict, ...]:
+    """``multikrum``: keep the ``m = n - f`` clients with the lowest Krum scores.
+
+    Krum (Blanchard et al., 2017) scores client ``i`` by the sum of its ``n - f - 2``
+    smallest squared distances to the others: an update inside the honest cloud has close
+    neighbours, an outlier does not. The guarantee needs ``n > 2f + 2``.
+
+    By construction Multi-Krum **always drops f clients**, even in an all-honest round
+    (then it drops the ``f`` least typical ones); that is the price of not knowing who the
+    attackers are, and it costs little because the dropped updates are redundant.
+
+    Degrading gracefully: when ``n <= 2f + 2`` the largest ``f' < f`` with ``n > 2f' + 2``
+    is used instead (``f' = 0`` keeps everyone), and every client's reasons carry the note
+    ``"multikrum:degraded(n=.., f=..->..)"``. Clients with a non-finite squared norm, or no
+    finite distance to anyone, are rejected as ``"multikrum:non-finite"`` and take no part;
+    other non-finite distances count as ``+inf``. Ties in score are broken by client id,
+    never by position.
+
+    Parameters
+    ----------
+    stats:
+        Needs ``pair_sq_dists`` (and ``sq_norms`` for the finiteness check).
+    f:
+        Assumed number of attackers, ``>= 0``.
+    """
+    if isinstance(f, bool) or not isinstance(f, int) or f < 0:
+        raise ValueError(f"f must be an int >= 0, got {f!r}")
+    if stats.pair_sq_dists is None:
+        raise ValueError("multikrum needs pair_sq_dists")
+    n_all = stats.n
+    dists = stats.pair_sq_dists
+    valid = _finite(stats.sq_norms)
+    if n_all > 1:
+        any_finite_peer = np.array(
+            [bool(np.any(np.delete(_finite(dists[i]), i))) for i in range(n_all)]
+        )
+        valid &= any_finite_peer
+    idx = np.flatnonzero(valid)
+    n = int(idx.size)
+    f_eff = _effective_f(n, f)
+    note: tuple[str, ...] = ()
+    if f_eff != f:
+        note = (f"multikrum:degraded(n={n}<=2f+2, f={f}->{f_eff})",)
+    scores = krum_scores(dists[np.ix_(idx, idx)], f_eff)
+    keep = n - f_eff
+    order = sorted(range(n), key=lambda r: (scores[r], _id_key(stats.client_ids[idx[r]])))
+    rank = {int(idx[r]): pos for pos, r in enumerate(order)}
+    score_of = {int(idx[r]): float(scores[r]) for r in range(n)}
+    out: list[Verdict] = []
+    for i, cid in enumerate(stats.client_ids):
+        if not valid[i]:
+            out.append(Verdict(cid, False, ("multikrum:non-finite", *note)))
+            continue
+        sc = {"krum_score": score_of[i], "krum_rank": float(rank[i]), "krum_f": float(f_eff)}
+        if rank[i] < keep:
+            out.append(Verdict(cid, True, note, sc))
+        else:
+            out.append(Verdict(cid, False, ("multikrum:not-selected", *note), sc))
+    return tuple(out)
+
+
+def cosine_filter(
+    stats: UpdateStats, *, threshold: float = DEFAULT_COSINE_THRESHOLD
+) -> tuple[Verdict, ...]:
+    """``cosine``: reject updates that point against the consensus.
+
+    **Reference.** With pair distances (the default in every mode) the score of client
+    ``i`` is the *median* of its cosines to every other update, recovered from the Gram
+    identity at no extra ciphertext cost. This is robust: cosines are scale-free, so a
+    boosted attacker cannot drag the reference, and the median over peers is decided by
+    the honest majority as long as attackers are fewer than half. The obvious alternative,
+    the cosine to the round's mean update, is *not* robust: one update boosted x100
+    becomes the mean, after which every honest client looks like it disagrees.
+
+    Without pair distances the cosine to the reference vector ``m`` of ``inner_with_ref``
+    is used; ``m`` should then be a direction the attackers do not control this round
+    (for example the previous round's aggregate update), not this round's mean.
+
+    A client is rejected with ``"cosine<{threshold}"`` when its score is below
+    ``threshold``, or ``"cosine:non-finite"`` when its statistics are NaN/Inf. Undefined
+    cosines (zero-length updates) are left out of the median; a client with no defined
+    cosine (a zero update, or alone in the round) is accepted with the note
+    ``"cosine:undefined"``: it cannot steer the aggregate's direction. With fewer than three
+    clients there is no majority to agree with (two opposed updates reject each other).
+
+    Parameters
+    ----------
+    stats:
+        Needs ``pair_sq_dists``, or else ``inner_with_ref`` and ``ref_sq_norm``.
+    threshold:
+        In ``[-1, 1]`` (default :data:`DEFAULT_COSINE_THRESHOLD`).
+    """
+    if not (-1.0 <= threshold <= 1.0):
+        raise ValueError(f"cosine threshold must be in [-1, 1], got {threshold}")
+    reason = f"cosine<{float(threshold)!r}"
+    finite_norm = _finite(stats.sq_norms)
+    out: list[Verdict] = []
+    if stats.pair_sq_dists is not None:
+        cos = pairwise_cosines(stats)
+        for i, cid in enumerate(stats.client_ids):
+            if not finite_norm[i]:
+                out.append(Verdict(cid, False, ("cosine:non-finite",)))
+                continue
+            peers = np.delete(cos[i], i)
+            peers = peers[np.isfinite(peers)]
+            if peers.size == 0:
+                out.append(Verdict(cid, True, ("cosine:undefined",)))
+                continue
+            score = float(np.median(peers))
+            sc = {"cosine": score, "cosine_min": float(np.min(peers))}
+            ok = score >= threshold
+            out.append(Verdict(cid, ok, () if ok else (reason,), sc))
+        return tuple(out)
+    if stats.inner_with_ref is None or stats.ref_sq_norm is None:
+        raise ValueError("cosine needs pair_sq_dists or inner_with_ref")
+    ref_sq = stats.ref_sq_norm
+    for i, cid in enumerate(stats.client_ids):
+        inner = float(stats.inner_with_ref[i])
+        if not (finite_norm[i] and math.isfinite(inner)):
+            out.append(Verdict(cid, False, ("cosine:non-finite",)))
+            continue
+        denom = math.sqrt(max(float(stats.sq_norms[i]), 0.0) * max(ref_sq, 0.0))
+        if not (math.isfinite(denom) and denom > 0.0):
+            out.append(Verdict(cid, True, ("cosine:undefined",)))
+            continue
+        score = min(1.0, max(-1.0, inner / denom))
+        ok = score >= threshold
+        out.append(Verdict(cid, ok, () if ok else (reason,), {"cosine_ref": score}))
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------- composition
+
+
+def parse_defenses(text: str) -> tuple[str, ...]:
+    """Read the ``--defense`` value into a tuple of defence names in canonical order.
+
+    ``"none"`` gives ``("none",)``; ``"norm,multikrum,cosine"`` (any order, spaces and case
+    ignored) gives ``("norm", "multikrum", "cosine")``. The order does not matter because
+    :func:`screen` composes filters side by side.
+
+    Raises
+    ------
+    ConfigError
+        Key ``defense``: empty, unknown or repeated names, or ``none`` combined with others.
+    """
+    if not isinstance(text, str):
+        raise ConfigError("defense", f"expected text, got {type(text).__name__}; {_ALLOWED_MSG}")
+    names = [part.strip().lower() for part in text.split(",")]
+    if not text.strip() or any(not name for name in names):
+        raise ConfigError("defense", f"empty name in {text!r}; {_ALLOWED_MSG}")
+    unknown = [name for name in names if name not in _CANONICAL]
+    if unknown:
+        raise ConfigError("defense", f"unknown {', '.join(map(repr, unknown))}; {_ALLOWED_MSG}")
+    if len(set(names)) != len(names):
+        raise ConfigError("defense", f"a name is repeated in {text!r}; {_ALLOWED_MSG}")
+    if "none" in names and len(names) > 1:
+        raise ConfigError("defense", f"none cannot be combined with others; {_ALLOWED_MSG}")
+    return tuple(sorted(names, key=_CANONICAL.__getitem__))
+
+
+def required_stats(defenses: Sequence[str] | str) -> frozenset[str]:
+    """Which :class:`UpdateStats` fields the screen phase must compute for ``defenses``.
+
+    ``norm`` needs ``sq_norms``; ``multikrum`` and ``cosine`` need ``sq_norms`` and
+    ``pair_sq_dists`` (n(n-1)/2 ciphertext products; the cosine filter uses the robust
+    median-peer cosine). ``none`` needs nothing. ``inner_with_ref`` is never required.
+    """
+    chosen = _normalise_defenses(defenses)
+    needed: set[str] = set()
+    if any(d in chosen for d in ("norm", "multikrum", "cosine")):
+        needed.add("sq_norms")
+    if any(d in chosen for d in ("multikrum", "cosine")):
+        needed.add("pair_sq_dists")
+    return frozenset(needed)
+
+
+def _normalise_defenses(defenses: Sequence[str] | str) -> tuple[str, ...]:
+    if isinstance(defenses, str):
+        return parse_defenses(defenses)
+    return parse_defenses(",".join(defenses))
+
+
+def _sample_count_list(
+    stats: UpdateStats, sample_counts: Sequence[int] | Mapping[ClientId, int]
+) -> list[int]:
+    if isinstance(sample_counts, Mapping):
+        missing = [cid for cid in stats.client_ids if cid not in sample_counts]
+        if missing:
+            raise ValueError(f"no sample count for clients {missing}")
+        counts = [sample_counts[cid] for cid in stats.client_ids]
+    else:
+        counts = list(sample_counts)
+        if len(counts) != stats.n:
+            raise ValueError(f"{len(counts)} sample counts for {stats.n} clients")
+    for c in counts:
+        if isinstance(c, bool) or not isinstance(c, (int, np.integer)) or c < 0:
+            raise ValueError(f"sample counts must be ints >= 0, got {c!r}")
+    return [int(c) for c in counts]
+
+
+def screen(
+    stats: UpdateStats,
+    sample_counts: Sequence[int] | Mapping[ClientId, int],
+    defenses: Sequence[str] | str,
+    *,
+    f: int,
+    norm_k: float = DEFAULT_NORM_K,
+    cosine_threshold: float = DEFAULT_COSINE_THRESHOLD,
+) -> list[Decision]:
+    """Decide who is accepted this round, and with what weight.
+
+    The chosen filters run side by side on the same statistics; a client is accepted only
+    if every chosen filter accepts it, and its reasons and scores are the union of theirs
+    (in canonical filter order). Permuting the clients permutes the result and changes no
+    client's decision.
+
+    Parameters
+    ----------
+    stats:
+        The round's statistics (see :func:`required_stats`).
+    sample_counts:
+        Client-reported sample counts, aligned with ``stats.client_ids`` or keyed by id.
+        They become the integer aggregation weights of accepted clients; they are not
+        verified here (the screen does not bound a lying count).
+    defenses:
+        Defence names (or the raw ``--defense`` text); see :func:`parse_defenses`.
+    f:
+        Assumed number of attackers (Multi-Krum's ``f``), ``>= 0``.
+    norm_k, cosine_threshold:
+        Thresholds of the ``norm`` and ``cosine`` filters.
+
+    Returns
+    -------
+    list[Decision]
+        One per client, in ``stats.client_ids`` order.
+    """
+    if isinstance(f, bool) or not isinstance(f, int) or f < 0:
+        raise ValueError(f"f must be an int >= 0, got {f!r}")
+    chosen = _normalise_defenses(defenses)
+    counts = _sample_count_list(stats, sample_counts)
+    runners: dict[str, Callable[[UpdateStats], tuple[Verdict, ...]]] = {
+        "none": no_filter,
+        "norm": lambda s: norm_filter(s, k=norm_k),
+        "multikrum": lambda s: multikrum_filter(s, f=f),
+        "cosine": lambda s: cosine_filter(s, threshold=cosine_threshold),
+    }
+    results = [runners[name](stats) for name in chosen]
+    decisions: list[Decision] = []
+    for i, cid in enumerate(stats.client_ids):
+        verdicts = [res[i] for res in results]
+        accepted = all(v.accepted for v in verdicts)
+        reasons = tuple(r for v in verdicts for r in v.reasons)
+        scores: dict[str, float] = {}
+        for v in verdicts:
+            scores.update(v.scores)
+        decisions.append(Decision(cid, accepted, counts[i] if accepted else 0, reasons, scores))
+    return decisions
+
+
+# --------------------------------------------------------------------------- aggregation
+
+
+def _stack(updates: Sequence[npt.ArrayLike], what: str) -> list[npt.NDArray[np.generic]]:
+    arrays = [np.asarray(u) for u in updates]
+    if not arrays:
+        raise ValueError(f"{what} needs at least one update")
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        raise ValueError(f"{what}: updates differ in shape: {sorted(shapes)}")
+    return arrays
+
+
+def fedavg(updates: Sequence[npt.ArrayLike], weights: Sequence[int]) -> npt.NDArray[np.floating]:
+    """Weighted mean ``sum_i w_i u_i / sum_i w_i`` (FedAvg), accumulated in float64.
+
+    Mirrors the encrypted path: integer weights, one division by the plaintext denominator.
+    Inputs are not modified; the result has the updates' float dtype (at least float32).
+
+    Raises
+    ------
+    ValueError
+        On mismatched lengths/shapes, negative weights, or a zero total weight (nobody
+        accepted).
+    """
+    arrays = _stack(updates, "fedavg")
+    if len(weights) != len(arrays):
+        raise ValueError(f"{len(arrays)} updates but {len(weights)} weights")
+    if any(isinstance(w, bool) or not isinstance(w, (int, np.integer)) or w < 0 for w in weights):
+        raise ValueError("weights must be ints >= 0")
+    total = int(sum(int(w) for w in weights))
+    if total == 0:
+        raise ValueError("fedavg: total weight is 0 (no accepted update)")
+    out_dtype = np.result_type(*arrays, np.float32)
+    if not np.issubdtype(out_dtype, np.floating):
+        out_dtype = np.dtype(np.float64)
+    acc = np.zeros(arrays[0].shape, dtype=np.float64)
+    for a, w in zip(arrays, weights, strict=True):
+        if w:
+            acc += int(w) * a.astype(np.float64)
+    result: npt.NDArray[np.floating] = (acc / total).astype(out_dtype)
+    return result
+
+
+def _as_results(
+    updates: Sequence[npt.ArrayLike],
+) -> list[tuple[list[npt.NDArray[np.generic]], int]]:
+    """Flower's legacy ``list[(NDArrays, num_examples)]`` shape; fresh copies, count 1."""
+    return [([np.array(a, copy=True)], 1) for a in _stack(updates, "aggregation")]
+
+
+def _load_flower_aggregate() -> None:
+    """Import ``flwr.server.strategy.aggregate`` once, lazily.
+
+    Lazily, so that importing this module (and every decision above) never loads Flower.
+    Importing Flower 1.42 triggers a DeprecationWarning inside its dependency ``click``
+    (via ``typer``); it is not ours to fix and is ignored for the import only.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import flwr.server.strategy.aggregate  # noqa: F401
+
+
+def trimmed_mean(updates: Sequence[npt.ArrayLike], beta: float) -> npt.NDArray[np.floating]:
+    """Coordinate-wise trimmed mean: drop the ``beta`` fraction at each end, average the rest.
+
+    Plaintext only. Wraps Flower's ``aggregate_trimmed_avg`` (cut ``int(beta * n)`` per end).
+
+    Parameters
+    ----------
+    beta:
+        Fraction cut from each end, in ``[0, 0.5)``.
+    """
+    if not (0.0 <= beta < 0.5):
+        raise ValueError(f"beta must be in [0, 0.5), got {beta}")
+    results = _as_results(updates)
+    _load_flower_aggregate()
+    from flwr.server.strategy.aggregate import aggregate_trimmed_avg
+
+    return aggregate_trimmed_avg(results, proportiontocut=beta)[0]
+
+
+def coordinate_median(updates: Sequence[npt.ArrayLike]) -> npt.NDArray[np.floating]:
+    """Coordinate-wise median. Plaintext only; wraps Flower's ``aggregate_median``."""
+    results = _as_results(updates)
+    _load_flower_aggregate()
+    from flwr.server.strategy.aggregate import aggregate_median
+
+    return aggregate_median(results)[0]
+
+
+def bulyan(updates: Sequence[npt.ArrayLike], f: int) -> npt.NDArray[np.floating]:
+    """Bulyan (El Mhamdi et al., 2018) with Krum as the selection rule.
+
+    Plaintext only; wraps Flower's ``aggregate_bulyan`` with ``aggregate_krum`` (on a copy:
+    Flower's version pops from the list it is given). Needs ``n >= 4f + 3``.
+    """
+    if isinstance(f, bool) or not isinstance(f, int) or f < 0:
+        raise ValueError(f"f must be an int >= 0, got {f!r}")
+    results = _as_results(updates)
+    if len(results) < 4 * f + 3:
+        raise ValueError(f"bulyan needs n >= 4f + 3; got n={len(results)}, f={f}")
+    _load_flower_aggregate()
+    from flwr.server.strategy.aggregate import aggregate_bulyan, aggregate_krum
+
+    return aggregate_bulyan(results, f, aggregate_krum, to_keep=0)[0]

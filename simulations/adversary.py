@@ -1,0 +1,107 @@
+"""Simulated attackers composed into the real ClientApp through :class:`ClientHooks`.
+
+Which clients attack is decided by :func:`simulations.attacks.select_malicious` over partition
+ids. Attackers know the defence configuration. For attacks that need the spread of honest
+updates (ALIE, IPM, Gaussian, and the defence evasion of backdoor/scaling), each attacker
+estimates it itself: it trains two extra honest models on the two halves of its clean data
+and uses those updates together with its full honest update (``benign_estimates``, k = 3).
+In backdoor runs every client also reports the attack success rate of the global model on
+its triggered test images (``eval-x-asr``), which the server averages like accuracy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from clients.app import make_client_app
+from clients.handlers import ClientHooks, raw_partition
+from clients.training import train_local
+from federation.config import FedConfig
+from federation.data import normalize
+from federation.tasks import build_model, flatten_params, load_flat_params
+from simulations.attacks import (
+    AttackContext,
+    apply_trigger,
+    attack_success_rate,
+    make_attack,
+    select_malicious,
+)
+
+__all__ = ["asr_eval", "hooks_for", "make_adversarial_client_app"]
+
+BACKDOOR_TARGET = 0
+
+
+def asr_eval(model: torch.nn.Module, cfg: FedConfig, pid: int, num: int) -> dict[str, float]:
+    """Backdoor success on this client's triggered test images (non-target classes only)."""
+    _x, _y, tx, ty = raw_partition(cfg, pid, num)
+
+    def predict(images: npt.NDArray[np.uint8]) -> npt.NDArray[np.int64]:
+        with torch.no_grad():
+            model.eval()
+            return model(torch.from_numpy(normalize(images))).argmax(1).numpy()
+
+    keep = ty != BACKDOOR_TARGET
+    rate = attack_success_rate(predict, tx, ty, BACKDOOR_TARGET)
+    return {"eval-x-asr": float(rate), "eval-x-asr-examples": float(keep.sum())}
+
+
+def _benign_estimates(cfg: FedConfig, pid: int, num: int, global_vec: npt.NDArray[np.float32],
+                      own_clean: npt.NDArray[np.float32], round_: int) -> npt.NDArray[np.float32]:
+    x, y, _tx, _ty = raw_partition(cfg, pid, num)
+    xs, ys = normalize(x), np.asarray(y, np.int64)
+    rng = np.random.default_rng([cfg.run.seed, pid, round_, 99])
+    order = rng.permutation(len(ys))
+    halves = [order[: len(order) // 2], order[len(order) // 2:]]
+    estimates = [own_clean]
+    for i, idx in enumerate(halves):
+        if len(idx) == 0:
+            continue
+        model = build_model(cfg.data.task, cfg.run.seed)
+        load_flat_params(model, global_vec)
+        train_local(model, xs[idx], ys[idx], epochs=cfg.train.local_epochs,
+                    batch_size=cfg.train.batch_size, lr=cfg.train.lr,
+                    momentum=cfg.train.momentum, seed=round_ * 7 + i, dp=None)
+        estimates.append(flatten_params(model) - global_vec)
+    return np.stack(estimates).astype(np.float32)
+
+
+def hooks_for(cfg: FedConfig, node_config: Mapping[str, Any]) -> ClientHooks:
+    """The hooks of the client with this node config: an attacker's, or only the ASR probe."""
+    pid = int(node_config.get("partition-id", -1))
+    num = int(node_config.get("num-partitions", cfg.run.clients))
+    backdoor = cfg.attack.attack == "backdoor"
+    extra = asr_eval if backdoor else None
+    if pid not in select_malicious(num, cfg.attack.malicious, cfg.run.seed):
+        return ClientHooks(extra_eval=extra)
+    attack = make_attack(cfg.attack.attack)
+    if cfg.attack.attack == "label-flip":  # pure data poisoning: the update is left as trained
+        return ClientHooks(poison_data=attack.poison_data, extra_eval=extra)
+    poisons_data = cfg.attack.attack == "backdoor"
+    n_attackers = len(select_malicious(num, cfg.attack.malicious, cfg.run.seed))
+
+    def poison_update(update: npt.NDArray[np.float32], info: dict[str, Any]) -> npt.NDArray[np.float32]:
+        global_vec = info["global"]
+        round_ = int(info["round"])
+        # Data-poisoning attacks trained on poisoned data already; estimates use clean halves.
+        estimates = _benign_estimates(cfg, pid, num, global_vec, update, round_)
+        if poisons_data:  # the trained update is poisoned: only the clean halves are benign
+            estimates = estimates[1:]
+        ctx = AttackContext(global_model=global_vec, round=round_, n_clients=num,
+                            n_attackers=n_attackers, defenses=cfg.defense.defenses,
+                            benign_estimates=estimates,
+                            benign_update=None if poisons_data else update,
+                            seed=cfg.run.seed * 1000 + pid)
+        return np.asarray(attack.poison_update(update, ctx), dtype=np.float32)
+
+    return ClientHooks(poison_data=attack.poison_data, poison_update=poison_update, extra_eval=extra)
+
+
+def make_adversarial_client_app(cfg: FedConfig) -> Any:
+    """The real trainer ClientApp with attackers composed in for ``cfg.attack``."""
+    return make_client_app(lambda node_config: hooks_for(cfg, node_config))

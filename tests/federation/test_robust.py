@@ -1,0 +1,413 @@
+"""Properties of the poisoned-update filters and the plaintext aggregation rules."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from federation import robust
+from federation.errors import ConfigError
+from federation.robust import (
+    Decision,
+    UpdateStats,
+    cosine_filter,
+    multikrum_filter,
+    norm_filter,
+    parse_defenses,
+    screen,
+    stats_from_plain,
+)
+
+ALL = ("norm", "multikrum", "cosine")
+FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def honest_round(seed: int, n: int = 10, d: int = 64, spread: float = 0.5) -> list[np.ndarray]:
+    """n honest updates ~ N(mu, spread²) around a shared direction mu."""
+    rng = np.random.default_rng(seed)
+    mu = rng.normal(size=d)
+    return [(mu + spread * rng.normal(size=d)).astype(np.float32) for _ in range(n)]
+
+
+def rejected(verdicts: tuple[robust.Verdict, ...]) -> set[robust.ClientId]:
+    return {v.client_id for v in verdicts if not v.accepted}
+
+
+def permute_stats(stats: UpdateStats, perm: np.ndarray) -> UpdateStats:
+    pair = None if stats.pair_sq_dists is None else stats.pair_sq_dists[np.ix_(perm, perm)]
+    inner = None if stats.inner_with_ref is None else stats.inner_with_ref[perm]
+    return UpdateStats(
+        tuple(stats.client_ids[i] for i in perm),
+        stats.sq_norms[perm],
+        pair,
+        inner,
+        stats.ref_sq_norm,
+    )
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+@FAST
+@given(
+    n=st.integers(1, 6),
+    d=st.integers(1, 12),
+    seed=st.integers(0, 2**32 - 1),
+    with_ref=st.booleans(),
+)
+def test_stats_from_plain_matches_definitions(n: int, d: int, seed: int, with_ref: bool) -> None:
+    rng = np.random.default_rng(seed)
+    ups = [rng.normal(size=d).astype(np.float32) for _ in range(n)]
+    ref = rng.normal(size=d) if with_ref else None
+    copies = [u.copy() for u in ups]
+    stats = stats_from_plain(ups, [f"c{i}" for i in range(n)], ref)
+    for u, c in zip(ups, copies, strict=True):
+        assert np.array_equal(u, c)  # inputs untouched
+    u64 = [u.astype(np.float64) for u in ups]
+    assert stats.client_ids == tuple(f"c{i}" for i in range(n))
+    np.testing.assert_allclose(stats.sq_norms, [np.sum(u**2) for u in u64], rtol=1e-12)
+    assert stats.pair_sq_dists is not None
+    for i in range(n):
+        for j in range(n):
+            expect = np.sum((u64[i] - u64[j]) ** 2)
+            np.testing.assert_allclose(stats.pair_sq_dists[i, j], expect, rtol=1e-12, atol=0)
+    assert np.array_equal(stats.pair_sq_dists, stats.pair_sq_dists.T)
+    if ref is None:
+        assert stats.inner_with_ref is None and stats.ref_sq_norm is None
+    else:
+        assert stats.inner_with_ref is not None and stats.ref_sq_norm is not None
+        np.testing.assert_allclose(stats.inner_with_ref, [u @ ref for u in u64], rtol=1e-9)
+        assert stats.ref_sq_norm == pytest.approx(float(ref @ ref), rel=1e-12)
+
+
+@FAST
+@given(n=st.integers(2, 7), d=st.integers(2, 16), seed=st.integers(0, 2**32 - 1))
+def test_cosines_from_pair_distances_match_direct(n: int, d: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    ups = [rng.normal(size=d) * rng.uniform(0.1, 10.0) for _ in range(n)]
+    stats = stats_from_plain(ups, list(range(n)), None)
+    cos = robust.pairwise_cosines(stats)
+    gram = robust.gram_matrix(stats)
+    for i in range(n):
+        for j in range(n):
+            direct = ups[i] @ ups[j] / (np.linalg.norm(ups[i]) * np.linalg.norm(ups[j]))
+            assert cos[i, j] == pytest.approx(direct, abs=1e-9)
+            assert gram[i, j] == pytest.approx(ups[i] @ ups[j], rel=1e-9, abs=1e-9)
+
+
+def test_stats_are_read_only_copies_and_validated() -> None:
+    sq = np.array([1.0, 4.0])
+    dists = np.array([[0.0, 1.0], [1.0, 0.0]])
+    stats = UpdateStats((1, 2), sq, dists)
+    sq[0] = 99.0
+    assert stats.sq_norms[0] == 1.0
+    with pytest.raises(ValueError):
+        stats.sq_norms[0] = 3.0
+    with pytest.raises(ValueError, match="symmetric"):
+        UpdateStats((1, 2), sq, np.array([[0.0, 1.0], [2.0, 0.0]]))
+    with pytest.raises(ValueError, match="diagonal"):
+        UpdateStats((1, 2), sq, np.array([[1.0, 1.0], [1.0, 0.0]]))
+    with pytest.raises(ValueError, match="distinct"):
+        UpdateStats((1, 1), sq)
+    with pytest.raises(ValueError, match="shape"):
+        UpdateStats((1, 2, 3), sq)
+    assert UpdateStats(tuple(np.arange(2)), sq).client_ids == (0, 1)
+    assert type(UpdateStats(tuple(np.arange(2)), sq).client_ids[0]) is int
+    with pytest.raises(ValueError, match="together"):
+        UpdateStats((1, 2), sq, inner_with_ref=np.zeros(2))
+
+
+# --------------------------------------------------------------------------- order
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 9),
+    f=st.integers(0, 3),
+    seed=st.integers(0, 2**32 - 1),
+    data=st.data(),
+)
+def test_input_order_does_not_change_any_decision(
+    n: int, f: int, seed: int, data: st.DataObject
+) -> None:
+    rng = np.random.default_rng(seed)
+    # Small integers make exact ties (duplicate updates, equal scores) likely.
+    ups = [rng.integers(-2, 3, size=4).astype(np.float32) for _ in range(n)]
+    if n > 2:
+        ups[0] = ups[0] * 20  # an outlier
+        ups[1] = ups[2].copy()  # a duplicate
+    ids = [f"client-{i}" for i in range(n)]
+    counts = [int(c) for c in rng.integers(1, 100, size=n)]
+    stats = stats_from_plain(ups, ids, np.mean(ups, axis=0))
+    perm = np.array(data.draw(st.permutations(range(n))), dtype=int)
+    pstats = permute_stats(stats, perm)
+    pcounts = [counts[i] for i in perm]
+    for defenses in (("norm",), ("multikrum",), ("cosine",), ALL, ("none",)):
+        base = {d.client_id: d.to_record() for d in screen(stats, counts, defenses, f=f)}
+        moved = {d.client_id: d.to_record() for d in screen(pstats, pcounts, defenses, f=f)}
+        assert base == moved
+    # and the permuted list is the permutation of the original list
+    order = [d.client_id for d in screen(pstats, pcounts, ALL, f=f)]
+    assert order == [ids[i] for i in perm]
+
+
+# --------------------------------------------------------------------------- outliers
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_boosted_updates_dropped_by_norm_and_multikrum(seed: int) -> None:
+    ups = honest_round(seed)
+    ups += [20 * ups[0], 20 * ups[1]]  # n = 12 > 2f + 2 with f = 2
+    ids = list(range(12))
+    stats = stats_from_plain(ups, ids, None)
+    assert rejected(norm_filter(stats)) == {10, 11}
+    assert rejected(multikrum_filter(stats, f=2)) == {10, 11}
+    # cosine is scale-free by design: boosting is the norm filter's job
+    assert rejected(cosine_filter(stats)) == set()
+    decisions = screen(stats, [50] * 12, ALL, f=2)
+    assert {d.client_id for d in decisions if not d.accepted} == {10, 11}
+    by_id = {d.client_id: d for d in decisions}
+    assert by_id[10].reasons == ("norm>3.0*median", "multikrum:not-selected")
+    assert by_id[10].weight == 0 and by_id[3].weight == 50
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_sign_flipped_updates_dropped_by_cosine_and_multikrum(seed: int) -> None:
+    ups = honest_round(seed)
+    ups += [-ups[0], -ups[1]]
+    stats = stats_from_plain(ups, list(range(12)), None)
+    assert rejected(cosine_filter(stats)) == {10, 11}
+    assert rejected(multikrum_filter(stats, f=2)) == {10, 11}
+    assert rejected(norm_filter(stats)) == set()  # same length as honest ones
+    by_id = {d.client_id: d for d in screen(stats, [1] * 12, ALL, f=2)}
+    assert by_id[10].reasons == ("multikrum:not-selected", "cosine<0.0")
+    assert by_id[10].scores["cosine"] < 0 < by_id[0].scores["cosine"]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_one_boosted_one_flipped(seed: int) -> None:
+    ups = [*honest_round(seed), 30 * honest_round(seed + 100, n=1)[0]]
+    ups.append(-5 * ups[3])
+    stats = stats_from_plain(ups, list(range(12)), None)
+    decisions = screen(stats, [1] * 12, "norm,multikrum,cosine", f=2)
+    assert {d.client_id for d in decisions if not d.accepted} == {10, 11}
+
+
+def test_boosted_attacker_cannot_get_honest_rejected_by_cosine() -> None:
+    ups = honest_round(7)
+    ups.append(-1000 * ups[0])  # would dominate a mean reference
+    stats = stats_from_plain(ups, list(range(11)), np.mean(ups, axis=0))
+    assert rejected(cosine_filter(stats)) == {10}
+    # the non-robust reference (this round's mean) gets it backwards
+    mean_ref = UpdateStats(
+        stats.client_ids, stats.sq_norms, None, stats.inner_with_ref, stats.ref_sq_norm
+    )
+    assert rejected(cosine_filter(mean_ref)) == set(range(10))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_all_honest_round(seed: int) -> None:
+    ups = honest_round(seed, n=10, spread=1.0)
+    stats = stats_from_plain(ups, list(range(10)), None)
+    assert rejected(norm_filter(stats)) == set()
+    assert rejected(cosine_filter(stats)) == set()
+    # Multi-Krum always keeps exactly n - f, attack or not (documented).
+    kept = [v for v in multikrum_filter(stats, f=2) if v.accepted]
+    assert len(kept) == 8
+    decisions = screen(stats, list(range(1, 11)), ("norm", "cosine"), f=2)
+    assert [d.weight for d in decisions] == list(range(1, 11))
+    assert all(d.accepted for d in decisions)
+    assert all(d.reasons == () for d in decisions)
+
+
+def test_multikrum_degrades_when_n_too_small() -> None:
+    ups = [*honest_round(1, n=4), 50 * honest_round(2, n=1)[0]]
+    stats = stats_from_plain(ups, list(range(5)), None)
+    verdicts = multikrum_filter(stats, f=2)  # 5 <= 2*2 + 2: falls back to f' = 1
+    assert rejected(verdicts) == {4}
+    note = "multikrum:degraded(n=5<=2f+2, f=2->1)"
+    assert all(note in v.reasons for v in verdicts)
+    assert all(v.scores["krum_f"] == 1.0 for v in verdicts)
+    tiny = stats_from_plain(honest_round(3, n=2), ["a", "b"], None)
+    assert rejected(multikrum_filter(tiny, f=1)) == set()
+    solo = stats_from_plain(honest_round(3, n=1), ["a"], None)
+    assert [v.accepted for v in screen(solo, [3], ALL, f=0)] == [True]
+
+
+# --------------------------------------------------------------------------- hostile stats
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_updates_rejected_by_every_filter(bad: float) -> None:
+    ups = honest_round(4)
+    poisoned = ups[0].copy()
+    poisoned[3] = bad
+    ups.append(poisoned)
+    trusted_direction = np.mean(ups[:10], axis=0)  # e.g. last round's aggregate update
+    stats = stats_from_plain(ups, list(range(11)), trusted_direction)
+    assert rejected(norm_filter(stats)) == {10}
+    assert 10 in rejected(multikrum_filter(stats, f=1))
+    assert len(rejected(multikrum_filter(stats, f=1))) == 2  # f = 1 more, by construction
+    assert rejected(cosine_filter(stats)) == {10}
+    no_pairs = UpdateStats(
+        stats.client_ids, stats.sq_norms, None, stats.inner_with_ref, stats.ref_sq_norm
+    )
+    assert rejected(cosine_filter(no_pairs)) == {10}
+    decision = screen(stats, [1] * 11, ALL, f=1)[10]
+    assert not decision.accepted
+    assert decision.reasons == ("norm:non-finite", "multikrum:non-finite", "cosine:non-finite")
+    json.dumps([d.to_record() for d in screen(stats, [1] * 11, ALL, f=1)], allow_nan=False)
+
+
+def test_non_finite_stats_only() -> None:
+    stats = UpdateStats(
+        ("a", "b", "c", "d"),
+        np.array([1.0, np.nan, 1.0, 1.0]),
+        np.array(
+            [
+                [0.0, np.nan, 0.1, 0.2],
+                [np.nan, 0.0, np.nan, np.nan],
+                [0.1, np.nan, 0.0, np.inf],
+                [0.2, np.nan, np.inf, 0.0],
+            ]
+        ),
+    )
+    for verdicts in (norm_filter(stats), multikrum_filter(stats, f=0), cosine_filter(stats)):
+        assert rejected(verdicts) == {"b"}
+
+
+def test_slightly_negative_statistics_from_ckks_noise() -> None:
+    stats = UpdateStats((0, 1, 2), np.array([-1e-9, 1.0, 1.1]), np.zeros((3, 3)))
+    assert rejected(norm_filter(stats)) == set()
+    cos = {v.client_id: v for v in cosine_filter(stats)}
+    assert cos[0].accepted and cos[0].reasons == ("cosine:undefined",)
+
+
+# --------------------------------------------------------------------------- composition
+
+
+@FAST
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(3, 10), f=st.integers(0, 3))
+def test_screen_is_the_intersection_of_filters(seed: int, n: int, f: int) -> None:
+    rng = np.random.default_rng(seed)
+    ups = [rng.normal(size=8) * rng.choice([1.0, 1.0, -1.0, 10.0]) for _ in range(n)]
+    stats = stats_from_plain(ups, list(range(n)), None)
+    parts = {
+        "norm": norm_filter(stats),
+        "multikrum": multikrum_filter(stats, f=f),
+        "cosine": cosine_filter(stats),
+    }
+    decisions = screen(stats, [2] * n, ALL, f=f)
+    for i, d in enumerate(decisions):
+        assert d.accepted == all(p[i].accepted for p in parts.values())
+        assert d.weight == (2 if d.accepted else 0)
+        assert d.reasons == tuple(r for p in parts.values() for r in p[i].reasons)
+
+
+def test_screen_none_accepts_everyone_and_takes_mapping_counts() -> None:
+    ups = [*honest_round(0, n=3), 100 * honest_round(1, n=1)[0]]
+    stats = stats_from_plain(ups, ["w", "x", "y", "z"], None)
+    decisions = screen(stats, {"z": 4, "y": 3, "x": 2, "w": 1}, "none", f=1)
+    assert [(d.client_id, d.accepted, d.weight) for d in decisions] == [
+        ("w", True, 1),
+        ("x", True, 2),
+        ("y", True, 3),
+        ("z", True, 4),
+    ]
+    with pytest.raises(ValueError, match="sample count"):
+        screen(stats, {"w": 1}, "none", f=1)
+    with pytest.raises(ValueError, match="ints >= 0"):
+        screen(stats, [1, 2, 3, -4], "none", f=1)
+    with pytest.raises(ValueError, match="f must be"):
+        screen(stats, [1] * 4, "norm", f=-1)
+
+
+def test_decision_record_is_frozen_and_json_ready() -> None:
+    d = Decision("a", False, 0, ["norm:non-finite"], {"norm_median": math.nan})  # type: ignore[arg-type]
+    assert d.reasons == ("norm:non-finite",)
+    with pytest.raises(TypeError):
+        d.scores["x"] = 1.0  # type: ignore[index]
+    assert json.loads(json.dumps(d.to_record(), allow_nan=False))["scores"] == {
+        "norm_median": "nan"
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("none", ("none",)),
+        ("norm", ("norm",)),
+        ("norm,multikrum,cosine", ALL),
+        (" Cosine , norm ", ("norm", "cosine")),
+    ],
+)
+def test_parse_defenses(text: str, expected: tuple[str, ...]) -> None:
+    assert parse_defenses(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text", ["", " ", "krum", "norm,", "norm,norm", "none,norm", "norm;cosine"]
+)
+def test_parse_defenses_errors_name_the_key(text: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_defenses(text)
+    assert info.value.key == "defense"
+    assert str(info.value).startswith("defense: ")
+    assert "allowed: none or a comma list of norm, multikrum, cosine" in str(info.value)
+
+
+def test_required_stats() -> None:
+    assert robust.required_stats("none") == frozenset()
+    assert robust.required_stats(("norm",)) == {"sq_norms"}
+    assert robust.required_stats("cosine") == {"sq_norms", "pair_sq_dists"}
+    assert robust.required_stats(list(ALL)) == {"sq_norms", "pair_sq_dists"}
+
+
+def test_filters_say_what_they_need() -> None:
+    stats = UpdateStats((0, 1), np.ones(2))
+    with pytest.raises(ValueError, match="pair_sq_dists"):
+        multikrum_filter(stats, f=0)
+    with pytest.raises(ValueError, match="cosine needs"):
+        cosine_filter(stats)
+    with pytest.raises(ValueError):
+        norm_filter(stats, k=0.0)
+
+
+# --------------------------------------------------------------------------- aggregation
+
+
+def test_fedavg_is_the_weighted_mean_and_leaves_inputs_alone() -> None:
+    ups = honest_round(0, n=3, d=5)
+    copies = [u.copy() for u in ups]
+    out = robust.fedavg(ups, [1, 2, 0])
+    np.testing.assert_allclose(out, (ups[0] + 2 * ups[1]) / 3, rtol=1e-6)
+    assert out.dtype == np.float32
+    assert all(np.array_equal(a, b) for a, b in zip(ups, copies, strict=True))
+    with pytest.raises(ValueError, match="total weight"):
+        robust.fedavg(ups, [0, 0, 0])
+    with pytest.raises(ValueError):
+        robust.fedavg(ups, [1, -1, 1])
+
+
+def test_flower_backed_plaintext_rules() -> None:
+    ups = honest_round(5, n=11, d=16)
+    ups[9] = ups[9] * 50
+    ups[10] = -ups[10] * 50
+    stack = np.stack(ups)
+    copies = [u.copy() for u in ups]
+    np.testing.assert_allclose(robust.coordinate_median(ups), np.median(stack, axis=0))
+    srt = np.sort(stack, axis=0)
+    np.testing.assert_allclose(robust.trimmed_mean(ups, 0.2), srt[2:9].mean(axis=0), rtol=1e-6)
+    agg = robust.bulyan(ups, 2)  # n = 11 >= 4f + 3
+    honest = stack[:9]
+    assert np.all(agg >= honest.min(axis=0) - 1e-6) and np.all(agg <= honest.max(axis=0) + 1e-6)
+    assert all(np.array_equal(a, b) for a, b in zip(ups, copies, strict=True))
+    with pytest.raises(ValueError, match="4f"):
+        robust.bulyan(ups[:10], 2)
+    with pytest.raises(ValueError, match="beta"):
+        robust.trimmed_mean(ups, 0.5)
