@@ -27,7 +27,7 @@ from clients.ledger import LedgerFile, ledger_from_state, ledger_to_state
 from clients.training import DPPlan, evaluate, train_local
 from federation import protocol as P
 from federation.config import FLAT_KEYS, FedConfig, from_flat
-from federation.data import load_fashion_mnist, load_subset, normalize
+from federation.data import load_fashion_mnist, normalize
 from federation.errors import FedguardError, PrivacyBudgetExceeded
 from federation.partition import parse_partition, partition, split_test_iid
 from federation.privacy import (
@@ -37,6 +37,7 @@ from federation.privacy import (
     check_budget,
     default_delta,
     epsilon,
+    poisson_schedule,
 )
 from federation.tasks import build_model, flatten_params, load_flat_params
 
@@ -78,7 +79,7 @@ NO_HOOKS = ClientHooks()
 
 @lru_cache(maxsize=8)
 def _partitions(data_dir: str, spec: str, num_parts: int, seed: int) -> tuple[Any, list[Any], list[Any]]:
-    ds = load_subset() if data_dir == "subset" else load_fashion_mnist(data_dir or None)
+    ds = load_fashion_mnist(data_dir or None)
     train_parts = partition(parse_partition(spec), ds.train_y, num_parts, seed)
     test_parts = split_test_iid(len(ds.test_y), num_parts, seed)
     return ds, train_parts, test_parts
@@ -150,12 +151,12 @@ def _dp_plan(cfg: FedConfig, n: int) -> tuple[DPPlan | None, float, float]:
     """Noise multiplier (calibrated once for the whole planned run), sample rate and delta."""
     if not cfg.dp.enabled:
         return None, 0.0, 0.0
-    q = min(1.0, cfg.train.batch_size / n)
+    q, per_epoch = poisson_schedule(n, cfg.train.batch_size)
     delta = cfg.dp.delta or default_delta(n)
     if cfg.dp.noise_multiplier > 0:
         sigma = cfg.dp.noise_multiplier
     else:
-        steps = cfg.run.rounds * cfg.train.local_epochs * _steps_per_epoch(q)
+        steps = cfg.run.rounds * cfg.train.local_epochs * per_epoch
         sigma = _calibrate(cfg.dp.epsilon, delta, q, steps, cfg.dp.accountant.value)
     return DPPlan(noise_multiplier=sigma, max_grad_norm=cfg.dp.max_grad_norm), q, delta
 
@@ -163,10 +164,6 @@ def _dp_plan(cfg: FedConfig, n: int) -> tuple[DPPlan | None, float, float]:
 @lru_cache(maxsize=64)
 def _calibrate(eps: float, delta: float, q: float, steps: int, accountant: str) -> float:
     return calibrate_noise(eps, delta, q, steps, accountant)
-
-
-def _steps_per_epoch(q: float) -> int:
-    return max(1, round(1.0 / q))
 
 
 def _reply(status: str, reason: str, metrics: dict[str, float], arrays: dict[str, Any] | None = None) -> RecordDict:
@@ -216,7 +213,7 @@ def handle_train(
     ledger, ledger_file = _ledger(state, node_config)
     event: PrivacyEvent | None = None
     if plan is not None:
-        steps = cfg.train.local_epochs * _steps_per_epoch(q)
+        steps = cfg.train.local_epochs * poisson_schedule(len(data.train_y), cfg.train.batch_size)[1]
         event = PrivacyEvent(plan.noise_multiplier, q, steps, f"run{run_id}/round{round_}")
         metrics["epsilon"] = epsilon(ledger.events, delta, cfg.dp.accountant.value) if ledger.events else 0.0
         if cfg.dp.epsilon > 0:
@@ -240,6 +237,9 @@ def handle_train(
         return _reply(P.STATUS_ERROR, "training produced non-finite parameters", metrics)
 
     if event is not None:
+        # Record what training actually did (it follows the same Poisson schedule).
+        event = PrivacyEvent(plan.noise_multiplier, result.sample_rate, result.steps,  # type: ignore[union-attr]
+                             event.label)
         if ledger_file is not None:
             ledger_file.append(event)
         ledger = ledger.append(event)

@@ -51,6 +51,7 @@ __all__ = [
     "CLASSES",
     "DATA_DIR_ENV",
     "DEBIAN_DIR",
+    "SUBSET_NAME",
     "FASHION_MNIST_MEAN",
     "FASHION_MNIST_STD",
     "IMAGE_SHAPE",
@@ -458,13 +459,18 @@ def load_subset() -> Dataset:
     return _load_subset_cached(str(find_subset()))
 
 
+SUBSET_NAME = "subset"
+"""The ``data_dir`` value that selects the vendored subset even when the full set exists."""
+
+
 def load_fashion_mnist(data_dir: str | os.PathLike[str] | None = None) -> Dataset:
     """Load Fashion-MNIST from the first place that has it (see the module docstring).
 
     Parameters
     ----------
     data_dir:
-        A directory with the four IDX files. When given, it must work: there is no fallback.
+        A directory with the four IDX files, or ``"subset"`` for the vendored subset. When
+        given, it must work: there is no fallback.
 
     Returns
     -------
@@ -478,6 +484,8 @@ def load_fashion_mnist(data_dir: str | os.PathLike[str] | None = None) -> Datase
         A named directory (``data_dir`` or ``$FEDGUARD_DATA_DIR``) is missing or malformed, the
         Debian directory exists but is broken, or nothing is found at all.
     """
+    if data_dir is not None and str(data_dir) == SUBSET_NAME:
+        return load_subset()
     if data_dir is not None:
         return load_dir(data_dir)
     env = os.environ.get(DATA_DIR_ENV, "")

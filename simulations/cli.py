@@ -121,6 +121,123 @@ def run_simulation_cli(cfg: FedConfig) -> dict[str, Any]:
         raise
 
 
+
+
+
+
+@app.command()
+def demo(
+    rounds: Annotated[int, typer.Option("--rounds")] = 5,
+    out: Annotated[Path | None, typer.Option("--out", help="Parent folder of the two run folders.")] = None,
+    baseline: Annotated[bool, typer.Option("--baseline/--no-baseline", help="Also run the unfiltered baseline.")] = True,
+) -> None:
+    """The flagship: 10 clients, 2 attackers, DP, CKKS and encrypted filtering, vs no filter."""
+    parent = resolve_out(out, "demo")
+    common = {
+        "num-clients": 10, "num-server-rounds": rounds, "partition": "dirichlet:0.5",
+        "dp-epsilon": 8.0, "max-grad-norm": 1.0, "secure-aggregation": "ckks",
+        "malicious": 0.2, "attack": "scaling", "seed": 0,
+    }
+    guarded = build_config({**common, "defense": "norm,multikrum,cosine",
+                            "out-dir": str(parent / "guarded")})
+    s1 = run_simulation_cli(guarded)
+    results = [("encrypted filter (norm,multikrum,cosine)", s1, parent / "guarded")]
+    if baseline:
+        plain = build_config({**common, "defense": "none", "out-dir": str(parent / "unfiltered")})
+        console.print("\n[bold]baseline[/]: the same federation without filtering")
+        results.append(("no filter (baseline)", run_simulation_cli(plain), parent / "unfiltered"))
+    console.print()
+    for label, s, folder in results:
+        console.print(f"{label:<42} final accuracy {_pct(s.get('final_accuracy')):>9}   "
+                      f"max ε {s.get('max_epsilon') or 0:.2f}   run folder: {folder}")
+
+
+@bench_app.command("dp")
+def bench_dp_cmd(
+    out: Annotated[Path, typer.Option("--out", help="JSON file to write.")] = Path("runs/bench-dp.json"),
+    quick: Annotated[bool, typer.Option("--quick", help="Small sizes (seconds, for a smoke test).")] = False,
+) -> None:
+    """DP-SGD vs non-private epoch time (side by side), accuracy at ε ∈ {1, 3, 8}."""
+    from simulations.bench_dp import bench_dp
+
+    out = out.expanduser().resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = bench_dp(out, quick=quick)
+    console.print_json(json.dumps(result))
+    console.print(f"written: {out}")
+
+
+@bench_app.command("crypto")
+def bench_crypto_cmd(
+    out: Annotated[Path, typer.Option("--out", help="JSON file to write.")] = Path("runs/bench-crypto.json"),
+    quick: Annotated[bool, typer.Option("--quick", help="Small sizes (seconds, for a smoke test).")] = False,
+) -> None:
+    """CKKS bytes per parameter, encrypt/aggregate/decrypt throughput, screening cost, round time."""
+    from simulations.bench_crypto import bench_crypto_all
+
+    out = out.expanduser().resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = bench_crypto_all(quick=quick)
+    out.write_text(json.dumps(result, indent=2))
+    console.print_json(json.dumps(result))
+    console.print(f"written: {out}")
+
+
+@keys_app.command("init")
+def keys_init(
+    out: Annotated[Path, typer.Option("--out", help="Directory to create.")],
+    trainers: Annotated[int, typer.Option("--trainers", min=1, max=1000)],
+    preset: Annotated[str, typer.Option("--preset", help="aggregation | screening")] = "screening",
+    host: Annotated[list[str] | None, typer.Option("--host", help="SuperLink host name/IP for the TLS certificate (repeatable).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+) -> None:
+    """Provision a federation: CKKS keys (sealed per trainer), TLS material, SuperNode auth keys."""
+    from crypto import Preset, SecretContext
+    from crypto.keys import provision_federation, read_passphrase
+
+    presets = {"aggregation": Preset.AGGREGATION, "screening": Preset.SCREENING}
+    if preset not in presets:
+        _fail(f"--preset: got {preset!r}; allowed: {' | '.join(presets)}")
+    try:
+        passphrase = read_passphrase(confirm=True)
+        secret = SecretContext.generate(presets[preset])
+        public = secret.public()
+        result = provision_federation(
+            out.expanduser().resolve(), trainers, passphrase,
+            ckks_secret=secret.to_bytes(), ckks_public=public.to_bytes(),
+            fingerprint=secret.fingerprint,
+            hosts=tuple(host) if host else ("127.0.0.1", "localhost"), overwrite=overwrite,
+        )
+    except FedguardError as exc:
+        _fail(str(exc))
+        raise
+    console.print(f"provisioned {trainers} trainer bundle(s) and the server bundle in {result.out_dir}")
+    console.print(f"CKKS preset {preset}, key fingerprint {secret.fingerprint}")
+    for d in result.trainer_dirs:
+        console.print(f"  trainer bundle: {d}")
+    console.print(f"  server bundle:  {result.server_dir}")
+
+
+@app.command()
+def scenarios(
+    matrix: Annotated[str, typer.Option("--matrix", help="small | full")] = "small",
+    out: Annotated[Path | None, typer.Option("--out")] = None,
+    only: Annotated[list[str] | None, typer.Option("--only", help="Run scenarios whose name contains this (repeatable).")] = None,
+) -> None:
+    """Attacks x defences x (plaintext, CKKS): a markdown table and JSON of accuracy and backdoor success."""
+    from simulations.scenarios import MATRICES, run_matrix
+
+    if matrix not in MATRICES:
+        _fail(f"--matrix: got {matrix!r}; allowed: {' | '.join(MATRICES)}")
+    out_dir = resolve_out(out, f"scenarios-{matrix}")
+    from simulations.simulate import quiet_flower
+
+    quiet_flower()
+    rows = run_matrix(matrix, out_dir, progress=lambda line: console.print(line), only=only)
+    console.print((out_dir / "results.md").read_text())
+    console.print(f"{len(rows)} scenario(s); results in {out_dir}")
+
+
 def main() -> None:
     """Console-script entry point."""
     try:
@@ -132,5 +249,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-
-

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, Message, RecordDict
+from flwr.app import Array, ArrayRecord, Message
 
 from clients.app import app as client_app
 from federation import protocol as P
@@ -36,17 +36,8 @@ def _cfg(**flat: object):
 
 
 def _with_update(reply: Message, update: ArrayRecord) -> Message:
-    content = RecordDict(reply.content)
-    content[P.UPDATE_PLAIN] = update
-    return Message(content, reply_to=_origin(reply))
-
-
-def _origin(reply: Message) -> Message:
-    # Build a stand-in for the instruction so Message(reply_to=...) copies the right metadata.
-    class _M:
-        metadata = reply.metadata
-
-    return _M()  # type: ignore[return-value]
+    reply.content[P.UPDATE_PLAIN] = update
+    return reply
 
 
 def test_honest_run_trains_and_reports_every_round(fake_grid) -> None:
@@ -119,6 +110,9 @@ def test_budget_exhaustion_stops_the_run_and_says_why(fake_grid) -> None:
     # Round 1 is calibrated for one round; re-running with a 4-round plan on the same nodes
     # (whose ledgers are full) must refuse to train.
     run_federation(grid, cfg, make_scheme(cfg), observer=rec)
+    assert all(len(r.accepted) == 3 for r in rec.rounds)
+    for ctx in grid.nodes.values():  # the next run of the same federation
+        ctx.run_id = 8
     rec2 = Recorder()
     result = run_federation(grid, cfg2, make_scheme(cfg2), observer=rec2)
     assert result.stopped_early and result.rounds_completed == 0
