@@ -48,6 +48,8 @@ def simulate(
     quiet_flower()
     from flwr.simulation import run_simulation
 
+    logging.getLogger("flwr").setLevel(logging.ERROR)  # after import: Flower sets its own level
+
     from server.app import make_server_app
 
     if client_app is None:
