@@ -88,7 +88,8 @@ def make_client_app(hooks_factory: HooksFactory | None = None) -> ClientApp:
         from clients import encrypted
 
         try:
-            content = encrypted.handle_screen(msg.content, context.state)
+            content = encrypted.handle_screen(msg.content, context.state, context.node_config,
+                                              context.run_id)
         except Exception as exc:  # noqa: BLE001
             return _error_reply(msg, exc)
         return Message(content, reply_to=msg)

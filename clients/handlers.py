@@ -203,7 +203,7 @@ def handle_train(
     model = build_model(cfg.data.task, cfg.run.seed)
     dim = int(sum(p.numel() for p in model.parameters()))
     timings: dict[str, float] = {}
-    global_vec = secure.read_global(content, state, dim, timings)
+    global_vec = secure.read_global(content, state, node_config, run_id, dim, timings)
     load_flat_params(model, global_vec)
     metrics: dict[str, float] = {"partition-id": pid, **_evaluate_global(model, data), **timings}
     if hooks.extra_eval is not None:
@@ -264,7 +264,7 @@ def handle_evaluate(
     model = build_model(cfg.data.task, cfg.run.seed)
     dim = int(sum(p.numel() for p in model.parameters()))
     timings: dict[str, float] = {}
-    load_flat_params(model, secure.read_global(content, state, dim, timings))
+    load_flat_params(model, secure.read_global(content, state, node_config, run_id, dim, timings))
     metrics: dict[str, float] = {"partition-id": pid, **_evaluate_global(model, data), **timings}
     if hooks.extra_eval is not None:
         metrics.update(hooks.extra_eval(model, cfg, pid, num))

@@ -7,6 +7,7 @@ secret context in its node state; the server only ever sees ciphertexts).
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -22,16 +23,21 @@ __all__ = ["encode_update", "read_global"]
 
 
 def read_global(
-    content: RecordDict, state: RecordDict, dim: int, timings: dict[str, float]
+    content: RecordDict, state: RecordDict, node_config: Mapping[str, Any], run_id: int,
+    dim: int, timings: dict[str, float],
 ) -> npt.NDArray[np.float32]:
     """The global model a message carries, decrypted if it came encrypted."""
     if P.GLOBAL_PLAIN in content.array_records:
+        if P.KEYS in content.config_records:  # round 1 of CKKS: the public initial model
+            from clients import encrypted  # and this trainer's wrapped secret key
+
+            encrypted.secret_context(content, state, node_config, run_id)
         return record_vector(content.array_records[P.GLOBAL_PLAIN], dim)
     if P.GLOBAL_CIPHER in content.array_records:
         from clients import encrypted
 
         t = time.perf_counter()
-        vec = encrypted.decrypt_global(content, state, dim)
+        vec = encrypted.decrypt_global(content, state, node_config, run_id, dim)
         timings["decrypt-seconds"] = time.perf_counter() - t
         return vec
     raise ProtocolError("message carries no global model")
@@ -45,8 +51,10 @@ def encode_update(
         from clients import encrypted
 
         t = time.perf_counter()
-        arrays, nbytes = encrypted.encrypt_update(update, state)
+        arrays, nbytes, clipped = encrypted.encrypt_update(update, state)
         metrics["encrypt-seconds"] = time.perf_counter() - t
+        if clipped:
+            metrics["clipped-values"] = clipped
     else:
         arrays, nbytes = {P.UPDATE_PLAIN: vector_record(update)}, int(update.nbytes)
     metrics["bytes-up"] = nbytes

@@ -15,9 +15,20 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["WEIGHT_DENOMINATOR", "apply_update", "integer_weights", "weighted_update"]
+__all__ = [
+    "UPDATE_VALUE_BOUND",
+    "WEIGHT_DENOMINATOR",
+    "apply_update",
+    "integer_weights",
+    "weighted_update",
+]
 
 WEIGHT_DENOMINATOR = 4096
+
+UPDATE_VALUE_BOUND = 4.0
+"""Largest magnitude of one update coordinate under CKKS. Trainers clip to it before
+encrypting (honest DP-SGD updates stay far below it); the encrypted screening sizes its
+masks and modulus headroom for it."""
 
 
 def integer_weights(counts: Sequence[int], total: int = WEIGHT_DENOMINATOR) -> npt.NDArray[np.int64]:

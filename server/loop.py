@@ -272,6 +272,8 @@ def run_federation(
     if len(nodes) < cfg.run.clients:
         log.warning("only %d of %d nodes connected; continuing with them", len(nodes), cfg.run.clients)
     scheme.setup(grid, nodes, cfg)
+    for entry in scheme.drain_audit():
+        obs.on_audit(entry)
 
     reports: list[RoundReport] = []
     pending: RoundReport | None = None
@@ -284,6 +286,7 @@ def run_federation(
             rd = scheme.global_records(node, rnd)
             rd[P.CFG] = ConfigRecord({**flat, "round": rnd, "node-id": node})
             contents[node] = rd
+        down = {n: scheme.bytes_down(n) for n in nodes}
         replies, lost = exchange(grid, contents, P.MSG_TRAIN, rnd, cfg.run.round_timeout)
         t_train = clock() - t0
 
@@ -322,6 +325,8 @@ def run_federation(
         for r in results:
             if r.status != P.STATUS_OK:
                 obs.on_audit({"round": rnd, "node": r.node_id, "event": r.status, "reason": r.reason})
+        for entry in scheme.drain_audit():
+            obs.on_audit(entry)
         for node, d in sorted(decisions.items()):
             obs.on_audit({"round": rnd, "node": node,
                           "event": "accepted" if d.accepted else "filtered", **d.to_record()})
@@ -363,7 +368,7 @@ def run_federation(
         report.timings = {"train-phase": t_train, "screen": t_screen, "aggregate": t_agg,
                           **_sum_client_timings(accepted)}
         report.bytes_up = {r.node_id: int(r.metrics.get("bytes-up", 0)) for r in accepted}
-        report.bytes_down = {n: scheme.bytes_down(n) for n in nodes}
+        report.bytes_down = down
         obs.on_checkpoint(rnd, {"round": rnd, **scheme.checkpoint()})
         completed = rnd
         pending = report
@@ -426,4 +431,5 @@ def _sum_client_timings(results: Sequence[ClientResult]) -> dict[str, float]:
         vals = [r.metrics[k] for r in results if k in r.metrics]
         if vals:
             out[f"client-{k}-max"] = max(vals)
+            out[f"client-{k}-sum"] = sum(vals)
     return out

@@ -53,6 +53,9 @@ class Scheme(Protocol):
     def bytes_down(self, node: int) -> int:
         """Bytes of model payload sent to ``node`` in the last train message."""
 
+    def drain_audit(self) -> list[dict[str, Any]]:
+        """Audit entries the scheme produced since the last call (key setup, screening)."""
+
 
 class PlaintextScheme:
     """Updates as float32 vectors; the server holds the plaintext global model."""
@@ -91,3 +94,6 @@ class PlaintextScheme:
 
     def bytes_down(self, node: int) -> int:
         return int(self.global_model.nbytes)
+
+    def drain_audit(self) -> list[dict[str, Any]]:
+        return []

@@ -1,0 +1,257 @@
+"""The server's side of CKKS: aggregation and screening on ciphertexts, with a public context.
+
+The server never holds a secret key. It keeps the global model encrypted as ``K * G``
+(``K`` = :data:`~federation.aggregation.WEIGHT_DENOMINATOR`): each round it adds
+``sum_i w_i * enc(update_i)`` with integer weights that sum to ``K``, which costs no
+multiplicative level, and trainers divide by ``K`` after decrypting. Round 1 sends the public
+seeded initial model in plaintext.
+
+Keys come either from a provisioned server bundle (``key-dir``) or from the in-band setup
+(:meth:`CkksScheme.setup`): one trainer generates the CKKS keys and wraps the secret for each
+other trainer; the server only relays opaque blobs and keeps the public context.
+
+Screening (when a defence is on): squared norms and pairwise squared distances are computed
+on ciphertexts (lazy products, summed over chunks, masked by zero-sum random slots), a quorum
+of key holders decrypts each statistic's slot sum, and :func:`crypto.stats.reconcile` checks
+that they agree; a key holder whose answers disagree is reported and not used.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from flwr.app import ConfigRecord, RecordDict
+
+from crypto import EncryptedVector, Preset, PublicContext, add, encrypt, weighted_sum
+from crypto import wire
+from crypto.keys import load_server_bundle
+from crypto.stats import assemble, compute_statistics, reconcile
+from federation import protocol as P
+from federation.aggregation import UPDATE_VALUE_BOUND, WEIGHT_DENOMINATOR
+from federation.config import FedConfig
+from federation.errors import CryptoError, InvalidCiphertext, KeyMismatch, ProtocolError, RejectedUpdate
+from federation.records import bytes_record, record_bytes, vector_record
+from federation.robust import UpdateStats
+from server.loop import exchange
+
+__all__ = ["CkksScheme"]
+
+log = logging.getLogger("fedguard.server")
+
+
+class CkksScheme:
+    """Encrypted transport (see the module docstring). Holds a :class:`PublicContext` only."""
+
+    name = "ckks"
+
+    def __init__(self, initial: npt.NDArray[np.float32], cfg: FedConfig,
+                 rng: random.Random | None = None) -> None:
+        self.initial = initial.astype(np.float32, copy=True)
+        self.dim = int(initial.shape[0])
+        self.cfg = cfg
+        self.preset = Preset.SCREENING if cfg.defense.defenses else Preset.AGGREGATION
+        self.public: PublicContext | None = None
+        self.global_enc: EncryptedVector | None = None
+        self._global_blob: bytes | None = None
+        self._restored_blob: bytes | None = None
+        self._wrapped: dict[int, bytes] = {}
+        self._audit: list[dict[str, Any]] = []
+        self._rng = rng or random.SystemRandom()
+        self._round_nodes: list[int] = []
+
+    # -- keys -----------------------------------------------------------------------------
+    def setup(self, grid: Any, nodes: Sequence[int], cfg: FedConfig) -> None:
+        """Obtain the public context: from the server bundle, or by the in-band setup."""
+        self._round_nodes = list(nodes)
+        if cfg.secure.key_dir:
+            bundle = load_server_bundle(Path(cfg.secure.key_dir))
+            public = PublicContext.from_bytes(bundle.ckks_public)
+            if public.fingerprint != bundle.ckks_fingerprint:
+                raise CryptoError("the server bundle's public context does not match its manifest")
+            if cfg.defense.defenses and public.preset is not Preset.SCREENING:
+                raise CryptoError("encrypted filtering needs keys of the 'screening' preset")
+            self.preset = public.preset
+            self.public = public
+        else:
+            if self._restored_blob is not None:
+                raise CryptoError("--resume under CKKS needs provisioned keys (key-dir): in-band "
+                                  "keys live only as long as one run")
+            self.public = self._in_band_setup(grid, list(nodes), cfg)
+        if self._restored_blob is not None:
+            self.global_enc = self._decode_global(self._restored_blob)
+            self._global_blob = self._restored_blob
+            self._restored_blob = None
+
+    def _in_band_setup(self, grid: Any, nodes: list[int], cfg: FedConfig) -> PublicContext:
+        generator = nodes[0]
+        contents = {
+            n: RecordDict({P.KEYS: ConfigRecord({
+                "role": "generator" if n == generator else "member", "preset": self.preset.id})})
+            for n in nodes
+        }
+        replies, lost = exchange(grid, contents, P.MSG_KEYS_SETUP, 0, cfg.run.round_timeout)
+        if generator not in replies:
+            raise CryptoError(f"in-band key setup failed: the generator node {generator} "
+                              f"did not answer ({lost.get(generator, 'no reply')})")
+        gen = replies[generator].content.config_records.get(P.KEYS)
+        if gen is None or not isinstance(gen.get("public-context"), bytes):
+            raise CryptoError("in-band key setup failed: no public context from the generator")
+        public = PublicContext.from_bytes(gen["public-context"])  # type: ignore[arg-type]
+        if public.preset is not self.preset:
+            raise CryptoError("in-band key setup failed: the generator used another preset")
+        recipients, publics = [], []
+        for n in nodes:
+            if n == generator or n not in replies:
+                continue
+            rec = replies[n].content.config_records.get(P.KEYS)
+            pub = rec.get("wrap-public") if rec is not None else None
+            if isinstance(pub, bytes) and len(pub) == 32:
+                recipients.append(str(n))
+                publics.append(pub)
+            else:
+                self._audit.append({"round": 0, "node": n, "event": "key-setup-failed",
+                                    "reason": "no valid wrap key"})
+        for n, why in lost.items():
+            self._audit.append({"round": 0, "node": n, "event": "key-setup-failed", "reason": why})
+        if recipients:
+            wrap_req = {generator: RecordDict({P.KEYS: ConfigRecord(
+                {"recipients": recipients, "wrap-publics": publics})})}
+            wrapped, lost2 = exchange(grid, wrap_req, P.MSG_KEYS_WRAP, 0, cfg.run.round_timeout)
+            if generator not in wrapped:
+                raise CryptoError(f"in-band key setup failed: wrapping ({lost2.get(generator)})")
+            blobs = wrapped[generator].content.config_records.get(P.KEYS) or ConfigRecord({})
+            for r in recipients:
+                blob = blobs.get(f"blob-{r}")
+                if isinstance(blob, bytes) and len(blob) < 16 * 2**20:
+                    self._wrapped[int(r)] = blob
+        log.info("in-band CKKS keys: generator node %s, %d wrapped copies, fingerprint %s",
+                 generator, len(self._wrapped), public.fingerprint)
+        return public
+
+    # -- the global model -------------------------------------------------------------------
+    def global_records(self, node: int, round_: int) -> RecordDict:
+        rd = RecordDict()
+        meta: dict[str, Any] = {"denominator": WEIGHT_DENOMINATOR, "preset": self.preset.id}
+        if node in self._wrapped:  # delivered once, with the first message after setup
+            meta.update({"wrapped-secret": self._wrapped.pop(node), "recipient": str(node)})
+        if self.global_enc is None:
+            rd[P.GLOBAL_PLAIN] = vector_record(self.initial)  # public seeded initialisation
+        else:
+            rd[P.GLOBAL_CIPHER] = bytes_record({"g": self._blob()})
+        rd[P.KEYS] = ConfigRecord(meta)
+        return rd
+
+    def _blob(self) -> bytes:
+        if self._global_blob is None:
+            assert self.global_enc is not None
+            self._global_blob = wire.encode(self.global_enc)
+        return self._global_blob
+
+    def bytes_down(self, node: int) -> int:
+        return len(self._blob()) if self.global_enc is not None else int(self.initial.nbytes)
+
+    # -- updates ----------------------------------------------------------------------------
+    def _public(self) -> PublicContext:
+        if self.public is None:
+            raise CryptoError("no public context: key setup has not run")
+        return self.public
+
+    def parse_update(self, node: int, content: RecordDict) -> EncryptedVector:
+        if P.UPDATE_CIPHER not in content.array_records:
+            raise RejectedUpdate("malformed", "reply has no encrypted update")
+        max_bytes = wire.encoded_size(self.preset, self.dim, seeded=False)
+        blob = record_bytes(content.array_records[P.UPDATE_CIPHER], "u", max_bytes)
+        try:
+            enc = wire.decode(blob, self._public(), expected_length=self.dim, max_bytes=max_bytes)
+        except InvalidCiphertext as exc:
+            raise RejectedUpdate(f"ciphertext:{exc.reason}", "") from None
+        except KeyMismatch:
+            raise RejectedUpdate("ciphertext:key-mismatch", "") from None
+        if enc.multiplier != 1:  # an update is one fresh encryption, not a pre-weighted sum
+            raise RejectedUpdate("ciphertext:weighted", "an update must carry weight 1")
+        return enc
+
+    def statistics(self, grid: Any, payloads: dict[int, Any], round_: int) -> UpdateStats:
+        """Encrypted squared norms and pair distances, decrypted as masked sums by a quorum."""
+        ids = sorted(payloads)
+        vectors = [payloads[i] for i in ids]
+        req = compute_statistics(self._public(), vectors, norms=True, distances=True, inner=False,
+                                 value_bound=UPDATE_VALUE_BOUND)
+        blobs = req.blobs()
+        quorum = min(self.cfg.defense.screen_quorum, len(ids))
+        holders = sorted(self._rng.sample(ids, quorum))
+        spare = [n for n in ids if n not in holders]
+        answers = self._ask(grid, holders, blobs, round_)
+        values, liars = reconcile(answers) if answers else ([float("nan")] * len(blobs), frozenset())
+        if any(np.isnan(values)) and spare:  # disagreement or silence: ask one more holder
+            extra = self._rng.choice(spare)
+            answers.update(self._ask(grid, [extra], blobs, round_))
+            values, liars = reconcile(answers)
+        for liar in sorted(liars):
+            self._audit.append({"round": round_, "node": int(liar), "event": "key-holder-disagrees",
+                                "reason": "screening answers differ from the other key holders"})
+            log.warning("round %d: key holder %s disagrees with the quorum", round_, liar)
+        sv = assemble(req.labels, values, len(ids))
+        norms = sv.squared_norms.copy()
+        dists = sv.squared_distances.copy()
+        for i, j in req.shared_randomness:  # a copied or replayed ciphertext: distrust both
+            norms[i] = norms[j] = float("nan")
+            self._audit.append({"round": round_, "event": "shared-randomness",
+                                "nodes": [ids[i], ids[j]]})
+        return UpdateStats(client_ids=tuple(ids), sq_norms=norms, pair_sq_dists=dists)
+
+    def _ask(self, grid: Any, holders: list[int], blobs: list[bytes], round_: int) -> dict[str, list[float]]:
+        record = bytes_record({f"s{k:06d}": b for k, b in enumerate(blobs)})
+        contents = {h: RecordDict({P.SCREEN: record}) for h in holders}
+        replies, lost = exchange(grid, contents, P.MSG_SCREEN, round_, self.cfg.run.round_timeout)
+        answers: dict[str, list[float]] = {}
+        for h, reply in replies.items():
+            rec = reply.content.metric_records.get(P.SCREEN)
+            vals = rec.get("values") if rec is not None else None
+            if isinstance(vals, list) and len(vals) == len(blobs):
+                answers[str(h)] = [float(v) for v in vals]
+            else:
+                answers[str(h)] = []  # reconcile treats a wrong length as a liar
+        for h, why in lost.items():
+            self._audit.append({"round": round_, "node": h, "event": "key-holder-silent", "reason": why})
+        return answers
+
+    def aggregate(self, payloads: Sequence[Any], weights: Sequence[int]) -> None:
+        public = self._public()
+        total = weighted_sum(public, list(payloads), list(weights))
+        if self.global_enc is None:
+            base = weighted_sum(public, [encrypt(public, self.initial)], [WEIGHT_DENOMINATOR])
+            self.global_enc = add(public, base, total)
+        else:
+            self.global_enc = add(public, self.global_enc, total)
+        self._global_blob = None
+
+    def drain_audit(self) -> list[dict[str, Any]]:
+        out, self._audit = self._audit, []
+        return out
+
+    # -- checkpoints (ciphertexts only) -----------------------------------------------------
+    def checkpoint(self) -> dict[str, Any]:
+        return {"scheme": self.name, "preset": self.preset.id,
+                "fingerprint": self._public().fingerprint, "global-enc": self._blob()}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        if str(state.get("scheme")) != self.name:
+            raise ValueError("checkpoint was not written by an encrypted run")
+        blob = state["global-enc"]
+        self._restored_blob = blob.tobytes() if hasattr(blob, "tobytes") else bytes(blob)
+
+    def _decode_global(self, blob: bytes) -> EncryptedVector:
+        public = self._public()
+        limit = max(len(blob), 1)
+        try:
+            enc = wire.decode(blob, public, expected_length=self.dim, max_bytes=limit)
+        except (InvalidCiphertext, KeyMismatch) as exc:
+            raise ProtocolError(f"checkpoint does not fit the current key: {exc}") from None
+        return enc
