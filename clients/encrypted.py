@@ -145,8 +145,9 @@ def handle_keys_wrap(content: RecordDict, state: RecordDict, run_id: int) -> Rec
 
 
 def decrypt_global(content: RecordDict, state: RecordDict, node_config: Mapping[str, Any],
-                   run_id: int, dim: int) -> npt.NDArray[np.float32]:
-    """Decrypt ``K * G`` and divide by the plaintext denominator ``K``."""
+                   run_id: int, initial: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """``G = G0 + S / K``: decrypt the encrypted sum of updates ``S``, divide by ``K``."""
+    dim = int(initial.shape[0])
     ctx = secret_context(content, state, node_config, run_id)
     meta = content.config_records.get(P.KEYS)
     denominator = meta.get("denominator") if meta is not None else None
@@ -155,7 +156,7 @@ def decrypt_global(content: RecordDict, state: RecordDict, node_config: Mapping[
     max_bytes = wire.encoded_size(ctx.preset, dim, seeded=False)
     blob = record_bytes(content.array_records[P.GLOBAL_CIPHER], "g", max_bytes)
     enc = wire.decode(blob, ctx, expected_length=dim, max_bytes=max_bytes)
-    vec = decrypt(ctx, enc).astype(np.float64) / denominator
+    vec = initial.astype(np.float64) + decrypt(ctx, enc).astype(np.float64) / denominator
     if not np.all(np.isfinite(vec)) or float(np.max(np.abs(vec))) > GLOBAL_RANGE:
         raise ProtocolError("decrypted global model is out of range")
     return vec.astype(np.float32)

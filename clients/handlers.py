@@ -201,9 +201,9 @@ def handle_train(
     pid, num = _partition_of(node_config, cfg)
     data = local_data(cfg, pid, num, hooks.poison_data)
     model = build_model(cfg.data.task, cfg.run.seed)
-    dim = int(sum(p.numel() for p in model.parameters()))
     timings: dict[str, float] = {}
-    global_vec = secure.read_global(content, state, node_config, run_id, dim, timings)
+    global_vec = secure.read_global(content, state, node_config, run_id, flatten_params(model),
+                                    timings)
     load_flat_params(model, global_vec)
     metrics: dict[str, float] = {"partition-id": pid, **_evaluate_global(model, data), **timings}
     if hooks.extra_eval is not None:
@@ -262,9 +262,9 @@ def handle_evaluate(
     pid, num = _partition_of(node_config, cfg)
     data = local_data(cfg, pid, num)
     model = build_model(cfg.data.task, cfg.run.seed)
-    dim = int(sum(p.numel() for p in model.parameters()))
     timings: dict[str, float] = {}
-    load_flat_params(model, secure.read_global(content, state, node_config, run_id, dim, timings))
+    load_flat_params(model, secure.read_global(content, state, node_config, run_id,
+                                               flatten_params(model), timings))
     metrics: dict[str, float] = {"partition-id": pid, **_evaluate_global(model, data), **timings}
     if hooks.extra_eval is not None:
         metrics.update(hooks.extra_eval(model, cfg, pid, num))

@@ -24,9 +24,14 @@ __all__ = ["encode_update", "read_global"]
 
 def read_global(
     content: RecordDict, state: RecordDict, node_config: Mapping[str, Any], run_id: int,
-    dim: int, timings: dict[str, float],
+    initial: npt.NDArray[np.float32], timings: dict[str, float],
 ) -> npt.NDArray[np.float32]:
-    """The global model a message carries, decrypted if it came encrypted."""
+    """The global model a message carries, decrypted if it came encrypted.
+
+    ``initial`` is the public seeded initial model; under CKKS the message carries the
+    encrypted sum of updates since then.
+    """
+    dim = int(initial.shape[0])
     if P.GLOBAL_PLAIN in content.array_records:
         if P.KEYS in content.config_records:  # round 1 of CKKS: the public initial model
             from clients import encrypted  # and this trainer's wrapped secret key
@@ -37,7 +42,7 @@ def read_global(
         from clients import encrypted
 
         t = time.perf_counter()
-        vec = encrypted.decrypt_global(content, state, node_config, run_id, dim)
+        vec = encrypted.decrypt_global(content, state, node_config, run_id, initial)
         timings["decrypt-seconds"] = time.perf_counter() - t
         return vec
     raise ProtocolError("message carries no global model")

@@ -1,10 +1,11 @@
 """The server's side of CKKS: aggregation and screening on ciphertexts, with a public context.
 
-The server never holds a secret key. It keeps the global model encrypted as ``K * G``
-(``K`` = :data:`~federation.aggregation.WEIGHT_DENOMINATOR`): each round it adds
-``sum_i w_i * enc(update_i)`` with integer weights that sum to ``K``, which costs no
-multiplicative level, and trainers divide by ``K`` after decrypting. Round 1 sends the public
-seeded initial model in plaintext.
+The server never holds a secret key. It keeps the global model encrypted as
+``S = K * (G - G0)``, the sum of all accepted weighted updates so far (``K`` =
+:data:`~federation.aggregation.WEIGHT_DENOMINATOR`, ``G0`` the public seeded initial model):
+each round it adds ``sum_i w_i * enc(update_i)`` with integer weights that sum to ``K``, which
+costs no multiplicative level and no fresh encryption. Trainers decrypt and compute
+``G = G0 + S / K``. Round 1 sends ``G0`` in plaintext (it is public).
 
 Keys come either from a provisioned server bundle (``key-dir``) or from the in-band setup
 (:meth:`CkksScheme.setup`): one trainer generates the CKKS keys and wraps the secret for each
@@ -28,7 +29,7 @@ import numpy as np
 import numpy.typing as npt
 from flwr.app import ConfigRecord, RecordDict
 
-from crypto import EncryptedVector, Preset, PublicContext, add, encrypt, weighted_sum
+from crypto import EncryptedVector, Preset, PublicContext, add, weighted_sum
 from crypto import wire
 from crypto.keys import load_server_bundle
 from crypto.stats import assemble, compute_statistics, reconcile
@@ -225,11 +226,7 @@ class CkksScheme:
     def aggregate(self, payloads: Sequence[Any], weights: Sequence[int]) -> None:
         public = self._public()
         total = weighted_sum(public, list(payloads), list(weights))
-        if self.global_enc is None:
-            base = weighted_sum(public, [encrypt(public, self.initial)], [WEIGHT_DENOMINATOR])
-            self.global_enc = add(public, base, total)
-        else:
-            self.global_enc = add(public, self.global_enc, total)
+        self.global_enc = total if self.global_enc is None else add(public, self.global_enc, total)
         self._global_blob = None
 
     def drain_audit(self) -> list[dict[str, Any]]:

@@ -90,6 +90,7 @@ class RoundReport:
     bytes_up: dict[int, int] = field(default_factory=dict)
     bytes_down: dict[int, int] = field(default_factory=dict)
     extra: dict[str, float] = field(default_factory=dict)  # eval-x-* metrics, e.g. "asr"
+    clients: dict[int, str] = field(default_factory=dict)  # node id -> client label
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -110,6 +111,7 @@ class RoundReport:
             "bytes_up": {str(k): v for k, v in self.bytes_up.items()},
             "bytes_down": {str(k): v for k, v in self.bytes_down.items()},
             **{f"eval_{k}": v for k, v in self.extra.items()},
+            "clients": {str(k): v for k, v in self.clients.items()},
         }
 
 
@@ -344,6 +346,7 @@ def run_federation(
             epsilon_by_client={_client_label(r): r.metrics["epsilon"] for r in evals
                                if "epsilon" in r.metrics},
             decisions=[d.to_record() for _n, d in sorted(decisions.items())],
+            clients={r.node_id: _client_label(r) for r in evals},
         )
         need = max(cfg.run.min_clients, 1)
         if len(accepted) < need:

@@ -1,0 +1,508 @@
+"""Private bridge to Microsoft SEAL through ``tenseal.sealapi``.
+
+This is the only module of the repository that imports :mod:`tenseal`. Nothing it
+returns is a TenSEAL object: callers get numpy arrays, Python scalars and the small
+handle classes defined here (which keep their SEAL objects private).
+
+How ciphertext data crosses the boundary
+----------------------------------------
+The exchange format is a numpy ``uint64`` array of RNS coefficients in NTT form, shaped
+``(polynomials, primes, N)`` -- exactly SEAL's in-memory layout. It never crosses as
+TenSEAL/SEAL serialization:
+
+* **into SEAL**: we write a SEAL-format byte stream *ourselves* from arrays that the
+  caller has already validated (header, metadata, uncompressed ``DynArray``) into an
+  anonymous in-memory file (``memfd``) and let SEAL load it. SEAL therefore only ever
+  parses bytes this module generated; peer bytes are parsed by ``crypto/wire.py``.
+* **out of SEAL**: coefficient by coefficient (``sealapi`` has no bulk accessor, and its
+  ``save`` always compresses with zstd, which the Python standard library cannot read).
+  This costs ~220-270 ns per coefficient and is the main cost of encryption and of
+  finishing an encrypted statistic.
+
+Seeded ciphertexts
+------------------
+Trainers hold the secret key and upload *seeded* ciphertexts: the second polynomial
+``a`` is expanded from a public 32-byte seed (:func:`expand_uniform`, AES-256-CTR plus
+rejection sampling, done in numpy) and only ``c0`` travels, halving the upload. SEAL has
+no API for "symmetric encryption with a caller-chosen ``a``", so it is assembled from
+SEAL primitives: ``ct' = Enc_sk(m) = (c0', a')`` (fresh SEAL noise ``e'``) and
+``Dec(ct' - (0, a)) = c0' + (a' - a)s = m - e' - a*s = c0``. The pair ``(c0, a)`` is an
+ordinary RLWE encryption of ``m`` with fresh noise, exactly what SEAL's own seeded mode
+produces, only with a PRG we can run in numpy (so the server can aggregate without SEAL).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import struct
+import tempfile
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+import tenseal.sealapi as _sealapi
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from federation.errors import CryptoError
+
+__all__: list[str] = []  # private module: nothing is public API
+
+_S: Any = _sealapi
+
+U64Array = npt.NDArray[np.uint64]
+F64Array = npt.NDArray[np.float64]
+C128Array = npt.NDArray[np.complex128]
+
+SEED_BYTES: Final = 32
+"""Length of the public seed from which a seeded ciphertext's ``a`` polynomials expand."""
+
+_SEAL_MAGIC: Final = 0xA15E
+_HEADER = struct.Struct("<HBBBBHQ")  # magic, header size, major, minor, compr mode, reserved, size
+_CT_META = struct.Struct("<4QBQQQdQ")  # parms_id, is_ntt, size, degree, rns count, scale, corr.
+_PT_META = struct.Struct("<4QQd")  # parms_id, coeff count, scale
+_EXTRA_WORDS: Final = 64  # oversampling per expanded row (rejections are ~1e-5 likely each)
+
+# Statistic plan operation codes (see lazy_statistics).
+OP_SQUARE: Final = 0
+OP_DIFF_SQUARE: Final = 1
+OP_PRODUCT: Final = 2
+
+
+class _Scratch:
+    """An anonymous in-memory file that SEAL can open by path.
+
+    ``sealapi`` loads objects only from file paths. A ``memfd`` has no name in any
+    directory and lives in RAM; ``/proc/self/fd/N`` reopens it. Where memfd is not
+    available we fall back to a private ``0700`` temporary directory.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.pid = os.getpid()  # a forked child must not share the parent's file
+        self._tmpdir: str | None = None
+        fd = -1
+        if hasattr(os, "memfd_create"):
+            fd = os.memfd_create("fedguard-seal", os.MFD_CLOEXEC)
+            if not os.path.exists(f"/proc/self/fd/{fd}"):
+                os.close(fd)
+                fd = -1
+        if fd >= 0:
+            self.path = f"/proc/self/fd/{fd}"
+        else:
+            self._tmpdir = tempfile.mkdtemp(prefix="fedguard-seal-")
+            self.path = os.path.join(self._tmpdir, "scratch")
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        self._fd = fd
+
+    def put(self, data: bytes) -> None:
+        view = memoryview(data)
+        offset = 0
+        while offset < len(view):
+            offset += os.pwrite(self._fd, view[offset:], offset)
+        os.ftruncate(self._fd, len(view))
+
+    def get(self) -> bytes:
+        size = os.fstat(self._fd).st_size
+        return os.pread(self._fd, size, 0)
+
+    def wipe(self) -> None:
+        size = os.fstat(self._fd).st_size
+        if size:
+            os.pwrite(self._fd, bytes(size), 0)
+        os.ftruncate(self._fd, 0)
+
+    def __del__(self) -> None:
+        try:
+            os.close(self._fd)
+            if self._tmpdir is not None:
+                os.unlink(self.path)
+                os.rmdir(self._tmpdir)
+        except Exception:  # best effort, also at interpreter shutdown
+            pass
+
+
+@functools.cache
+def _seal_version() -> tuple[int, int]:
+    """The (major, minor) version SEAL writes into its headers, read from a real save."""
+    parms = _S.EncryptionParameters(_S.SCHEME_TYPE.CKKS)
+    scratch = _Scratch()
+    parms.save(scratch.path)
+    magic, header_size, major, minor, *_ = _HEADER.unpack_from(scratch.get())
+    if magic != _SEAL_MAGIC or header_size != _HEADER.size or major != 4:
+        raise CryptoError("unsupported SEAL build inside tenseal")
+    return int(major), int(minor)
+
+
+def _seal_header(total_size: int) -> bytes:
+    major, minor = _seal_version()
+    return _HEADER.pack(_SEAL_MAGIC, _HEADER.size, major, minor, 0, 0, total_size)
+
+
+def _dynarray(data: U64Array) -> bytes:
+    body = struct.pack("<Q", data.size) + np.ascontiguousarray(data, dtype="<u8").tobytes()
+    return _seal_header(_HEADER.size + len(body)) + body
+
+
+def _ciphertext_stream(parms_id: Sequence[int], polys: U64Array, scale: float) -> bytes:
+    size, rns, degree = polys.shape
+    meta = _CT_META.pack(*parms_id, 1, size, degree, rns, scale, 1)
+    body = meta + _dynarray(polys)
+    return _seal_header(_HEADER.size + len(body)) + body
+
+
+def _plaintext_stream(parms_id: Sequence[int], coeffs: U64Array, scale: float) -> bytes:
+    meta = _PT_META.pack(*parms_id, coeffs.size, scale)
+    body = meta + _dynarray(coeffs)
+    return _seal_header(_HEADER.size + len(body)) + body
+
+
+def _read_plain(pt: Any, count: int) -> U64Array:
+    """Read ``count`` coefficients out of a SEAL Plaintext (~220 ns each)."""
+    return np.fromiter(map(pt.data, range(count)), dtype=np.uint64, count=count)
+
+
+def _read_cipher(ct: Any, count: int) -> U64Array:
+    """Read ``count`` coefficients out of a SEAL Ciphertext (~270 ns each).
+
+    ``dyn_array().at`` is twice as fast as ``Ciphertext.__getitem__``; the DynArray
+    aliases ``ct``'s memory, and ``ct`` stays referenced while we read.
+    """
+    data = ct.dyn_array()
+    return np.fromiter(map(data.at, range(count)), dtype=np.uint64, count=count)
+
+
+def expand_uniform(
+    seed: bytes, moduli: Sequence[int], degree: int, start: int, stop: int
+) -> U64Array:
+    """Expand the ``a`` polynomials of chunks ``start..stop-1`` from a public seed.
+
+    Row ``r = chunk * len(moduli) + prime`` owns the AES-256-CTR(key=seed) counter
+    blocks ``[r * W, (r + 1) * W)`` with ``W = (N + 64) / 2`` (N + 64 words of 64
+    bits). Words are masked to the prime's bit length and rejection-sampled (keep
+    ``< q``, first ``N``); should a row keep fewer than ``N`` (probability < 1e-100 for
+    our primes) it continues from its own counter region ``2^127 + r * 2^32``. Each row
+    is uniform in ``[0, q)^N``, hence uniform in the NTT domain. The result does not
+    depend on how callers split the chunk range.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``uint64`` array shaped ``(stop - start, len(moduli), degree)``.
+    """
+    if len(seed) != SEED_BYTES:
+        raise ValueError("seed must be 32 bytes")
+    rns = len(moduli)
+    words = degree + _EXTRA_WORDS
+    blocks_per_row = words * 8 // 16
+    first_row, rows = start * rns, (stop - start) * rns
+    ctr = Cipher(algorithms.AES(seed), modes.CTR((first_row * blocks_per_row).to_bytes(16, "big")))
+    raw = np.frombuffer(ctr.encryptor().update(bytes(rows * words * 8)), dtype="<u8")
+    raw = raw.reshape(stop - start, rns, words)
+    out = np.empty((stop - start, rns, degree), dtype=np.uint64)
+    for j, q in enumerate(moduli):
+        bound = np.uint64(q)
+        plane = raw[:, j, :] & np.uint64((1 << int(q).bit_length()) - 1)
+        accepted = plane < bound
+        clean = accepted[:, :degree].all(axis=1)
+        out[clean, j] = plane[clean, :degree]
+        for c in np.flatnonzero(~clean):
+            kept = plane[c][accepted[c]]
+            row = first_row + int(c) * rns + j
+            counter = ((1 << 127) | (row << 32)).to_bytes(16, "big")
+            stream = Cipher(algorithms.AES(seed), modes.CTR(counter)).encryptor()
+            mask = np.uint64((1 << int(q).bit_length()) - 1)
+            while kept.size < degree:
+                more = np.frombuffer(stream.update(bytes(8 * words)), dtype="<u8") & mask
+                kept = np.concatenate([kept, more[more < bound]])
+            out[c, j] = kept[:degree]
+    return out
+
+
+class Ring:
+    """One CKKS parameter set inside SEAL: context, encoder, evaluator, scratch file.
+
+    Shared by every key of the same preset; holds no key material.
+    """
+
+    def __init__(self, degree: int, moduli: tuple[int, ...]) -> None:
+        parms = _S.EncryptionParameters(_S.SCHEME_TYPE.CKKS)
+        parms.set_poly_modulus_degree(degree)
+        parms.set_coeff_modulus([_S.Modulus(q) for q in moduli])
+        ctx = _S.SEALContext(parms, True, _S.SEC_LEVEL_TYPE.TC128)
+        if not ctx.parameters_set():
+            raise CryptoError("SEAL rejected the parameter set")
+        self.degree: Final = degree
+        self.key_moduli: Final = tuple(int(m.value()) for m in parms.coeff_modulus())
+        self.data_moduli: Final = self.key_moduli[:-1]
+        if self.key_moduli != moduli or len(self.data_moduli) < 1:
+            raise CryptoError("SEAL changed the parameter set")
+        self.slots: Final = degree // 2
+        self._ctx = ctx
+        self._encoder = _S.CKKSEncoder(ctx)
+        self._evaluator = _S.Evaluator(ctx)
+        self._data_pid: tuple[int, ...] = tuple(ctx.first_parms_id())
+        self._key_pid: tuple[int, ...] = tuple(ctx.key_parms_id())
+        self._scratch = _Scratch()
+
+    # -- moving data in and out -------------------------------------------------------
+
+    def _load(self, obj: Any, stream: bytes, *, secret: bool = False) -> None:
+        scratch = self._scratch
+        if scratch.pid != os.getpid():  # we were forked (e.g. a process pool)
+            scratch = self._scratch = _Scratch()
+        with scratch.lock:
+            scratch.put(stream)
+            try:
+                obj.load(self._ctx, scratch.path)
+            except Exception as exc:  # our own, validated stream: should never happen
+                raise CryptoError("SEAL refused an internally generated object") from exc
+            finally:
+                if secret:
+                    scratch.wipe()
+
+    def load_ciphertext(self, polys: U64Array, scale: float) -> Any:
+        """Build a SEAL ciphertext at the data level from validated coefficients."""
+        ct = _S.Ciphertext()
+        self._load(ct, _ciphertext_stream(self._data_pid, polys, scale))
+        return ct
+
+    def read_ciphertext(self, ct: Any) -> U64Array:
+        size = int(ct.size())
+        rns = len(self.data_moduli)
+        return _read_cipher(ct, size * rns * self.degree).reshape(size, rns, self.degree)
+
+    def read_plaintext(self, pt: Any) -> U64Array:
+        rns = len(self.data_moduli)
+        return _read_plain(pt, rns * self.degree).reshape(rns, self.degree)
+
+    def encode(self, values: F64Array | C128Array, scale: float) -> Any:
+        """Encode up to ``slots`` real or complex values at ``scale`` (data level)."""
+        pt = _S.Plaintext()
+        self._encoder.encode(values.tolist(), list(self._data_pid), scale, pt)
+        return pt
+
+    def decode(self, pt: Any, *, complex_slots: bool) -> F64Array | C128Array:
+        if complex_slots:
+            return np.asarray(self._encoder.decode_complex(pt), dtype=np.complex128)
+        return np.asarray(self._encoder.decode_double(pt), dtype=np.float64)
+
+
+@functools.cache
+def ring(degree: int, moduli: tuple[int, ...]) -> Ring:
+    """The shared :class:`Ring` of a parameter set (created once per process)."""
+    return Ring(degree, moduli)
+
+
+def _chunk_values(values: F64Array | C128Array, index: int) -> F64Array | C128Array:
+    row: F64Array | C128Array = values[index]
+    return row
+
+
+class PublicKeys:
+    """A SEAL public key and its encryptor. Cannot decrypt: it holds no secret key."""
+
+    def __init__(self, r: Ring, pk: Any) -> None:
+        self.ring: Final = r
+        self._pk = pk
+        self._encryptor = _S.Encryptor(r._ctx, pk)
+
+    @classmethod
+    def from_array(cls, r: Ring, pk: U64Array) -> PublicKeys:
+        """Load a public key from validated coefficients shaped ``(2, primes+1, N)``."""
+        obj = _S.PublicKey()
+        r._load(obj, _ciphertext_stream(r._key_pid, pk, 1.0))
+        return cls(r, obj)
+
+    def to_array(self) -> U64Array:
+        rns = len(self.ring.key_moduli)
+        data = _read_cipher(self._pk.data(), 2 * rns * self.ring.degree)
+        return data.reshape(2, rns, self.ring.degree)
+
+    def encrypt(self, values: F64Array | C128Array, scale: float) -> U64Array:
+        """Public-key encrypt each row of ``values``; returns ``(chunks, 2, primes, N)``."""
+        r = self.ring
+        out = np.empty((len(values), 2, len(r.data_moduli), r.degree), dtype=np.uint64)
+        for c in range(len(values)):
+            ct = _S.Ciphertext(r._ctx)
+            self._encryptor.encrypt(r.encode(_chunk_values(values, c), scale), ct)
+            out[c] = r.read_ciphertext(ct)
+        return out
+
+    def encrypt_to_seal(self, values: F64Array | C128Array, scale: float) -> Any:
+        ct = _S.Ciphertext(self.ring._ctx)
+        self._encryptor.encrypt(self.ring.encode(values, scale), ct)
+        return ct
+
+
+class SecretKeys:
+    """A SEAL secret key with its public key; encrypts (seeded) and decrypts.
+
+    Holders: trainers only. Nothing here is ever logged or put into an exception.
+    """
+
+    def __init__(self, r: Ring, sk: Any, public: PublicKeys) -> None:
+        self.ring: Final = r
+        self.public: Final = public
+        self._sk = sk
+        self._encryptor = _S.Encryptor(r._ctx, sk)
+        self._decryptor = _S.Decryptor(r._ctx, sk)
+
+    def __repr__(self) -> str:
+        return "SecretKeys(<redacted>)"
+
+    @classmethod
+    def generate(cls, r: Ring) -> SecretKeys:
+        keygen = _S.KeyGenerator(r._ctx)
+        pk = _S.PublicKey()
+        keygen.create_public_key(pk)
+        return cls(r, keygen.secret_key(), PublicKeys(r, pk))
+
+    @classmethod
+    def from_arrays(cls, r: Ring, sk: U64Array, pk: U64Array) -> SecretKeys:
+        """Load from validated coefficients.
+
+        ``sk`` is ``(primes+1, N)`` and ``pk`` is ``(2, primes+1, N)`` (key level).
+        """
+        obj = _S.SecretKey()
+        r._load(obj, _plaintext_stream(r._key_pid, sk, 1.0), secret=True)
+        return cls(r, obj, PublicKeys.from_array(r, pk))
+
+    def to_array(self) -> U64Array:
+        rns = len(self.ring.key_moduli)
+        return _read_plain(self._sk.data(), rns * self.ring.degree).reshape(rns, self.ring.degree)
+
+    def matches_public_key(self) -> bool:
+        """True when the public key encrypts under this secret key (a zero decrypts small)."""
+        r = self.ring
+        ct = self.public.encrypt_to_seal(np.zeros(r.slots), 2.0**26)
+        pt = _S.Plaintext()
+        self._decryptor.decrypt(ct, pt)
+        err = np.abs(r.decode(pt, complex_slots=False))  # noise std ~1e-5 if they match
+        return bool(np.all(np.isfinite(err)) and float(err.max()) < 1e-3)
+
+    def encrypt_seeded(self, values: F64Array | C128Array, a: U64Array, scale: float) -> U64Array:
+        """Symmetric encryption with caller-chosen ``a``; returns ``c0`` ``(chunks, primes, N)``.
+
+        ``values`` has one row of slot values per chunk and ``a`` the matching expanded
+        polynomials; see the module docstring for why the result is a proper RLWE
+        ciphertext ``(c0, a)`` of the row with fresh noise.
+        """
+        r = self.ring
+        rns = len(r.data_moduli)
+        zeros = np.zeros((1, rns, r.degree), dtype=np.uint64)
+        out = np.empty((len(values), rns, r.degree), dtype=np.uint64)
+        for c in range(len(values)):
+            zero_a = r.load_ciphertext(np.concatenate([zeros, a[c : c + 1]]), scale)
+            ct = _S.Ciphertext(r._ctx)
+            self._encryptor.encrypt_symmetric(r.encode(_chunk_values(values, c), scale), ct)
+            r._evaluator.sub_inplace(ct, zero_a)
+            pt = _S.Plaintext()
+            self._decryptor.decrypt(ct, pt)
+            out[c] = r.read_plaintext(pt)
+        return out
+
+    def decrypt(
+        self, c0: U64Array, c1: U64Array, scale: float, *, complex_slots: bool
+    ) -> F64Array | C128Array:
+        """Decrypt chunk ciphertexts ``(c0[c], c1[c])``; one row of slot values per chunk."""
+        r = self.ring
+        out: F64Array | C128Array
+        if complex_slots:
+            out = np.empty((len(c0), r.slots), dtype=np.complex128)
+        else:
+            out = np.empty((len(c0), r.slots), dtype=np.float64)
+        for c in range(len(c0)):
+            ct = r.load_ciphertext(np.stack([c0[c], c1[c]]), scale)
+            pt = _S.Plaintext()
+            self._decryptor.decrypt(ct, pt)
+            out[c] = r.decode(pt, complex_slots=complex_slots)
+        return out
+
+    def decrypt_polys(self, polys: U64Array, scale: float) -> F64Array:
+        """Decrypt one ciphertext of 2 or 3 polynomials; returns the real slot values."""
+        r = self.ring
+        ct = r.load_ciphertext(polys, scale)
+        pt = _S.Plaintext()
+        self._decryptor.decrypt(ct, pt)
+        return np.asarray(r.decode(pt, complex_slots=False), dtype=np.float64)
+
+
+Operand = tuple[U64Array, Callable[[int, int], U64Array]]
+"""``(c0 of every chunk, function (start, stop) -> c1 of those chunks)``."""
+
+
+def lazy_statistics(
+    public: PublicKeys,
+    operands: Sequence[Operand],
+    plan: Sequence[tuple[int, int, int]],
+    masks: Sequence[C128Array],
+    scale: float,
+    chunks: int,
+    *,
+    block: int = 16,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[list[U64Array], set[int]]:
+    """Sum lazy ciphertext products over chunks, one masked ciphertext per plan entry.
+
+    Each plan entry ``(op, i, j)`` asks for ``sum_chunks f(x_i, x_j)`` where ``f`` is
+    ``x_i * x_i`` (``OP_SQUARE``), ``(x_i - x_j)^2`` (``OP_DIFF_SQUARE``) or
+    ``x_i * x_j`` (``OP_PRODUCT``), computed without relinearisation or rescaling, so
+    the result has 3 polynomials at scale ``scale**2``. Its accumulator starts as a
+    fresh public-key encryption of ``masks[k]`` (also at ``scale**2``), which both
+    adds the zero-sum mask and re-randomises the result.
+
+    Work is done chunk block by chunk block, plan entry by plan entry, so one
+    accumulator stays in cache while the operand block is reused.
+
+    Returns
+    -------
+    (list of numpy.ndarray, set of int)
+        ``(3, primes, N)`` coefficients per plan entry, and the plan entries for which
+        some chunk difference ``x_i - x_j`` had an all-zero second polynomial (the two
+        ciphertexts share their randomness: a copy or replay). Such chunks are skipped,
+        so those statistics are incomplete.
+    """
+    r = public.ring
+    ev = r._evaluator
+    product_scale = scale * scale
+    accs = [public.encrypt_to_seal(m, product_scale) for m in masks]
+    tmp = _S.Ciphertext(r._ctx, list(r._data_pid), 3)
+    degenerate: set[int] = set()
+    try:
+        for start in range(0, chunks, block):
+            stop = min(chunks, start + block)
+            loaded = []
+            for c0, c1_of in operands:
+                c1 = c1_of(start, stop)
+                loaded.append(
+                    [
+                        r.load_ciphertext(np.stack([c0[c], c1[c - start]]), scale)
+                        for c in range(start, stop)
+                    ]
+                )
+            for k, (op, i, j) in enumerate(plan):
+                acc = accs[k]
+                xs, ys = loaded[i], loaded[j]
+                for b in range(stop - start):
+                    if op == OP_SQUARE:
+                        ev.square(xs[b], tmp)
+                    elif op == OP_DIFF_SQUARE:
+                        try:
+                            ev.sub(xs[b], ys[b], tmp)
+                        except RuntimeError as exc:
+                            if "transparent" not in str(exc):
+                                raise
+                            degenerate.add(k)
+                            continue
+                        ev.square_inplace(tmp)
+                    else:
+                        ev.multiply(xs[b], ys[b], tmp)
+                    ev.add_inplace(acc, tmp)
+            if progress is not None:
+                progress(stop, chunks)
+    except (RuntimeError, ValueError) as exc:
+        raise CryptoError("encrypted statistic failed inside SEAL") from exc
+    return [r.read_ciphertext(acc) for acc in accs], degenerate
