@@ -39,6 +39,7 @@ __all__ = [
 
 _STATE_CKKS = "fg-ckks"  # ConfigRecord {"secret": bytes}
 _STATE_WRAP = "fg-wrap"  # ConfigRecord {"private": bytes}
+_STATE_ROUND = "fg-round"  # ConfigRecord {"round", "clients", "screened"}: limits decryptions
 MAX_SCREEN_STATISTICS = 100_000
 GLOBAL_RANGE = 1e4  # a decrypted global model beyond this is not a model: refuse it
 
@@ -176,13 +177,31 @@ def encrypt_update(update: npt.NDArray[np.float32], state: RecordDict) -> tuple[
     return {P.UPDATE_CIPHER: bytes_record({"u": blob})}, len(blob), clipped
 
 
+def note_round(state: RecordDict, round_: int, clients: int) -> None:
+    """Remember the round this trainer was asked to train in (bounds screening requests)."""
+    state[_STATE_ROUND] = ConfigRecord({"round": round_, "clients": clients, "screened": 0})
+
+
 def handle_screen(content: RecordDict, state: RecordDict, node_config: Mapping[str, Any],
                   run_id: int) -> RecordDict:
-    """Decrypt masked statistics and return only each one's slot sum."""
+    """Decrypt masked statistics and return only each one's slot sum.
+
+    A key holder is a decryption oracle for whoever asks, so it answers at most one
+    screening request per round it trained in, with at most ``n + n(n-1)/2`` statistics
+    (squared norms and pair distances of the round's n clients).
+    """
     ctx = secret_context(content, state, node_config, run_id)
     arrays = content.array_records.get(P.SCREEN)
-    if arrays is None or len(arrays) > MAX_SCREEN_STATISTICS:
+    cfg = content.config_records.get(P.CFG)
+    seen = state.config_records.get(_STATE_ROUND)
+    if arrays is None or cfg is None or seen is None:
         raise ProtocolError("bad screening request")
+    n = int(seen["clients"])  # type: ignore[arg-type]
+    if cfg.get("round") != seen["round"] or seen["screened"]:
+        raise ProtocolError("screening request for another round, or a second one")
+    if len(arrays) > min(MAX_SCREEN_STATISTICS, n + n * (n - 1) // 2):
+        raise ProtocolError("more statistics than this round can need")
+    seen["screened"] = 1
     limit = wire.statistic_size(ctx.preset, 3)
     blobs = [record_bytes(arrays, k, limit) for k in sorted(arrays.keys())]
     values = decrypt_scalars(ctx, blobs)

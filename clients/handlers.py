@@ -26,7 +26,7 @@ from clients import secure
 from clients.ledger import LedgerFile, ledger_from_state, ledger_to_state
 from clients.training import DPPlan, evaluate, train_local
 from federation import protocol as P
-from federation.config import FLAT_KEYS, FedConfig, from_flat
+from federation.config import FLAT_KEYS, FedConfig, SecureAggregation, from_flat
 from federation.data import load_fashion_mnist, normalize
 from federation.errors import FedguardError, PrivacyBudgetExceeded
 from federation.partition import parse_partition, partition, split_test_iid
@@ -208,6 +208,10 @@ def handle_train(
     metrics: dict[str, float] = {"partition-id": pid, **_evaluate_global(model, data), **timings}
     if hooks.extra_eval is not None:
         metrics.update(hooks.extra_eval(model, cfg, pid, num))
+    if cfg.secure.mode is SecureAggregation.CKKS:
+        from clients.encrypted import note_round
+
+        note_round(state, round_, cfg.run.clients)
 
     plan, q, delta = _dp_plan(cfg, len(data.train_y))
     ledger, ledger_file = _ledger(state, node_config)

@@ -209,7 +209,8 @@ class CkksScheme:
 
     def _ask(self, grid: Any, holders: list[int], blobs: list[bytes], round_: int) -> dict[str, list[float]]:
         record = bytes_record({f"s{k:06d}": b for k, b in enumerate(blobs)})
-        contents = {h: RecordDict({P.SCREEN: record}) for h in holders}
+        contents = {h: RecordDict({P.SCREEN: record, P.CFG: ConfigRecord({"round": round_})})
+                    for h in holders}
         replies, lost = exchange(grid, contents, P.MSG_SCREEN, round_, self.cfg.run.round_timeout)
         answers: dict[str, list[float]] = {}
         for h, reply in replies.items():
