@@ -127,7 +127,10 @@ class DefenseConfig:
 
 @dataclass(frozen=True)
 class AttackConfig:
-    """Simulated attackers (simulations only): a fraction of clients running one attack."""
+    """Simulated attackers (simulations only): a fraction of clients running one attack.
+
+    ``attack`` is a name, optionally with parameters: ``scaling:boost=50``.
+    """
 
     attack: str = ""
     malicious: float = 0.0
@@ -307,9 +310,10 @@ def _validate(cfg: FedConfig) -> None:
         f"got {f.max_malicious}; allowed: -1 (automatic) or 0..num-clients-1",
     )
     _check(
-        a.attack == "" or a.attack in ATTACKS,
+        a.attack == "" or a.attack.split(":")[0] in ATTACKS,
         "attack",
-        f"got {a.attack!r}; allowed: {' | '.join(ATTACKS)}",
+        f"got {a.attack!r}; allowed: {' | '.join(ATTACKS)}, optionally with parameters "
+        "as NAME:KEY=VALUE[,KEY=VALUE] (e.g. scaling:boost=50)",
     )
     _check(0 <= a.malicious < 1, "malicious", f"got {a.malicious}; allowed: 0 <= fraction < 1")
     _check(

@@ -11,6 +11,7 @@ its triggered test images (``eval-x-asr``), which the server averages like accur
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,6 +23,7 @@ from clients.app import make_client_app
 from clients.handlers import ClientHooks, raw_partition
 from clients.training import train_local
 from federation.config import FedConfig
+from federation.errors import ConfigError
 from federation.data import normalize
 from federation.tasks import build_model, flatten_params, load_flat_params
 from simulations.attacks import (
@@ -32,12 +34,13 @@ from simulations.attacks import (
     select_malicious,
 )
 
-__all__ = ["asr_eval", "hooks_for", "make_adversarial_client_app"]
+__all__ = ["asr_eval", "hooks_for", "make_adversarial_client_app", "parse_attack"]
 
 BACKDOOR_TARGET = 0
 
 
-def asr_eval(model: torch.nn.Module, cfg: FedConfig, pid: int, num: int) -> dict[str, float]:
+def asr_eval(model: torch.nn.Module, cfg: FedConfig, pid: int, num: int,
+             target: int = BACKDOOR_TARGET) -> dict[str, float]:
     """Backdoor success on this client's triggered test images (non-target classes only)."""
     _x, _y, tx, ty = raw_partition(cfg, pid, num)
 
@@ -46,8 +49,8 @@ def asr_eval(model: torch.nn.Module, cfg: FedConfig, pid: int, num: int) -> dict
             model.eval()
             return model(torch.from_numpy(normalize(images))).argmax(1).numpy()
 
-    keep = ty != BACKDOOR_TARGET
-    rate = attack_success_rate(predict, tx, ty, BACKDOOR_TARGET)
+    keep = ty != target
+    rate = attack_success_rate(predict, tx, ty, target)
     return {"eval-x-asr": float(rate), "eval-x-asr-examples": float(keep.sum())}
 
 
@@ -71,18 +74,40 @@ def _benign_estimates(cfg: FedConfig, pid: int, num: int, global_vec: npt.NDArra
     return np.stack(estimates).astype(np.float32)
 
 
+def parse_attack(text: str) -> tuple[str, dict[str, Any]]:
+    """``"scaling:boost=50"`` -> ``("scaling", {"boost": 50.0})`` (values: number, bool, text)."""
+    name, _, rest = text.partition(":")
+    params: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError("attack", f"parameter {item!r} is not KEY=VALUE")
+        value: Any = raw
+        if raw.lower() in ("true", "false"):
+            value = raw.lower() == "true"
+        else:
+            try:
+                value = int(raw) if raw.lstrip("-").isdigit() else float(raw)
+            except ValueError:
+                pass
+        params[key.strip().replace("-", "_")] = value
+    return name, params
+
+
 def hooks_for(cfg: FedConfig, node_config: Mapping[str, Any]) -> ClientHooks:
     """The hooks of the client with this node config: an attacker's, or only the ASR probe."""
     pid = int(node_config.get("partition-id", -1))
     num = int(node_config.get("num-partitions", cfg.run.clients))
-    backdoor = cfg.attack.attack == "backdoor"
-    extra = asr_eval if backdoor else None
+    name, params = parse_attack(cfg.attack.attack)
+    backdoor = name == "backdoor"
+    extra = functools.partial(asr_eval, target=int(params.get("target", BACKDOOR_TARGET))) \
+        if backdoor else None
     if pid not in select_malicious(num, cfg.attack.malicious, cfg.run.seed):
         return ClientHooks(extra_eval=extra)
-    attack = make_attack(cfg.attack.attack)
-    if cfg.attack.attack == "label-flip":  # pure data poisoning: the update is left as trained
+    attack = make_attack(name, **params)
+    if name == "label-flip":  # pure data poisoning: the update is left as trained
         return ClientHooks(poison_data=attack.poison_data, extra_eval=extra)
-    poisons_data = cfg.attack.attack == "backdoor"
+    poisons_data = backdoor
     n_attackers = len(select_malicious(num, cfg.attack.malicious, cfg.run.seed))
 
     def poison_update(update: npt.NDArray[np.float32], info: dict[str, Any]) -> npt.NDArray[np.float32]:
