@@ -1,0 +1,75 @@
+"""Trainer role logic: ledger persistence across restarts and key-holder request limits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from flwr.app import ConfigRecord, RecordDict
+
+from clients.app import app as client_app
+from clients.encrypted import handle_screen
+from federation import protocol as P
+from federation.config import from_flat
+from federation.errors import ProtocolError
+from federation.records import bytes_record
+from server.app import make_scheme
+from server.loop import RoundReport, run_federation
+
+
+class Rounds:
+    def __init__(self) -> None:
+        self.rounds: list[RoundReport] = []
+
+    def on_round(self, report: RoundReport) -> None:
+        self.rounds.append(report)
+
+    def on_audit(self, entry: dict[str, object]) -> None:
+        pass
+
+    def on_checkpoint(self, round_: int, state: dict[str, object]) -> None:
+        pass
+
+
+def _cfg(**flat: object):
+    return from_flat({"num-clients": 2, "num-server-rounds": 1, "partition": "iid",
+                      "data-dir": "subset", "batch-size": 32, "dp-noise": 1.0, **flat})
+
+
+def test_a_restarted_client_keeps_its_privacy_ledger(fake_grid, tmp_path: Path) -> None:
+    def node_config(i: int) -> dict[str, object]:
+        return {"partition-id": i, "num-partitions": 2, "ledger-file": str(tmp_path / f"l{i}.jsonl")}
+
+    first = Rounds()
+    grid = fake_grid(client_app, 2, run_id=1, node_config=node_config)
+    run_federation(grid, _cfg(), make_scheme(_cfg()), observer=first)
+    # A new process: fresh node state, same ledger files, the next run of the federation.
+    second = Rounds()
+    grid2 = fake_grid(client_app, 2, run_id=2, node_config=node_config)
+    run_federation(grid2, _cfg(), make_scheme(_cfg()), observer=second)
+    eps1 = first.rounds[0].epsilon_by_client
+    eps2 = second.rounds[0].epsilon_by_client
+    assert set(eps1) == set(eps2) == {"client-0", "client-1"}
+    for client in eps1:
+        assert eps2[client] > eps1[client] * 1.2  # two rounds spent, not one
+    for i in range(2):
+        lines = (tmp_path / f"l{i}.jsonl").read_text().splitlines()
+        assert [line for line in lines if '"label"' in line] == [
+            line for line in lines if "run1/round1" in line or "run2/round1" in line]
+        assert sum('"label"' in line for line in lines) == 2
+
+
+def test_a_key_holder_answers_one_bounded_screen_request_per_round(fake_grid) -> None:
+    cfg = _cfg(**{"secure-aggregation": "ckks", "dp-noise": 0.0})
+    grid = fake_grid(client_app, 2)
+    run_federation(grid, cfg, make_scheme(cfg), observer=Rounds())
+    ctx = next(iter(grid.nodes.values()))
+    # The state remembers round 1 with 2 clients: at most 2 + 1 statistics, once.
+    too_many = RecordDict({P.SCREEN: bytes_record({f"s{k:06d}": b"x" for k in range(4)}),
+                           P.CFG: ConfigRecord({"round": 1})})
+    with pytest.raises(ProtocolError, match="more statistics"):
+        handle_screen(too_many, ctx.state, {}, ctx.run_id)
+    other_round = RecordDict({P.SCREEN: bytes_record({"s000000": b"x"}),
+                              P.CFG: ConfigRecord({"round": 5})})
+    with pytest.raises(ProtocolError, match="another round"):
+        handle_screen(other_round, ctx.state, {}, ctx.run_id)
