@@ -492,6 +492,23 @@ def multikrum_filter(stats: UpdateStats, *, f: int) -> tuple[Verdict, ...]:
     return tuple(out)
 
 
+def _noise_aware_cut(scores: Sequence[float], threshold: float) -> float:
+    """``min(threshold, median - 3 * 1.4826 * MAD)`` of the clients' cosine scores.
+
+    When every update is mostly noise (strong DP noise, tiny clients), honest cosines
+    scatter around 0 and a fixed threshold of 0 would reject about half of them at random.
+    A score then only counts as "against the consensus" if it is also an outlier among
+    the scores (beyond three robust standard deviations). Attackers are a minority, so
+    the median and MAD are decided by honest clients.
+    """
+    if len(scores) < 3:
+        return threshold
+    arr = np.asarray(scores, dtype=np.float64)
+    med = float(np.median(arr))
+    mad = float(np.median(np.abs(arr - med)))
+    return min(threshold, med - 3.0 * 1.4826 * mad)
+
+
 def cosine_filter(
     stats: UpdateStats, *, threshold: float = DEFAULT_COSINE_THRESHOLD
 ) -> tuple[Verdict, ...]:
@@ -510,7 +527,8 @@ def cosine_filter(
     (for example the previous round's aggregate update), not this round's mean.
 
     A client is rejected with ``"cosine<{threshold}"`` when its score is below
-    ``threshold``, or ``"cosine:non-finite"`` when its statistics are NaN/Inf. Undefined
+    ``threshold`` *and* an outlier among the round's scores (see :func:`_noise_aware_cut`:
+    with heavily noised updates, honest cosines scatter around 0), or ``"cosine:non-finite"`` when its statistics are NaN/Inf. Undefined
     cosines (zero-length updates) are left out of the median; a client with no defined
     cosine (a zero update, or alone in the round) is accepted with the note
     ``"cosine:undefined"``: it cannot steer the aggregate's direction. With fewer than three
@@ -530,18 +548,25 @@ def cosine_filter(
     out: list[Verdict] = []
     if stats.pair_sq_dists is not None:
         cos = pairwise_cosines(stats)
+        scores: dict[int, tuple[float, float]] = {}
+        for i, cid in enumerate(stats.client_ids):
+            if not finite_norm[i]:
+                continue
+            peers = np.delete(cos[i], i)
+            peers = peers[np.isfinite(peers)]
+            if peers.size:
+                scores[i] = (float(np.median(peers)), float(np.min(peers)))
+        cut = _noise_aware_cut([v[0] for v in scores.values()], threshold)
         for i, cid in enumerate(stats.client_ids):
             if not finite_norm[i]:
                 out.append(Verdict(cid, False, ("cosine:non-finite",)))
                 continue
-            peers = np.delete(cos[i], i)
-            peers = peers[np.isfinite(peers)]
-            if peers.size == 0:
+            if i not in scores:
                 out.append(Verdict(cid, True, ("cosine:undefined",)))
                 continue
-            score = float(np.median(peers))
-            sc = {"cosine": score, "cosine_min": float(np.min(peers))}
-            ok = score >= threshold
+            score, lowest = scores[i]
+            sc = {"cosine": score, "cosine_min": lowest, "cosine_cut": cut}
+            ok = score >= cut
             out.append(Verdict(cid, ok, () if ok else (reason,), sc))
         return tuple(out)
     if stats.inner_with_ref is None or stats.ref_sq_norm is None:

@@ -130,13 +130,15 @@ def demo(
     rounds: Annotated[int, typer.Option("--rounds")] = 5,
     out: Annotated[Path | None, typer.Option("--out", help="Parent folder of the two run folders.")] = None,
     baseline: Annotated[bool, typer.Option("--baseline/--no-baseline", help="Also run the unfiltered baseline.")] = True,
+    data_dir: Annotated[str | None, typer.Option("--data-dir", help="Fashion-MNIST IDX folder, or 'subset'.")] = None,
 ) -> None:
     """The flagship: 10 clients, 2 attackers, DP, CKKS and encrypted filtering, vs no filter."""
     parent = resolve_out(out, "demo")
     common = {
         "num-clients": 10, "num-server-rounds": rounds, "partition": "dirichlet:0.5",
         "dp-epsilon": 8.0, "max-grad-norm": 1.0, "secure-aggregation": "ckks",
-        "malicious": 0.2, "attack": "scaling", "seed": 0,
+        "malicious": 0.2, "attack": "scaling", "max-malicious": 2, "seed": 0,
+        "data-dir": data_dir,
     }
     guarded = build_config({**common, "defense": "norm,multikrum,cosine",
                             "out-dir": str(parent / "guarded")})

@@ -411,3 +411,22 @@ def test_flower_backed_plaintext_rules() -> None:
         robust.bulyan(ups[:10], 2)
     with pytest.raises(ValueError, match="beta"):
         robust.trimmed_mean(ups, 0.5)
+
+
+def test_cosine_keeps_honest_clients_whose_updates_are_mostly_noise() -> None:
+    # Strong DP noise: honest updates share a faint signal under independent noise, so their
+    # pairwise cosines scatter around zero. A fixed "cosine < 0" rule would drop about half.
+    rng = np.random.default_rng(3)
+    signal = rng.normal(size=5000) * 0.01
+    updates = [signal + rng.normal(size=5000) for _ in range(12)]
+    verdicts = cosine_filter(stats_from_plain(updates, list(range(12)), None))
+    assert all(v.accepted for v in verdicts)
+
+
+def test_cosine_still_rejects_a_sign_flip_among_noisy_honest_updates() -> None:
+    rng = np.random.default_rng(4)
+    signal = rng.normal(size=5000)
+    honest = [signal + 0.8 * rng.normal(size=5000) for _ in range(9)]
+    flipped = -3.0 * signal
+    verdicts = cosine_filter(stats_from_plain([*honest, flipped], list(range(10)), None))
+    assert [v.client_id for v in verdicts if not v.accepted] == [9]
