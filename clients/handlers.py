@@ -250,8 +250,9 @@ def handle_train(
         ledger_to_state(state, LEDGER_KEY, ledger)
         metrics["epsilon"] = epsilon(ledger.events, delta, cfg.dp.accountant.value)
         metrics["noise-multiplier"] = plan.noise_multiplier if plan else 0.0
-    metrics.update({"num-examples": result.num_examples, "train-loss": result.mean_loss,
-                    "steps": result.steps})
+    metrics.update({"num-examples": result.num_examples, "steps": result.steps})
+    if np.isfinite(result.mean_loss):  # NaN when every Poisson batch of a tiny client was empty
+        metrics["train-loss"] = result.mean_loss
     arrays = secure.encode_update(update, state, cfg, metrics)
     return _reply(P.STATUS_OK, "", metrics, arrays)
 

@@ -175,7 +175,10 @@ class LedgerFile:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         lock_path = self.path.with_name(self.path.name + ".lock")
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise LedgerError(f"{self.path}: cannot lock the privacy ledger: {exc}") from None
         try:
             try:
                 import fcntl
@@ -197,6 +200,13 @@ class LedgerFile:
         ]
         payload = ("\n".join(lines) + "\n").encode("utf-8")
         directory = self.path.parent
+        try:
+            self._replace(directory, payload)
+        except OSError as exc:
+            # The event may not be durable, so its update must not be released: make it loud.
+            raise LedgerError(f"{self.path}: cannot write the privacy ledger: {exc}") from None
+
+    def _replace(self, directory: Path, payload: bytes) -> None:
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=directory)
         try:
             with os.fdopen(fd, "wb") as fh:

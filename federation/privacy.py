@@ -228,7 +228,7 @@ class PrivacyLedger:
                 raise LedgerError(f"conflicting records for event {ev.label!r}: {known} vs {ev}")
         return PrivacyLedger(self.events + tuple(extra)) if extra else self
 
-    def epsilon(self, delta: float, accountant: Accountant = "prv") -> float:
+    def epsilon(self, delta: float, accountant: Accountant | str = "prv") -> float:
         """ε spent by the whole history at ``delta``; see :func:`epsilon`."""
         return epsilon(self.events, delta, accountant)
 
@@ -384,7 +384,9 @@ def _epsilon_cached(
     return max(0.0, min(eps_prv, eps_rdp))
 
 
-def epsilon(events: Iterable[PrivacyEvent], delta: float, accountant: Accountant = "prv") -> float:
+def epsilon(
+    events: Iterable[PrivacyEvent], delta: float, accountant: Accountant | str = "prv"
+) -> float:
     """ε spent by the composition of all ``events``, for a target ``delta``.
 
     Parameters
@@ -407,7 +409,10 @@ def epsilon(events: Iterable[PrivacyEvent], delta: float, accountant: Accountant
 
 
 def projected_epsilon(
-    ledger: PrivacyLedger, next_event: PrivacyEvent, delta: float, accountant: Accountant = "prv"
+    ledger: PrivacyLedger,
+    next_event: PrivacyEvent,
+    delta: float,
+    accountant: Accountant | str = "prv",
 ) -> float:
     """ε after ``next_event`` would be added to ``ledger`` (raises if its label is taken)."""
     return ledger.append(next_event).epsilon(delta, accountant)
@@ -418,7 +423,7 @@ def check_budget(
     next_event: PrivacyEvent,
     epsilon_budget: float,
     delta: float,
-    accountant: Accountant = "prv",
+    accountant: Accountant | str = "prv",
 ) -> float:
     """Refuse a release that would take the client past its (ε, δ) budget.
 
@@ -455,7 +460,7 @@ def calibrate_noise(
     delta: float,
     sample_rate: float,
     total_steps: int,
-    accountant: Accountant = "prv",
+    accountant: Accountant | str = "prv",
     *,
     prior: Iterable[PrivacyEvent] = (),
     rtol: float = 0.005,
@@ -509,8 +514,15 @@ def calibrate_noise(
         return epsilon((*prior_events, run), delta, accountant)
 
     sigma_min, sigma_max = 0.05, 1e4
-    hi = 1.0
-    while eps(hi) > target_epsilon:
+    # Start from the cheap RDP calibration: RDP bounds PRV from above, so its sigma is
+    # already within target under PRV and usually only 5-20 % too large.
+    start = 1.0
+    if accountant == "prv":
+        start = calibrate_noise(
+            target_epsilon, delta, sample_rate, total_steps, "rdp", prior=prior_events, rtol=rtol
+        )
+    hi, e_hi = start, eps(start)
+    while e_hi > target_epsilon:
         hi *= 2
         if hi > sigma_max:
             raise ConfigError(
@@ -518,21 +530,36 @@ def calibrate_noise(
                 f"ε={target_epsilon:g} at δ={delta:g} is out of reach for {total_steps} steps at "
                 f"q={sample_rate:g} (even sigma={sigma_max:g} exceeds it)",
             )
-    lo = hi / 2
-    while eps(lo) <= target_epsilon:
-        hi = lo
-        lo /= 2
+        e_hi = eps(hi)
+    lo, e_lo = hi, e_hi
+    while e_lo <= target_epsilon:
+        hi, e_hi = lo, e_lo
+        lo /= 1.5
         if lo < sigma_min:
             return hi  # so little noise is needed that ε stays below target anyway
-    # invariant: eps(lo) > target >= eps(hi)
-    eps_hi = eps(hi)
-    while eps_hi < target_epsilon * (1 - rtol) and hi / lo > 1 + 1e-6:
-        mid = math.sqrt(lo * hi)
-        eps_mid = eps(mid)
-        if eps_mid <= target_epsilon:
-            hi, eps_hi = mid, eps_mid
+        e_lo = eps(lo)
+    # Invariant: eps(lo) > target >= eps(hi). Regula falsi on log ε against log sigma
+    # (Illinois variant), which converges in a few evaluations; every accepted hi is verified.
+    f_lo = math.log(e_lo / target_epsilon)
+    f_hi = math.log(e_hi / target_epsilon) if e_hi > 0 else -50.0
+    last = 0
+    for _ in range(60):
+        if e_hi >= target_epsilon * (1 - rtol) or hi / lo <= 1 + 1e-9:
+            break
+        t = min(max(f_lo / (f_lo - f_hi), 0.05), 0.95)
+        mid = math.exp(math.log(lo) + t * (math.log(hi) - math.log(lo)))
+        e_mid = eps(mid)
+        f_mid = math.log(e_mid / target_epsilon) if e_mid > 0 else -50.0
+        if e_mid <= target_epsilon:
+            hi, e_hi, f_hi = mid, e_mid, f_mid
+            if last == -1:
+                f_lo /= 2
+            last = -1
         else:
-            lo = mid
+            lo, f_lo = mid, f_mid
+            if last == 1:
+                f_hi /= 2
+            last = 1
     return hi
 
 

@@ -1,0 +1,322 @@
+"""DP-SGD benchmark: epoch time private vs non-private, and accuracy at ε ∈ {1, 3, 8}.
+
+Two parts, both on Fashion-MNIST and the task's CNN:
+
+1. **Epoch time** (:func:`time_epochs`). One client-sized shard (6 000 records, a tenth of the
+   training set: the size of a client in the 10-client federation), one torch thread (as a
+   simulated client runs), and for each batch size the same fresh model trained for one local
+   epoch without DP and with DP in every grad-sample mode. Runs are *interleaved*
+   (plain, fused, hooks, ... , plain, fused, ...) so that machine load drifts hit all modes
+   alike; we report the minimum and the median over repeats and the ratio private / plain
+   at the same batch size (the ratio of minima is the headline). Both loops are equally
+   optimised: in-memory tensors, no DataLoader, the same SGD-with-momentum step; DP adds
+   Poisson sampling, per-sample clipping and noise, and nothing else.
+2. **Accuracy at ε** (:func:`accuracy_at_epsilon`). *Centralised* DP-SGD — one party holding
+   the whole training set — with the noise calibrated once for the whole run to reach ε at
+   δ = 1e-5, then test accuracy. This is a reference point, not the federated figure (the
+   federated run is wired separately through ``fedguard simulate``).
+
+Progress goes to stderr; the result is a JSON-ready dict (also written to ``out``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from clients.training import DPPlan, evaluate, train_local
+from federation.data import load_fashion_mnist, normalize
+from federation.privacy import (
+    PrivacyEvent,
+    PrivacyLedger,
+    calibrate_noise,
+    poisson_schedule,
+)
+from federation.tasks import build_model
+
+__all__ = ["DP_MODES", "accuracy_at_epsilon", "bench_dp", "time_epochs"]
+
+DP_MODES: tuple[str, ...] = ("fused", "hooks", "ghost", "functorch")
+
+Log = Callable[[str], None]
+
+# Centralised DP-SGD hyper-parameters for the accuracy part (see accuracy_at_epsilon).
+CENTRAL_BATCH_SIZE = 1024
+CENTRAL_LR = 8.0
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def time_epochs(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    batch_sizes: Sequence[int] = (64, 128, 256),
+    modes: Sequence[str] = DP_MODES,
+    repeats: int = 3,
+    noise_multiplier: float = 1.0,
+    max_grad_norm: float = 1.0,
+    lr: float = 0.05,
+    momentum: float = 0.9,
+    task: str = "fashion-mnist",
+    log: Log = _stderr,
+) -> dict[str, Any]:
+    """Seconds per local epoch, non-private vs each DP grad-sample mode, side by side.
+
+    Parameters
+    ----------
+    x, y:
+        One client's normalised training data (float32 N x 1 x 28 x 28, int64 N).
+    batch_sizes:
+        Batch sizes to compare at (DP uses them as the expected Poisson batch size).
+    modes:
+        DP grad-sample modes (see :class:`clients.training.DPPlan`).
+    repeats:
+        Interleaved repetitions; min and median are reported.
+
+    Returns
+    -------
+    dict
+        ``{"<batch>": {"plain": {...}, "<mode>": {"min_s", "median_s", "ratio_min",
+        "ratio_median"}}}`` plus ``best`` (fastest mode and its ratio at each batch size).
+    """
+    result: dict[str, Any] = {}
+    for batch in batch_sizes:
+        runs: dict[str, list[float]] = {"plain": [], **{m: [] for m in modes}}
+        for rep in range(repeats):
+            for mode in ["plain", *modes]:
+                model = build_model(task, 0)
+                plan = None if mode == "plain" else DPPlan(noise_multiplier, max_grad_norm, mode)  # type: ignore[arg-type]
+                r = train_local(
+                    model,
+                    x,
+                    y,
+                    epochs=1,
+                    batch_size=batch,
+                    lr=lr,
+                    momentum=momentum,
+                    seed=rep,
+                    dp=plan,
+                )
+                runs[mode].append(r.seconds)
+                log(
+                    f"[bench dp] batch {batch} repeat {rep + 1}/{repeats} {mode:<9} "
+                    f"{r.seconds:6.2f} s"
+                )
+        base_min = min(runs["plain"])
+        base_med = statistics.median(runs["plain"])
+        row: dict[str, Any] = {}
+        for mode, secs in runs.items():
+            row[mode] = {
+                "min_s": round(min(secs), 4),
+                "median_s": round(statistics.median(secs), 4),
+                "ratio_min": round(min(secs) / base_min, 3),
+                "ratio_median": round(statistics.median(secs) / base_med, 3),
+                "all_s": [round(s, 4) for s in secs],
+            }
+        best = min(modes, key=lambda m: row[m]["ratio_min"]) if modes else None
+        row["best"] = None if best is None else {"mode": best, **row[best]}
+        result[str(batch)] = row
+        if best is not None:
+            log(
+                f"[bench dp] batch {batch}: plain {base_min:.2f} s/epoch; best DP mode {best} "
+                f"{row[best]['min_s']:.2f} s/epoch = {row[best]['ratio_min']:.2f}x "
+                f"(minima of {repeats})"
+            )
+    return result
+
+
+def accuracy_at_epsilon(
+    epsilon: float,
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    *,
+    delta: float = 1e-5,
+    epochs: int = 10,
+    batch_size: int = CENTRAL_BATCH_SIZE,
+    lr: float = CENTRAL_LR,
+    momentum: float = 0.0,
+    max_grad_norm: float = 0.5,
+    accountant: str = "prv",
+    seed: int = 0,
+    task: str = "fashion-mnist",
+    log: Log = _stderr,
+) -> dict[str, Any]:
+    """Test accuracy of *centralised* DP-SGD calibrated to (ε, δ) for the whole run.
+
+    Parameters
+    ----------
+    epsilon:
+        Target ε for all ``epochs`` together (at ``delta``).
+    train_x, train_y, test_x, test_y:
+        Normalised float32 images (N x 1 x 28 x 28) and int64 labels.
+    delta:
+        δ (per record).
+    epochs, batch_size, lr, momentum, max_grad_norm:
+        DP-SGD hyper-parameters (batch size = expected Poisson batch size). Defaults from a
+        small sweep at ε = 3 (5-10 epochs): B=1024, lr=8, C=0.5, no momentum gave 87.0 %;
+        B=512/lr=4: 86.0 %; B=256/lr=2: 82.5 % (5 epochs); B=128/lr=0.05/momentum 0.9: 81.9 %.
+
+    Returns
+    -------
+    dict
+        ``setting`` ("centralised"), the target and the achieved ε (from a ledger of the steps
+        actually taken), the noise multiplier, accuracy (fraction), test loss (nats) and seconds.
+    """
+    n = len(train_y)
+    q, per_epoch = poisson_schedule(n, batch_size)
+    total = epochs * per_epoch
+    sigma = calibrate_noise(epsilon, delta, q, total, accountant)
+    log(f"[bench dp] centralised ε={epsilon:g}: sigma={sigma:.3f} for {total} steps at q={q:.4f}")
+    model = build_model(task, seed)
+    t0 = time.perf_counter()
+    r = train_local(
+        model,
+        train_x,
+        train_y,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        momentum=momentum,
+        seed=seed,
+        dp=DPPlan(sigma, max_grad_norm),
+    )
+    seconds = time.perf_counter() - t0
+    spent = PrivacyLedger((PrivacyEvent(sigma, r.sample_rate, r.steps, "centralised"),))
+    ev = evaluate(model, test_x, test_y)
+    eps_spent = spent.epsilon(delta, accountant)
+    log(
+        f"[bench dp] centralised ε={epsilon:g}: accuracy {ev.accuracy:.4f} "
+        f"(ε spent {eps_spent:.3f}, {seconds:.0f} s)"
+    )
+    return {
+        "setting": "centralised",
+        "target_epsilon": epsilon,
+        "epsilon": round(eps_spent, 4),
+        "delta": delta,
+        "accountant": accountant,
+        "noise_multiplier": sigma,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "momentum": momentum,
+        "max_grad_norm": max_grad_norm,
+        "steps": r.steps,
+        "sample_rate": r.sample_rate,
+        "train_examples": n,
+        "test_examples": ev.num_examples,
+        "accuracy": round(ev.accuracy, 4),
+        "test_loss": round(ev.loss, 4),
+        "seconds": round(seconds, 1),
+    }
+
+
+def bench_dp(
+    out: Path | None = None,
+    epsilons: Sequence[float] = (1.0, 3.0, 8.0),
+    *,
+    quick: bool = False,
+    data_dir: str | None = None,
+    client_examples: int = 6000,
+    batch_sizes: Sequence[int] = (64, 128, 256, 512),
+    modes: Sequence[str] = DP_MODES,
+    repeats: int = 3,
+    accuracy_epochs: int = 10,
+    accuracy: bool = True,
+    threads: int = 1,
+    log: Log = _stderr,
+) -> dict[str, Any]:
+    """Run both benchmark parts and return (and write to ``out``) one JSON-ready dict.
+
+    ``quick`` shrinks everything to a smoke test of a few seconds (numbers meaningless).
+    Torch runs on ``threads`` threads (1, as each simulated client does).
+    """
+    if quick:
+        client_examples, batch_sizes, repeats, accuracy_epochs = 512, (64,), 1, 1
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        data = load_fashion_mnist(data_dir)
+        log(f"[bench dp] data {data!r}, torch threads {threads}")
+        rng = np.random.default_rng(0)
+        shard = rng.permutation(data.n_train)[: min(client_examples, data.n_train)]
+        x = normalize(data.train_x[shard])
+        y = np.asarray(data.train_y[shard], dtype=np.int64)
+        t0 = time.perf_counter()
+        epoch = time_epochs(x, y, batch_sizes=batch_sizes, modes=modes, repeats=repeats, log=log)
+        result: dict[str, Any] = {
+            "benchmark": "dp",
+            "quick": quick,
+            "environment": {
+                "torch": torch.__version__,
+                "opacus": _version("opacus"),
+                "python": platform.python_version(),
+                "cpu_count": os.cpu_count(),
+                "torch_threads": threads,
+                "dataset": data.source,
+            },
+            "epoch_time": {
+                "client_examples": len(y),
+                "noise_multiplier": 1.0,
+                "max_grad_norm": 1.0,
+                "by_batch_size": epoch,
+                "seconds": round(time.perf_counter() - t0, 1),
+                "note": "ratio = DP epoch time / non-private epoch time, same data, model and "
+                "batch size, runs interleaved; the ratio of minima is the headline figure (least "
+                "disturbed by other load on the machine), medians are reported alongside",
+            },
+        }
+        if accuracy:
+            train_x, train_y = normalize(data.train_x), np.asarray(data.train_y, dtype=np.int64)
+            test_x, test_y = normalize(data.test_x), np.asarray(data.test_y, dtype=np.int64)
+            if quick:
+                train_x, train_y = train_x[:2000], train_y[:2000]
+                test_x, test_y = test_x[:1000], test_y[:1000]
+            result["accuracy_at_epsilon"] = {
+                "setting": "centralised DP-SGD on the whole training set (not federated)",
+                "runs": [
+                    accuracy_at_epsilon(
+                        float(eps),
+                        train_x,
+                        train_y,
+                        test_x,
+                        test_y,
+                        epochs=accuracy_epochs,
+                        log=log,
+                        batch_size=128 if quick else CENTRAL_BATCH_SIZE,
+                        lr=2.0 if quick else CENTRAL_LR,
+                    )
+                    for eps in epsilons
+                ],
+            }
+    finally:
+        torch.set_num_threads(previous_threads)
+    if out is not None:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        log(f"[bench dp] wrote {out}")
+    return result
+
+
+def _version(dist: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None

@@ -1,0 +1,304 @@
+"""Local training: DP-SGD clips per sample exactly, survives empty Poisson batches, updates the
+caller's own parameters, and refuses BatchNorm."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clients.training import (
+    DPPlan,
+    EvalResult,
+    TrainResult,
+    _make_clipper,
+    evaluate,
+    make_dp_compatible,
+    resolve_grad_sample_mode,
+    train_local,
+)
+from federation.errors import ConfigError
+from federation.tasks import build_model, flatten_params
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def _data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, 1, 28, 28)).astype(np.float32)
+    y = rng.integers(0, 10, n).astype(np.int64)
+    return x, y
+
+
+class OddNet(nn.Module):
+    """Strided, dilated, padded and bias-free convolutions, and a Linear over a sequence."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 4, 3, stride=2, padding=1)
+        self.c2 = nn.Conv2d(
+            4, 6, (3, 2), stride=(1, 2), dilation=(2, 1), padding=(1, 0), bias=False
+        )
+        self.c3 = nn.Conv2d(6, 5, 3, stride=2, dilation=2)
+        self.seq = nn.Linear(5, 7)
+        self.head = nn.Linear(21, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.c3(torch.relu(self.c2(torch.relu(self.c1(x))))))
+        h = h.flatten(2).transpose(1, 2)  # B x T x 5
+        h = torch.tanh(self.seq(h)[:, :3])
+        return self.head(h.flatten(1))  # type: ignore[no-any-return]
+
+
+def _reference_clipped_sum(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, c: float
+) -> torch.Tensor:
+    """Per-sample gradients one by one, clipped with Opacus' rule min(1, C / (norm + 1e-6))."""
+    total = None
+    for i in range(x.shape[0]):
+        model.zero_grad()
+        F.cross_entropy(model(x[i : i + 1]), y[i : i + 1], reduction="sum").backward()
+        g = torch.cat([p.grad.reshape(-1) for p in model.parameters()])  # type: ignore[union-attr]
+        g = g * min(1.0, c / (float(g.norm()) + 1e-6))
+        total = g if total is None else total + g
+    model.zero_grad()
+    assert total is not None
+    return total
+
+
+@pytest.mark.parametrize(
+    ("mode", "net"),
+    [
+        ("fused", "fashion-cnn"),
+        ("fused", "odd"),  # fused's own geometry handling
+        ("hooks", "fashion-cnn"),
+        ("ghost", "fashion-cnn"),
+        ("functorch", "fashion-cnn"),
+    ],
+)
+def test_every_grad_sample_mode_gives_the_exact_clipped_sum(mode: str, net: str) -> None:
+    torch.manual_seed(0)
+    if net == "odd":
+        model: nn.Module = OddNet()
+        x, y = torch.randn(9, 1, 23, 21), torch.randint(0, 10, (9,))
+    else:
+        model = build_model("fashion-mnist", 0)
+        x, y = torch.randn(24, 1, 28, 28), torch.randint(0, 10, (24,))
+    c = 0.3  # small enough that most samples are clipped
+    params = list(model.parameters())
+    _, clip, close = _make_clipper(model, params, DPPlan(1.0, c, mode))  # type: ignore[arg-type]
+    try:
+        sums, loss_sum = clip(x, y)
+    finally:
+        close()
+    got = torch.cat([s.reshape(-1) for s in sums])
+    want = _reference_clipped_sum(model, x, y, c)
+    assert float((got - want).norm() / want.norm()) < 1e-5
+    with torch.no_grad():
+        want_loss = F.cross_entropy(model(x), y, reduction="sum").item()
+    assert loss_sum == pytest.approx(want_loss, rel=1e-5)
+    assert all(not hasattr(p, "grad_sample") or p.grad_sample is None for p in params)
+
+
+def test_auto_mode_picks_fused_for_our_model_and_hooks_otherwise() -> None:
+    assert resolve_grad_sample_mode(build_model("fashion-mnist", 0)) == "fused"
+    other = nn.Sequential(nn.Flatten(), nn.Linear(784, 8), nn.LayerNorm(8), nn.Linear(8, 10))
+    assert resolve_grad_sample_mode(other) == "hooks"
+    x, y = _data(40)
+    before = flatten_params(other).copy()
+    r = train_local(
+        other, x, y, epochs=1, batch_size=8, lr=0.1, momentum=0.0, seed=0, dp=DPPlan(1.0, 1.0)
+    )
+    assert r.grad_sample_mode == "hooks" and not np.array_equal(before, flatten_params(other))
+
+
+def test_in_place_activations_are_refused_clearly() -> None:
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(4 * 26 * 26, 10)
+    )
+    x, y = _data(6)
+    with pytest.raises(ConfigError, match="inplace=False"):
+        train_local(
+            model, x, y, epochs=1, batch_size=3, lr=0.1, momentum=0.0, seed=0, dp=DPPlan(1.0, 1.0)
+        )
+
+
+def test_dp_training_updates_the_callers_parameters_in_place() -> None:
+    model = build_model("fashion-mnist", 0)
+    params_before = list(model.parameters())
+    flat_before = flatten_params(model).copy()
+    x, y = _data(300)
+    r = train_local(
+        model, x, y, epochs=2, batch_size=32, lr=0.05, momentum=0.9, seed=1, dp=DPPlan(1.0, 1.0)
+    )
+    assert isinstance(r, TrainResult)
+    assert all(a is b for a, b in zip(params_before, model.parameters(), strict=True))
+    assert type(model).__name__ == "FashionCNN"
+    assert not any(k.startswith("_module.") for k in model.state_dict())
+    flat = flatten_params(model)
+    assert flat.shape == flat_before.shape and np.isfinite(flat).all()
+    assert not np.array_equal(flat, flat_before)
+    assert (r.num_examples, r.steps, r.sample_rate) == (300, 2 * 10, 32 / 300)
+    assert r.noise_multiplier == 1.0 and np.isfinite(r.mean_loss)
+    assert all(p.grad is None for p in model.parameters())
+    assert model.training
+
+
+def test_seeded_dp_is_reproducible_but_secure_dp_is_not_seeded() -> None:
+    x, y = _data(100)
+
+    def run(plan: DPPlan, seed: int) -> np.ndarray:
+        m = build_model("fashion-mnist", 0)
+        train_local(m, x, y, epochs=1, batch_size=20, lr=0.1, momentum=0.0, seed=seed, dp=plan)
+        return flatten_params(m)
+
+    seeded = DPPlan(1.0, 1.0, secure_rng=False)
+    np.testing.assert_array_equal(run(seeded, 3), run(seeded, 3))
+    secure = DPPlan(1.0, 1.0)
+    a, b = run(secure, 3), run(secure, 3)
+    assert a.shape == b.shape and not np.array_equal(a, b)  # noise does not follow the seed
+
+
+def test_tiny_client_empty_poisson_batches_stay_finite_and_count_as_steps() -> None:
+    x, y = _data(3)
+    model = build_model("fashion-mnist", 0)
+    before = flatten_params(model).copy()
+    r = train_local(
+        model,
+        x,
+        y,
+        epochs=20,
+        batch_size=1,
+        lr=0.05,
+        momentum=0.9,
+        seed=0,
+        dp=DPPlan(1.0, 1.0, secure_rng=False),
+    )
+    assert r.sample_rate == pytest.approx(1 / 3)
+    assert r.steps == 20 * 3  # every Poisson draw is a step of the mechanism, empty or not
+    assert r.empty_batches > 0  # P(empty) = (2/3)^3 per step
+    after = flatten_params(model)
+    assert np.isfinite(after).all() and not np.array_equal(after, before)
+    assert np.isfinite(r.mean_loss)
+
+
+def test_empty_batch_still_releases_noise() -> None:
+    # A single record, sampled with q = 1/50: almost every step is empty. Each still adds
+    # N(0, (sigma*C)^2) noise, as the analysed mechanism does; skipping would leak emptiness.
+    x, y = _data(50)
+    model = build_model("fashion-mnist", 0)
+    before = flatten_params(model).copy()
+    r = train_local(
+        model,
+        x[:50],
+        y[:50],
+        epochs=1,
+        batch_size=1,
+        lr=0.01,
+        momentum=0.0,
+        seed=0,
+        dp=DPPlan(2.0, 1.0, secure_rng=False),
+    )
+    assert r.empty_batches > 0 and r.steps == 50
+    moved = np.abs(flatten_params(model) - before)
+    # Noise touches every coordinate on every step, so no parameter stays put.
+    assert (moved > 0).all()
+
+
+def test_batchnorm_is_refused_clearly_and_fixable() -> None:
+    bn_model = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 26 * 26, 10)
+    )
+    x, y = _data(20)
+    with pytest.raises(ConfigError, match=r"BatchNorm.*make_dp_compatible"):
+        train_local(
+            bn_model,
+            x,
+            y,
+            epochs=1,
+            batch_size=10,
+            lr=0.1,
+            momentum=0.0,
+            seed=0,
+            dp=DPPlan(1.0, 1.0),
+        )
+    fixed = make_dp_compatible(bn_model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fixed.modules())
+    r = train_local(
+        fixed, x, y, epochs=1, batch_size=10, lr=0.1, momentum=0.0, seed=0, dp=DPPlan(1.0, 1.0)
+    )
+    assert np.isfinite(flatten_params(fixed)).all() and r.steps == 2
+    # Non-private training of the BatchNorm model is fine.
+    train_local(bn_model, x, y, epochs=1, batch_size=10, lr=0.1, momentum=0.0, seed=0)
+
+
+def test_non_private_training_learns_and_evaluate_reports() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 10, 400).astype(np.int64)
+    x = rng.standard_normal((400, 1, 28, 28)).astype(np.float32) * 0.3
+    for i, label in enumerate(y):  # a learnable signal: a bright bar whose row is the label
+        x[i, 0, 2 * label + 3 : 2 * label + 6, 6:22] += 2.0
+    model = build_model("fashion-mnist", 0)
+    start = evaluate(model, x, y)
+    r = train_local(model, x, y, epochs=3, batch_size=32, lr=0.05, momentum=0.9, seed=0)
+    end = evaluate(model, x, y, batch_size=64)
+    assert isinstance(end, EvalResult) and end.num_examples == 400
+    assert r.noise_multiplier is None and r.steps == 3 * 13 and r.grad_sample_mode is None
+    assert end.loss < start.loss and end.accuracy > max(0.5, start.accuracy)
+    assert 0.0 <= end.accuracy <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "key"),
+    [
+        ({"epochs": -1}, "train.local_epochs"),
+        ({"batch_size": 0}, "train.batch_size"),
+        ({"lr": 0.0}, "train.lr"),
+        ({"momentum": 1.0}, "train.momentum"),
+    ],
+)
+def test_bad_hyperparameters_name_the_key(kwargs: dict[str, float], key: str) -> None:
+    x, y = _data(4)
+    args: dict[str, float] = {"epochs": 1, "batch_size": 2, "lr": 0.1, "momentum": 0.0, "seed": 0}
+    args.update(kwargs)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        train_local(build_model("fashion-mnist", 0), x, y, **args)  # type: ignore[arg-type]
+
+
+def test_read_only_arrays_from_the_data_loader_are_accepted() -> None:
+    x, y = _data(16)
+    x.setflags(write=False)
+    y.setflags(write=False)
+    model = build_model("fashion-mnist", 0)
+    train_local(model, x, y, epochs=1, batch_size=8, lr=0.1, momentum=0.0, seed=0)
+    train_local(
+        model, x, y, epochs=1, batch_size=8, lr=0.1, momentum=0.0, seed=0, dp=DPPlan(1.0, 1.0)
+    )
+    assert evaluate(model, x, y).num_examples == 16
+
+
+def test_bad_dp_plans_and_data_are_refused() -> None:
+    for sigma, c in [(0.0, 1.0), (-1.0, 1.0), (float("nan"), 1.0), (1.0, 0.0)]:
+        with pytest.raises(ConfigError):
+            DPPlan(sigma, c)
+    with pytest.raises(ConfigError, match="grad_sample_mode"):
+        DPPlan(1.0, 1.0, "magic")  # type: ignore[arg-type]
+    x, y = _data(4)
+    with pytest.raises(ValueError):
+        train_local(
+            build_model("fashion-mnist", 0),
+            x,
+            y[:3],
+            epochs=1,
+            batch_size=2,
+            lr=0.1,
+            momentum=0.0,
+            seed=0,
+        )
+    with pytest.raises(ValueError):
+        evaluate(build_model("fashion-mnist", 0), x[:0], y[:0])
