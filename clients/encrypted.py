@@ -20,8 +20,7 @@ import numpy as np
 import numpy.typing as npt
 from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
-from crypto import Preset, SecretContext, decrypt, encrypt
-from crypto import wire
+from crypto import Preset, SecretContext, decrypt, encrypt, wire
 from crypto.keys import WrapKeyPair, load_trainer_bundle, unwrap_secret, wrap_secret
 from crypto.stats import decrypt_scalars
 from federation import protocol as P

@@ -166,7 +166,9 @@ def _calibrate(eps: float, delta: float, q: float, steps: int, accountant: str) 
     return calibrate_noise(eps, delta, q, steps, accountant)
 
 
-def _reply(status: str, reason: str, metrics: dict[str, float], arrays: dict[str, Any] | None = None) -> RecordDict:
+def _reply(
+    status: str, reason: str, metrics: dict[str, float], arrays: dict[str, Any] | None = None
+) -> RecordDict:
     rd = RecordDict({
         P.STATUS: ConfigRecord({"code": status, "reason": reason}),
         P.METRICS: MetricRecord({k: float(v) for k, v in metrics.items()}),

@@ -120,7 +120,7 @@ class _Scratch:
             if self._tmpdir is not None:
                 os.unlink(self.path)
                 os.rmdir(self._tmpdir)
-        except Exception:  # best effort, also at interpreter shutdown
+        except Exception:  # noqa: BLE001 - best effort, also at interpreter shutdown
             pass
 
 

@@ -54,7 +54,8 @@ def integer_weights(counts: Sequence[int], total: int = WEIGHT_DENOMINATOR) -> n
         if w[j] > 1:
             w[j] -= 1
             w[i] += 1
-    return w
+    out: npt.NDArray[np.int64] = w
+    return out
 
 
 def weighted_update(

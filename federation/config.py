@@ -15,7 +15,7 @@ import difflib
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import Any
 
 from federation.errors import ConfigError
@@ -41,14 +41,14 @@ DEFENSES = ("norm", "multikrum", "cosine")
 ATTACKS = ("label-flip", "sign-flip", "scaling", "gaussian", "alie", "ipm", "backdoor")
 
 
-class SecureAggregation(str, Enum):
+class SecureAggregation(StrEnum):
     """How updates travel and are aggregated."""
 
     NONE = "none"
     CKKS = "ckks"
 
 
-class Accountant(str, Enum):
+class Accountant(StrEnum):
     """Privacy accountant. GDP is deliberately absent: it under-reports epsilon here."""
 
     PRV = "prv"
@@ -150,7 +150,8 @@ class FedConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able nested dict (enums as their values)."""
-        return _jsonable(asdict(self))
+        out: dict[str, Any] = _jsonable(asdict(self))
+        return out
 
 
 # flat key -> (section, field)

@@ -528,9 +528,9 @@ def cosine_filter(
 
     A client is rejected with ``"cosine<{threshold}"`` when its score is below
     ``threshold`` *and* an outlier among the round's scores (see :func:`_noise_aware_cut`:
-    with heavily noised updates, honest cosines scatter around 0), or ``"cosine:non-finite"`` when its statistics are NaN/Inf. Undefined
-    cosines (zero-length updates) are left out of the median; a client with no defined
-    cosine (a zero update, or alone in the round) is accepted with the note
+    with heavily noised updates, honest cosines scatter around 0), or ``"cosine:non-finite"``
+    when its statistics are NaN/Inf. Undefined cosines (zero-length updates) are left out of
+    the median; a client with no defined cosine (a zero update, or alone in the round) is accepted with the note
     ``"cosine:undefined"``: it cannot steer the aggregate's direction. With fewer than three
     clients there is no majority to agree with (two opposed updates reject each other).
 
@@ -549,7 +549,7 @@ def cosine_filter(
     if stats.pair_sq_dists is not None:
         cos = pairwise_cosines(stats)
         scores: dict[int, tuple[float, float]] = {}
-        for i, cid in enumerate(stats.client_ids):
+        for i in range(len(stats.client_ids)):
             if not finite_norm[i]:
                 continue
             peers = np.delete(cos[i], i)

@@ -1,13 +1,13 @@
 """The task registry: a model builder and a dataset per task name.
 
-Only one task ships today, ``fashion-mnist``: a small CNN (about 28 k parameters) that reaches
+Only one task ships today, ``fashion-mnist``: a small CNN (39,210 parameters) that reaches
 about 90 % test accuracy when trained centrally. It has no BatchNorm, so Opacus accepts it as is.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -16,8 +16,8 @@ from torch import nn
 __all__ = ["TASKS", "Task", "build_model", "flatten_params", "get_task", "load_flat_params"]
 
 
-class FashionCNN(nn.Module):  # type: ignore[misc]
-    """Two conv layers and a small classifier head, for 1×28×28 inputs and 10 classes."""
+class FashionCNN(nn.Module):
+    """Two conv layers and a small classifier head, for 1x28x28 inputs and 10 classes."""
 
     def __init__(self) -> None:
         super().__init__()

@@ -29,8 +29,7 @@ import numpy as np
 import numpy.typing as npt
 from flwr.app import ConfigRecord, RecordDict
 
-from crypto import EncryptedVector, Preset, PublicContext, add, weighted_sum
-from crypto import wire
+from crypto import EncryptedVector, Preset, PublicContext, add, weighted_sum, wire
 from crypto.keys import load_server_bundle
 from crypto.stats import assemble, compute_statistics, reconcile
 from federation import protocol as P

@@ -23,12 +23,11 @@ from clients.app import make_client_app
 from clients.handlers import ClientHooks, raw_partition
 from clients.training import train_local
 from federation.config import FedConfig
-from federation.errors import ConfigError
 from federation.data import normalize
+from federation.errors import ConfigError
 from federation.tasks import build_model, flatten_params, load_flat_params
 from simulations.attacks import (
     AttackContext,
-    apply_trigger,
     attack_success_rate,
     make_attack,
     select_malicious,

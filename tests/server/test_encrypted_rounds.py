@@ -10,8 +10,7 @@ from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
 from clients.app import app as client_app
 from clients.encrypted import secret_context
-from crypto import Preset, PublicContext, SecretContext, decrypt, encrypt
-from crypto import wire
+from crypto import Preset, PublicContext, SecretContext, decrypt, encrypt, wire
 from federation import protocol as P
 from federation.aggregation import WEIGHT_DENOMINATOR
 from federation.config import from_flat
