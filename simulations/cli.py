@@ -27,8 +27,8 @@ bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (JSON output).")
 keys_app = typer.Typer(no_args_is_help=True, help="Key material for real deployments.")
 app.add_typer(bench_app, name="bench")
 app.add_typer(keys_app, name="keys")
-console = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+console = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _fail(message: str, code: int = 2) -> None:
