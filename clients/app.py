@@ -37,63 +37,41 @@ def _error_reply(msg: Message, exc: BaseException) -> Message:
     )
 
 
+Handler = Callable[[RecordDict, Context], RecordDict]
+
+
+def _guarded(handler: Handler) -> Callable[[Message, Context], Message]:
+    """Run ``handler`` on the message content; any failure becomes an error reply."""
+
+    def run(msg: Message, context: Context) -> Message:
+        try:
+            content = handler(msg.content, context)
+        except Exception as exc:  # noqa: BLE001 - one bad message must not kill the node
+            return _error_reply(msg, exc)
+        return Message(content, reply_to=msg)
+
+    return run
+
+
 def make_client_app(hooks_factory: HooksFactory | None = None) -> ClientApp:
     """Build the trainer ClientApp; ``hooks_factory(node_config)`` may compose in behaviour."""
+    from clients import encrypted
+
     client_app = ClientApp()
 
     def hooks_for(context: Context) -> ClientHooks:
         return hooks_factory(context.node_config) if hooks_factory else NO_HOOKS
 
-    @client_app.train()
-    def train(msg: Message, context: Context) -> Message:
-        try:
-            content = handle_train(msg.content, context.state, context.node_config,
-                                   context.run_id, hooks_for(context))
-        except Exception as exc:  # noqa: BLE001 - one bad message must not kill the node
-            return _error_reply(msg, exc)
-        return Message(content, reply_to=msg)
-
-    @client_app.evaluate()
-    def evaluate(msg: Message, context: Context) -> Message:
-        try:
-            content = handle_evaluate(msg.content, context.state, context.node_config,
-                                      context.run_id, hooks_for(context))
-        except Exception as exc:  # noqa: BLE001
-            return _error_reply(msg, exc)
-        return Message(content, reply_to=msg)
-
-    @client_app.query("keys")
-    def keys(msg: Message, context: Context) -> Message:
-        from clients import encrypted
-
-        try:
-            content = encrypted.handle_keys_setup(msg.content, context.state, context.node_config,
-                                                  context.run_id)
-        except Exception as exc:  # noqa: BLE001
-            return _error_reply(msg, exc)
-        return Message(content, reply_to=msg)
-
-    @client_app.query("wrap")
-    def wrap(msg: Message, context: Context) -> Message:
-        from clients import encrypted
-
-        try:
-            content = encrypted.handle_keys_wrap(msg.content, context.state, context.run_id)
-        except Exception as exc:  # noqa: BLE001
-            return _error_reply(msg, exc)
-        return Message(content, reply_to=msg)
-
-    @client_app.query("screen")
-    def screen(msg: Message, context: Context) -> Message:
-        from clients import encrypted
-
-        try:
-            content = encrypted.handle_screen(msg.content, context.state, context.node_config,
-                                              context.run_id)
-        except Exception as exc:  # noqa: BLE001
-            return _error_reply(msg, exc)
-        return Message(content, reply_to=msg)
-
+    client_app.train()(_guarded(lambda c, ctx: handle_train(
+        c, ctx.state, ctx.node_config, ctx.run_id, hooks_for(ctx))))
+    client_app.evaluate()(_guarded(lambda c, ctx: handle_evaluate(
+        c, ctx.state, ctx.node_config, ctx.run_id, hooks_for(ctx))))
+    client_app.query("keys")(_guarded(lambda c, ctx: encrypted.handle_keys_setup(
+        c, ctx.state, ctx.node_config, ctx.run_id)))
+    client_app.query("wrap")(_guarded(lambda c, ctx: encrypted.handle_keys_wrap(
+        c, ctx.state, ctx.run_id)))
+    client_app.query("screen")(_guarded(lambda c, ctx: encrypted.handle_screen(
+        c, ctx.state, ctx.node_config, ctx.run_id)))
     return client_app
 
 

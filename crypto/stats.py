@@ -54,8 +54,8 @@ from crypto.ckks import (
     EncryptedVector,
     MaskedStatistic,
     Preset,
-    PublicContext,
     SecretContext,
+    _public_of,
 )
 from crypto.wire import decode_statistic, encode_statistic
 from federation.errors import KeyMismatch
@@ -121,14 +121,6 @@ class ScreeningRequest:
     def blobs(self) -> list[bytes]:
         """Wire envelopes of :attr:`statistics`, for :func:`decrypt_scalars`."""
         return [encode_statistic(s) for s in self.statistics]
-
-
-def _public(ctx: Context) -> PublicContext:
-    if isinstance(ctx, SecretContext):
-        return ctx.public()
-    if isinstance(ctx, PublicContext):
-        return ctx
-    raise TypeError(f"expected a PublicContext or SecretContext, got {type(ctx).__name__}")
 
 
 def _zero_sum_mask(
@@ -207,7 +199,7 @@ def compute_statistics(
     ValueError
         Bounds do not fit the modulus, inconsistent lengths, nothing requested.
     """
-    public = _public(ctx)
+    public = _public_of(ctx)
     if public.preset is not Preset.SCREENING:
         raise KeyMismatch("encrypted statistics need the SCREENING preset")
     vectors = list(vectors)

@@ -49,11 +49,11 @@ from crypto.ckks import (
     MaskedStatistic,
     Preset,
     PublicContext,
-    SecretContext,
     _pack_rns,
     _packed_size,
     _preset_from_field,
     _preset_id_field,
+    _public_of,
     _unpack_rns,
 )
 from federation.errors import InvalidCiphertext
@@ -125,14 +125,6 @@ REASONS: Final = frozenset(
     }
 )
 """Every ``InvalidCiphertext.reason`` this module can produce."""
-
-
-def _public(ctx: Context) -> PublicContext:
-    if isinstance(ctx, SecretContext):
-        return ctx.public()
-    if isinstance(ctx, PublicContext):
-        return ctx
-    raise TypeError(f"expected a PublicContext or SecretContext, got {type(ctx).__name__}")
 
 
 def _poly_bytes(preset: Preset) -> int:
@@ -357,7 +349,7 @@ def decode(
     InvalidCiphertext
         With a ``reason`` from :data:`REASONS`; never any other exception for bad data.
     """
-    public = _public(ctx)
+    public = _public_of(ctx)
     view = memoryview(data).cast("B")
     head = _parse_header(view, public, _KIND_VECTOR, max_bytes)
     spec = head.preset.spec
@@ -415,7 +407,7 @@ def decode_statistic(
     InvalidCiphertext
         With a ``reason`` from :data:`REASONS`.
     """
-    public = _public(ctx)
+    public = _public_of(ctx)
     limit = statistic_size(public.preset) if max_bytes is None else max_bytes
     view = memoryview(data).cast("B")
     head = _parse_header(view, public, _KIND_STATISTIC, limit)

@@ -63,3 +63,28 @@ class FakeGrid:
 @pytest.fixture
 def fake_grid() -> type[FakeGrid]:
     return FakeGrid
+
+
+class Recorder:
+    """A RunObserver that keeps everything the round loop reports, in memory."""
+
+    def __init__(self) -> None:
+        self.rounds: list[Any] = []
+        self.audit: list[dict[str, object]] = []
+        self.checkpoints: list[int] = []
+        self.states: list[dict[str, object]] = []
+
+    def on_round(self, report: Any) -> None:
+        self.rounds.append(report)
+
+    def on_audit(self, entry: dict[str, object]) -> None:
+        self.audit.append(entry)
+
+    def on_checkpoint(self, round_: int, state: dict[str, object]) -> None:
+        self.checkpoints.append(round_)
+        self.states.append(state)
+
+
+@pytest.fixture
+def recorder() -> type[Recorder]:
+    return Recorder

@@ -14,21 +14,7 @@ from federation.config import from_flat
 from federation.errors import ProtocolError
 from federation.records import bytes_record
 from server.app import make_scheme
-from server.loop import RoundReport, run_federation
-
-
-class Rounds:
-    def __init__(self) -> None:
-        self.rounds: list[RoundReport] = []
-
-    def on_round(self, report: RoundReport) -> None:
-        self.rounds.append(report)
-
-    def on_audit(self, entry: dict[str, object]) -> None:
-        pass
-
-    def on_checkpoint(self, round_: int, state: dict[str, object]) -> None:
-        pass
+from server.loop import run_federation
 
 
 def _cfg(**flat: object):
@@ -36,15 +22,15 @@ def _cfg(**flat: object):
                       "data-dir": "subset", "batch-size": 32, "dp-noise": 1.0, **flat})
 
 
-def test_a_restarted_client_keeps_its_privacy_ledger(fake_grid, tmp_path: Path) -> None:
+def test_a_restarted_client_keeps_its_privacy_ledger(fake_grid, tmp_path: Path, recorder) -> None:
     def node_config(i: int) -> dict[str, object]:
         return {"partition-id": i, "num-partitions": 2, "ledger-file": str(tmp_path / f"l{i}.jsonl")}
 
-    first = Rounds()
+    first = recorder()
     grid = fake_grid(client_app, 2, run_id=1, node_config=node_config)
     run_federation(grid, _cfg(), make_scheme(_cfg()), observer=first)
     # A new process: fresh node state, same ledger files, the next run of the federation.
-    second = Rounds()
+    second = recorder()
     grid2 = fake_grid(client_app, 2, run_id=2, node_config=node_config)
     run_federation(grid2, _cfg(), make_scheme(_cfg()), observer=second)
     eps1 = first.rounds[0].epsilon_by_client
@@ -59,10 +45,10 @@ def test_a_restarted_client_keeps_its_privacy_ledger(fake_grid, tmp_path: Path) 
         assert sum('"label"' in line for line in lines) == 2
 
 
-def test_a_key_holder_answers_one_bounded_screen_request_per_round(fake_grid) -> None:
+def test_a_key_holder_answers_one_bounded_screen_request_per_round(fake_grid, recorder) -> None:
     cfg = _cfg(**{"secure-aggregation": "ckks", "dp-noise": 0.0})
     grid = fake_grid(client_app, 2)
-    run_federation(grid, cfg, make_scheme(cfg), observer=Rounds())
+    run_federation(grid, cfg, make_scheme(cfg), observer=recorder())
     ctx = next(iter(grid.nodes.values()))
     # The state remembers round 1 with 2 clients: at most 2 + 1 statistics, once.
     too_many = RecordDict({P.SCREEN: bytes_record({f"s{k:06d}": b"x" for k in range(4)}),

@@ -17,24 +17,8 @@ from federation.config import from_flat
 from federation.records import bytes_record
 from server.app import make_scheme
 from server.encrypted import CkksScheme
-from server.loop import RoundReport, run_federation
+from server.loop import run_federation
 from server.schemes import PlaintextScheme
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.rounds: list[RoundReport] = []
-        self.audit: list[dict[str, object]] = []
-        self.states: list[dict[str, object]] = []
-
-    def on_round(self, report: RoundReport) -> None:
-        self.rounds.append(report)
-
-    def on_audit(self, entry: dict[str, object]) -> None:
-        self.audit.append(entry)
-
-    def on_checkpoint(self, round_: int, state: dict[str, object]) -> None:
-        self.states.append(state)
 
 
 def _cfg(**flat: object):
@@ -54,31 +38,31 @@ def _decrypted_global(scheme: CkksScheme, grid) -> np.ndarray:
     return scheme.initial + decrypt(secret, scheme.global_enc).astype(np.float64) / WEIGHT_DENOMINATOR
 
 
-def _both(fake_grid, rounds: int):
+def _both(fake_grid, recorder, rounds: int):
     enc_cfg = _cfg(**{"num-server-rounds": rounds})
     plain_cfg = _cfg(**{"num-server-rounds": rounds, "secure-aggregation": "none"})
     enc_grid, plain_grid = fake_grid(client_app, 3), fake_grid(client_app, 3)
     enc_scheme, plain_scheme = make_scheme(enc_cfg), make_scheme(plain_cfg)
     assert isinstance(enc_scheme, CkksScheme) and isinstance(plain_scheme, PlaintextScheme)
-    enc_rec, plain_rec = Recorder(), Recorder()
+    enc_rec, plain_rec = recorder(), recorder()
     run_federation(enc_grid, enc_cfg, enc_scheme, observer=enc_rec)
     run_federation(plain_grid, plain_cfg, plain_scheme, observer=plain_rec)
     return _decrypted_global(enc_scheme, enc_grid), plain_scheme, enc_rec, plain_rec
 
 
-def test_one_encrypted_round_equals_the_plaintext_round(fake_grid) -> None:
+def test_one_encrypted_round_equals_the_plaintext_round(fake_grid, recorder) -> None:
     # Same seeds, same public initial model: the clients' updates are identical, so the only
     # difference is CKKS noise (~1e-6 per value).
-    enc_model, plain_scheme, enc_rec, _ = _both(fake_grid, 1)
+    enc_model, plain_scheme, enc_rec, _ = _both(fake_grid, recorder, 1)
     assert np.abs(enc_model - plain_scheme.global_model).max() < 2e-5
     ups = [b for r in enc_rec.rounds for b in r.bytes_up.values()]
     assert max(ups) <= 7 * 4 * enc_model.size  # uploads at most 7x float32
 
 
-def test_encrypted_fedavg_tracks_plaintext_over_rounds(fake_grid) -> None:
+def test_encrypted_fedavg_tracks_plaintext_over_rounds(fake_grid, recorder) -> None:
     # Over rounds, SGD amplifies the ~1e-6 differences; the models stay close and the
     # accuracy the same within a point.
-    enc_model, plain_scheme, enc_rec, plain_rec = _both(fake_grid, 3)
+    enc_model, plain_scheme, enc_rec, plain_rec = _both(fake_grid, recorder, 3)
     moved = plain_scheme.global_model - plain_scheme.global_model  # placeholder for shape
     start = make_scheme(_cfg(**{"secure-aggregation": "none"})).global_model
     moved = plain_scheme.global_model - start
@@ -87,11 +71,11 @@ def test_encrypted_fedavg_tracks_plaintext_over_rounds(fake_grid) -> None:
     assert abs(enc_rec.rounds[-1].accuracy - plain_rec.rounds[-1].accuracy) < 0.02
 
 
-def test_the_server_side_holds_no_secret_key(fake_grid) -> None:
+def test_the_server_side_holds_no_secret_key(fake_grid, recorder) -> None:
     cfg = _cfg()
     grid = fake_grid(client_app, 3)
     scheme = make_scheme(cfg)
-    rec = Recorder()
+    rec = recorder()
     run_federation(grid, cfg, scheme, observer=rec)
     secret = _trainer_secret(grid)
     # The secret context serialises as header | packed secret key | packed public key: probe
@@ -143,9 +127,9 @@ MALFORMED = {
 
 
 @pytest.mark.parametrize("kind", sorted(MALFORMED))
-def test_malformed_ciphertexts_are_rejected_and_the_round_goes_on(fake_grid, kind: str) -> None:
+def test_malformed_ciphertexts_are_rejected_and_the_round_goes_on(fake_grid, kind: str, recorder) -> None:
     cfg = _cfg(**{"num-server-rounds": 1})
-    rec = Recorder()
+    rec = recorder()
     grid = fake_grid(client_app, 3, tamper=_tamper_update(101, MALFORMED[kind]))
     result = run_federation(grid, cfg, make_scheme(cfg), observer=rec)
     assert result.rounds_completed == 1
@@ -163,10 +147,10 @@ def _lying_screen(liar: int):
     return tamper
 
 
-def test_a_lying_key_holder_is_caught(fake_grid) -> None:
+def test_a_lying_key_holder_is_caught(fake_grid, recorder) -> None:
     cfg = _cfg(**{"num-clients": 4, "num-server-rounds": 1, "defense": "norm,cosine",
                   "screen-quorum": 4})
-    rec = Recorder()
+    rec = recorder()
     grid = fake_grid(client_app, 4, tamper=_lying_screen(102))
     result = run_federation(grid, cfg, make_scheme(cfg), observer=rec)
     assert result.rounds_completed == 1
@@ -176,9 +160,9 @@ def test_a_lying_key_holder_is_caught(fake_grid) -> None:
     assert sorted(rec.rounds[0].accepted) == [100, 101, 102, 103]
 
 
-def test_dp_and_ckks_together(fake_grid) -> None:
+def test_dp_and_ckks_together(fake_grid, recorder) -> None:
     cfg = _cfg(**{"dp-epsilon": 4.0})
-    rec = Recorder()
+    rec = recorder()
     result = run_federation(fake_grid(client_app, 3), cfg, make_scheme(cfg), observer=rec)
     assert result.rounds_completed == 2
     eps = rec.rounds[-1].epsilon_by_client

@@ -10,23 +10,7 @@ from clients.app import app as client_app
 from federation import protocol as P
 from federation.config import from_flat
 from server.app import make_scheme
-from server.loop import RoundReport, run_federation
-
-
-class Recorder:
-    def __init__(self) -> None:
-        self.rounds: list[RoundReport] = []
-        self.audit: list[dict[str, object]] = []
-        self.checkpoints: list[int] = []
-
-    def on_round(self, report: RoundReport) -> None:
-        self.rounds.append(report)
-
-    def on_audit(self, entry: dict[str, object]) -> None:
-        self.audit.append(entry)
-
-    def on_checkpoint(self, round_: int, state: dict[str, object]) -> None:
-        self.checkpoints.append(round_)
+from server.loop import run_federation
 
 
 def _cfg(**flat: object):
@@ -40,9 +24,9 @@ def _with_update(reply: Message, update: ArrayRecord) -> Message:
     return reply
 
 
-def test_honest_run_trains_and_reports_every_round(fake_grid) -> None:
+def test_honest_run_trains_and_reports_every_round(fake_grid, recorder) -> None:
     cfg = _cfg()
-    rec = Recorder()
+    rec = recorder()
     result = run_federation(fake_grid(client_app, 3), cfg, make_scheme(cfg), observer=rec)
     assert result.rounds_completed == 2 and not result.stopped_early
     assert [r.round for r in rec.rounds] == [1, 2]
@@ -71,9 +55,9 @@ def _tamper_node(target: int, make: object):
                                                 "b": Array(np.zeros(3, np.float32))})), "malformed"),
     ],
 )
-def test_a_bad_update_costs_one_reply(fake_grid, make: object, reason: str) -> None:
+def test_a_bad_update_costs_one_reply(fake_grid, make: object, reason: str, recorder) -> None:
     cfg = _cfg()
-    rec = Recorder()
+    rec = recorder()
     grid = fake_grid(client_app, 3, tamper=_tamper_node(101, make))
     result = run_federation(grid, cfg, make_scheme(cfg), observer=rec)
     assert result.rounds_completed == 2
@@ -83,37 +67,37 @@ def test_a_bad_update_costs_one_reply(fake_grid, make: object, reason: str) -> N
     assert any(e.get("node") == 101 and e.get("event") == "rejected" for e in rec.audit)
 
 
-def test_a_dead_node_is_recorded_and_the_round_goes_on(fake_grid) -> None:
+def test_a_dead_node_is_recorded_and_the_round_goes_on(fake_grid, recorder) -> None:
     cfg = _cfg()
-    rec = Recorder()
+    rec = recorder()
     grid = fake_grid(client_app, 3, tamper=_tamper_node(102, lambda r: None))
     result = run_federation(grid, cfg, make_scheme(cfg), observer=rec)
     assert result.rounds_completed == 2
     assert 102 in rec.rounds[0].refused and "error-reply" in rec.rounds[0].refused[102]
 
 
-def test_run_stops_cleanly_below_min_clients(fake_grid) -> None:
+def test_run_stops_cleanly_below_min_clients(fake_grid, recorder) -> None:
     cfg = _cfg(**{"min-clients": 3})
-    rec = Recorder()
+    rec = recorder()
     grid = fake_grid(client_app, 3, tamper=_tamper_node(102, lambda r: None))
     result = run_federation(grid, cfg, make_scheme(cfg), observer=rec)
     assert result.stopped_early and result.rounds_completed == 0
     assert "min-clients is 3" in result.stop_reason
 
 
-def test_budget_exhaustion_stops_the_run_and_says_why(fake_grid) -> None:
+def test_budget_exhaustion_stops_the_run_and_says_why(fake_grid, recorder) -> None:
     # A budget this small is spent by the first round already: nobody may train round 2.
     cfg = _cfg(**{"dp-epsilon": 0.5, "num-server-rounds": 1})
     cfg2 = _cfg(**{"dp-epsilon": 0.5, "num-server-rounds": 4})
     grid = fake_grid(client_app, 3)
-    rec = Recorder()
+    rec = recorder()
     # Round 1 is calibrated for one round; re-running with a 4-round plan on the same nodes
     # (whose ledgers are full) must refuse to train.
     run_federation(grid, cfg, make_scheme(cfg), observer=rec)
     assert all(len(r.accepted) == 3 for r in rec.rounds)
     for ctx in grid.nodes.values():  # the next run of the same federation
         ctx.run_id = 8
-    rec2 = Recorder()
+    rec2 = recorder()
     result = run_federation(grid, cfg2, make_scheme(cfg2), observer=rec2)
     assert result.stopped_early and result.rounds_completed == 0
     assert "privacy budget" in result.stop_reason
