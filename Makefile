@@ -28,6 +28,8 @@ demo: $(STAMP)
 	$(BIN)/fedguard demo
 
 test: $(STAMP)
+	$(BIN)/ruff check federation clients server crypto simulations tests
+	$(BIN)/mypy federation crypto
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
