@@ -265,6 +265,15 @@ def scenarios(
     console.print(f"{len(rows)} scenario(s); results in {out_dir}")
 
 
+def _register_deploy_commands() -> None:
+    from simulations.cli_deploy import register
+
+    register(app)
+
+
+_register_deploy_commands()
+
+
 def main() -> None:
     """Console-script entry point."""
     try:
