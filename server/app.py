@@ -131,8 +131,8 @@ class _FastPollGrid:
 def fast_polling(grid: Grid) -> Grid:
     """``grid`` with fast reply polling if it is Flower's HTTP (deployment) grid, else ``grid``.
 
-    The pause between pulls is at most ``$FEDGUARD_GRID_POLL_MAX`` seconds (default 0.5).
-    Simulation grids and test fakes are returned unchanged.
+    The pause between pulls is at most ``$FEDGUARD_GRID_POLL_MAX`` seconds (default 0.5; 0 keeps
+    Flower's fixed 3 s). Simulation grids and test fakes are returned unchanged.
     """
     try:
         from flwr.superlink.grid.http_grid import HttpGrid
@@ -144,6 +144,8 @@ def fast_polling(grid: Grid) -> Grid:
         max_wait = float(os.environ.get(GRID_POLL_ENV, "") or 0.5)
     except ValueError:
         max_wait = 0.5
+    if max_wait <= 0:
+        return grid
     return _FastPollGrid(grid, min(max(max_wait, 0.01), 3.0))  # type: ignore[return-value]
 
 

@@ -1,0 +1,155 @@
+"""A warm ClientApp launcher for one SuperNode: ``python -m simulations._clientexec``.
+
+Flower runs every message a SuperNode receives in a fresh ``flwr-clientapp`` process, started
+by its SuperExec. For fedguard that process spends 4-5 s of CPU importing torch, Opacus,
+TenSEAL, SciPy and Flower before the handler runs (about 1 s of training on the vendored
+subset), and a trainer pays it for every message of every round.
+
+This launcher takes the SuperExec's place (the SuperNode runs with ``--isolation process``).
+It imports those third-party modules once, then asks the SuperNode's Runtime API for work like
+Flower's SuperExec does (``AcquireTask``) and runs each ClientApp task in a child made with
+``fork()``: the child calls Flower's own ``run_clientapp`` with the task's token, so the app is
+still loaded from the Flower app bundle, the message and context still travel through the
+Runtime API, and the child exits when the task ends. Only third-party modules are preloaded;
+fedguard's own packages are imported by the child from the bundle, as before.
+
+Fork safety: the parent runs no torch operation and starts no thread of its own (numpy's and
+SciPy's BLAS pools handle ``fork`` themselves). The parent exits when the process named by
+``--parent-pid`` is gone, and stops its children with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import signal
+import sys
+import time
+import traceback
+from types import FrameType
+
+__all__: list[str] = []
+
+PRELOAD = (
+    "numpy", "scipy", "scipy.stats", "scipy.special", "torch", "torch.nn", "torch.nn.functional",
+    "torch.utils.data", "opacus", "opacus.accountants", "opacus.accountants.analysis",
+    "tenseal", "flwr.app", "flwr.clientapp", "flwr.supernode.runtime.run_clientapp",
+)
+"""Imported once in the parent; a module that is missing is simply skipped."""
+
+_running = True
+
+
+def _stop(signum: int, frame: FrameType | None) -> None:
+    global _running
+    _running = False
+
+
+def _run_task(address: str, token: str) -> None:
+    """In the forked child: run one ClientApp task with Flower's runtime, then exit."""
+    code = 1
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        from flwr.supernode.runtime.run_clientapp import run_clientapp
+
+        run_clientapp(runtime_api_address=address, token=token, insecure=True,
+                      certificates=None, parent_pid=os.getppid(),
+                      runtime_dependency_install=False)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:  # noqa: BLE001 - report, exit; never return into the parent loop
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m simulations._clientexec")
+    parser.add_argument("--runtime-api-address", required=True)
+    parser.add_argument("--parent-pid", type=int, required=True)
+    parser.add_argument("--poll-interval", type=float, default=0.1)
+    args = parser.parse_args(argv)
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    started = time.monotonic()
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+    from flwr.proto.runtime_pb2 import AcquireTaskRequest
+    from flwr.supercore.constant import TaskType
+    from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
+    from flwr.supercore.runtime import RuntimeHttpClient
+
+    client = RuntimeHttpClient.from_server_address(  # no retry invoker: this loop retries
+        server_address=args.runtime_api_address, insecure=True, root_certificates=None,
+        interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec")],
+    )
+    print(f"fedguard: warm ClientApp launcher ready in {time.monotonic() - started:.1f}s "
+          f"(runtime API {args.runtime_api_address})", flush=True)
+    children: set[int] = set()
+    request = AcquireTaskRequest(supported_task_types=[str(TaskType.CLIENT_APP)])
+    failures = 0
+    try:
+        while _running and _alive(args.parent_pid):
+            for pid in list(children):
+                try:
+                    done, _status = os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    done = pid
+                if done:
+                    children.discard(pid)
+            try:
+                res = client.AcquireTask(request)
+                failures = 0
+            except Exception:  # noqa: BLE001 - the SuperNode is (re)starting: try again soon
+                failures += 1
+                if failures == 1:
+                    # Tasks of a SuperNode that is gone cannot finish: their token and state
+                    # lived in its memory. Flower's SuperExec dies with its SuperNode, and its
+                    # ClientApps with it; here the children are stopped instead.
+                    _terminate(children)
+                time.sleep(min(0.2 * failures, 2.0))
+                continue
+            if res.HasField("task") and res.token:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                pid = os.fork()
+                if pid == 0:
+                    _run_task(args.runtime_api_address, res.token)
+                children.add(pid)
+                continue
+            time.sleep(args.poll_interval)
+    finally:
+        _terminate(children)
+        client.close()
+    return 0
+
+
+def _terminate(children: set[int]) -> None:
+    for pid in children:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())
