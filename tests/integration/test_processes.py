@@ -1,0 +1,267 @@
+"""Real processes on 127.0.0.1: ``fedguard server`` (SuperLink + run) and ``fedguard client``s.
+
+Every process is started in a session of its own and stopped by process id, its whole tree
+included, by the fixtures (also when a test fails). TLS and SuperNode authentication are on in
+every test; data is the vendored subset; rounds are tiny (1 local epoch, batch 32).
+
+* two rounds with three clients, CKKS and DP (+ an impostor whose key is not registered,
+  refused; one client started before the server, which retries and says so);
+* a client killed mid-round: the round completes with the others, the loss is recorded, and
+  the restarted client keeps its privacy ledger;
+* the server killed after round 1: ``--resume`` continues from the checkpoint to the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from crypto.keys import provision_federation
+from crypto.tls import make_supernode_auth_keypair
+from simulations.deploy import (
+    CLIENT_EXIT_REFUSED,
+    ManagedProcess,
+    free_port,
+    process_tree,
+    stop_tree,
+)
+
+PASSPHRASE = "integration-test-passphrase"
+SECURE = "ckks"  # provisioned keys: the server bundle's public context, sealed trainer secrets
+COMMON = ["--data-dir", "subset", "--batch-size", "32", "--local-epochs", "1",
+          "--partition", "iid", "--round-timeout", "120"]
+
+if not sys.platform.startswith("linux"):  # pragma: no cover
+    pytest.skip("process-tree handling reads /proc", allow_module_level=True)
+
+
+def _ckks_material() -> tuple[bytes, bytes, str]:
+    from crypto.ckks import Preset, SecretContext
+
+    secret = SecretContext.generate(Preset.SCREENING)
+    return secret.to_bytes(), secret.public().to_bytes(), secret.fingerprint
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A provisioned federation of three trainers, and an impostor with an unknown key."""
+    root = tmp_path_factory.mktemp("keys") / "fed"
+    secret, public, fingerprint = _ckks_material()
+    provision_federation(root, 3, PASSPHRASE, ckks_secret=secret, ckks_public=public,
+                         fingerprint=fingerprint)
+    # The impostor: trainer-2's bundle (valid CA, sealed secret) with a fresh authentication
+    # key that the server never registered.
+    impostor = root.parent / "impostor"
+    shutil.copytree(root / "trainer-2", impostor)
+    private, pub = make_supernode_auth_keypair()
+    for name, data in (("supernode-auth", private), ("supernode-auth.pub", pub + b"\n")):
+        (impostor / name).chmod(0o600)
+        (impostor / name).write_bytes(data)
+    manifest = json.loads((impostor / "manifest.json").read_text())
+    manifest["files"]["supernode-auth.pub"]["sha256"] = hashlib.sha256(pub + b"\n").hexdigest()
+    (impostor / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return root
+
+
+class Deployment:
+    """Starts ``fedguard server`` / ``fedguard client`` processes and stops them all."""
+
+    def __init__(self, base: Path, keys: Path) -> None:
+        self.base = base
+        self.keys = keys
+        self.port = free_port()
+        self.env = {**os.environ, "FEDGUARD_PASSPHRASE": PASSPHRASE,
+                    "FEDGUARD_TORCH_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+        self.procs: list[ManagedProcess] = []
+        self.run_dir = base / "run"
+
+    def _start(self, name: str, args: list[str]) -> ManagedProcess:
+        proc = ManagedProcess(name, [sys.executable, "-m", "simulations.cli", *args],
+                              env=self.env, log_path=self.base / f"{name}.out",
+                              cwd=self.base, new_session=True)
+        self.procs.append(proc)
+        return proc
+
+    def server(self, *args: str, name: str = "server") -> ManagedProcess:
+        return self._start(name, ["server", "--keys", str(self.keys / "server"),
+                                  "--out", str(self.run_dir), "--port", str(self.port), *args])
+
+    def client(self, i: int, *args: str, bundle: Path | None = None, name: str | None = None,
+               state: str | None = None) -> ManagedProcess:
+        return self._start(name or f"client{i}", [
+            "client", "--keys", str(bundle or self.keys / f"trainer-{i}"),
+            "--superlink", f"127.0.0.1:{self.port}", "--partition-id", str(i),
+            "--num-partitions", "3", "--state-dir", str(self.base / (state or f"state{i}")),
+            *args])
+
+    def stop_all(self) -> list[int]:
+        """Stop every process (tree) started here; return the pids still alive afterwards."""
+        seen = {pid for p in self.procs for pid in process_tree(p.pid)}
+
+        def stop(proc: ManagedProcess) -> None:
+            try:
+                proc.stop(grace=5.0)
+            except Exception:  # make sure it dies anyway
+                stop_tree(proc.pid, 1.0, hard=True)
+
+        threads = [threading.Thread(target=stop, args=(p,)) for p in self.procs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        time.sleep(0.5)
+        return sorted(pid for pid in seen if process_tree(pid))
+
+    def dump(self) -> str:
+        return "\n".join(f"---- {p.name} (exit {p.poll()})\n" + "\n".join(p.tail(40))
+                         for p in self.procs)
+
+
+@pytest.fixture
+def deployment(tmp_path: Path, keys: Path) -> Iterator[Deployment]:
+    dep = Deployment(tmp_path, keys)
+    try:
+        yield dep
+    finally:
+        leftovers = dep.stop_all()
+        assert leftovers == [], f"processes left running: {leftovers}"
+
+
+def wait_for(what: str, check: Callable[[], object], timeout: float, dep: Deployment) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{dep.dump()}")
+
+
+def said(proc: ManagedProcess, pattern: str) -> bool:
+    return any(re.search(pattern, line) for line in list(proc.lines))
+
+
+def finish(proc: ManagedProcess, dep: Deployment, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{proc.name} did not finish in {timeout:.0f}s\n{dep.dump()}")
+        time.sleep(0.2)
+    return proc.wait()
+
+
+def metrics(run_dir: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def summary(run_dir: Path) -> dict[str, object]:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def test_two_rounds_three_clients_tls_auth_dp(deployment: Deployment, keys: Path) -> None:
+    dep = deployment
+    # A client that starts before the server: it retries with backoff and says so.
+    early = dep.client(0)
+    wait_for("the early client to report the unreachable SuperLink",
+             lambda: said(early, r"cannot reach the SuperLink .* retrying in"), 60, dep)
+    server = dep.server("--rounds", "2", "--clients", "3", "--dp-epsilon", "8",
+                        "--secure-aggregation", SECURE, *COMMON)
+    wait_for("the SuperLink", lambda: said(server, r"SuperLink listening on https://"), 60, dep)
+    dep.client(1)
+    dep.client(2)
+    impostor = dep.client(2, "--refused-retries", "0", bundle=keys.parent / "impostor",
+                          name="impostor", state="state-impostor")
+    code = finish(server, dep, 240)
+    assert code == 0, dep.dump()
+
+    s = summary(dep.run_dir)
+    assert s["rounds_completed"] == 2 and not s["stopped_early"]
+    assert s["secure_aggregation"] == SECURE
+    rows = metrics(dep.run_dir)
+    assert [r["round"] for r in rows] == [1, 2]
+    assert all(len(r["accepted"]) == 3 and not r["refused"] for r in rows), rows
+    assert all(r["max_epsilon"] is not None and 0 < r["max_epsilon"] <= 8 for r in rows)
+    assert said(server, r"registered SuperNode key trainer-0\.pub")
+    assert said(server, r"round +2/2 .*accepted 3/3")
+    assert said(early, r"privacy ledger: .*\(0 event\(s\)")
+    assert said(early, r"round 1 \(train\): request received")
+    for i in range(3):
+        ledger = (dep.base / f"state{i}" / "privacy-ledger.jsonl").read_text().splitlines()
+        assert len(ledger) == 1 + 2, f"client {i}: header + one event per round"
+    # The impostor holds the CA and a sealed secret, but its key is unknown: refused.
+    assert finish(impostor, dep, 60) == CLIENT_EXIT_REFUSED, dep.dump()
+    assert said(impostor, r"refused by the SuperLink .* not registered")
+
+
+def test_client_killed_mid_round_round_completes_and_ledger_survives(
+        deployment: Deployment) -> None:
+    dep = deployment
+    server = dep.server("--rounds", "2", "--clients", "3", "--min-clients", "2",
+                        "--dp-noise", "1.0", *COMMON)
+    clients = [dep.client(i) for i in range(3)]
+    victim = clients[2]
+    wait_for("client 2 to start round 2",
+             lambda: said(victim, r"round 2 \(train\): request received"), 180, dep)
+    victim.stop(hard=True)  # a crash: SIGKILL to the client and everything it started
+    restarted = dep.client(2, name="client2-restarted")
+    assert finish(server, dep, 180) == 0, dep.dump()
+
+    s = summary(dep.run_dir)
+    assert s["rounds_completed"] == 2 and not s["stopped_early"], s
+    rows = {r["round"]: r for r in metrics(dep.run_dir)}
+    assert len(rows[1]["accepted"]) == 3
+    assert len(rows[2]["accepted"]) == 2
+    lost = list(rows[2]["refused"].values())
+    assert len(lost) == 1 and "error-reply" in lost[0], rows[2]
+    # The restarted client read the ledger its predecessor wrote.
+    wait_for("the restarted client to load its ledger",
+             lambda: said(restarted, r"privacy ledger: .*\(([1-9]) event\(s\)"), 30, dep)
+    assert said(restarted, r"waiting \d+s until the SuperLink reports that message as lost")
+
+
+def test_server_killed_after_round_resumes_from_checkpoint(deployment: Deployment) -> None:
+    dep = deployment
+    # dp-noise, not dp-epsilon: a round cut short by the kill is retrained after the resume and
+    # (correctly) counted twice by the clients' ledgers, which a budget calibrated for exactly
+    # the planned rounds would not allow.
+    args = ["--rounds", "2", "--clients", "3", "--dp-noise", "1.0", *COMMON]
+    first = dep.server(*args)
+    for i in range(3):
+        dep.client(i)
+    checkpoint = dep.run_dir / "checkpoints" / "round-0001.npz"
+    wait_for("the round-1 checkpoint", checkpoint.exists, 180, dep)
+    first.stop(hard=True)  # the whole server side dies: SuperLink, ServerApp, fedguard server
+    assert not (dep.run_dir / "summary.json").exists()
+
+    second = dep.server("--resume", name="server-resumed")
+    assert finish(second, dep, 180) == 0, dep.dump()
+    assert said(second, r"resuming from round-0001\.npz")
+    s = summary(dep.run_dir)
+    assert s["rounds_completed"] == 2 and not s["stopped_early"], s
+    assert (dep.run_dir / "checkpoints" / "round-0002.npz").exists()
+    assert said(second, r"round +2/2 .*accepted 3/3"), dep.dump()
+
+
+def test_serverapp_failure_is_a_nonzero_exit(deployment: Deployment) -> None:
+    """``flwr run --stream`` exits 0 when the ServerApp crashes; ``fedguard server`` must not."""
+    from federation.config import from_flat, to_flat
+
+    dep = deployment
+    flat = to_flat(from_flat({"num-server-rounds": 2, "num-clients": 3, "data-dir": "subset",
+                              "out-dir": str(dep.run_dir)}))
+    (dep.run_dir / "checkpoints").mkdir(parents=True)
+    (dep.run_dir / "config.json").write_text(json.dumps({"flat": flat}))
+    (dep.run_dir / "checkpoints" / "round-0001.npz").write_bytes(b"not a checkpoint")
+    server = dep.server("--resume")
+    code = finish(server, dep, 120)
+    assert code == 1, dep.dump()
+    assert said(server, r"ended as finished:failed"), dep.dump()
