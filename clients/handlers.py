@@ -8,6 +8,7 @@ in-memory fake grid call them directly. Simulated attackers are composed in thro
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -46,6 +47,7 @@ __all__ = ["NO_HOOKS", "ClientHooks", "LocalData", "handle_evaluate", "handle_tr
 
 log = logging.getLogger("fedguard.client")
 LEDGER_KEY = "privacy-ledger"
+_DP_CACHE = "fg-dp-calibration"
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,14 @@ def _config(content: RecordDict) -> tuple[FedConfig, int]:
     return from_flat(flat), round_
 
 
+def _local_config(cfg: FedConfig, node_config: Mapping[str, Any]) -> FedConfig:
+    """A node's own ``data-dir`` (node config) wins over the run's: data is local."""
+    local = node_config.get("data-dir")
+    if isinstance(local, str) and local:
+        return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, data_dir=local))
+    return cfg
+
+
 def _partition_of(node_config: Mapping[str, Any], cfg: FedConfig) -> tuple[int, int]:
     pid = node_config.get("partition-id")
     num = node_config.get("num-partitions", cfg.run.clients)
@@ -147,7 +157,7 @@ def _ledger(state: RecordDict, node_config: Mapping[str, Any]) -> tuple[PrivacyL
     return ledger, file
 
 
-def _dp_plan(cfg: FedConfig, n: int) -> tuple[DPPlan | None, float, float]:
+def _dp_plan(cfg: FedConfig, n: int, state: RecordDict) -> tuple[DPPlan | None, float, float]:
     """Noise multiplier (calibrated once for the whole planned run), sample rate and delta."""
     if not cfg.dp.enabled:
         return None, 0.0, 0.0
@@ -157,7 +167,16 @@ def _dp_plan(cfg: FedConfig, n: int) -> tuple[DPPlan | None, float, float]:
         sigma = cfg.dp.noise_multiplier
     else:
         steps = cfg.run.rounds * cfg.train.local_epochs * per_epoch
-        sigma = _calibrate(cfg.dp.epsilon, delta, q, steps, cfg.dp.accountant.value)
+        # Calibration takes seconds; a deployment runs each message in a fresh process, so the
+        # result is kept in the node's state (it depends only on these public numbers).
+        key = f"{cfg.dp.epsilon!r}|{delta!r}|{q!r}|{steps}|{cfg.dp.accountant.value}"
+        cache = state.config_records.get(_DP_CACHE)
+        cached = cache.get(key) if cache is not None else None
+        if isinstance(cached, float):
+            sigma = cached
+        else:
+            sigma = _calibrate(cfg.dp.epsilon, delta, q, steps, cfg.dp.accountant.value)
+            state[_DP_CACHE] = ConfigRecord({key: sigma})
     return DPPlan(noise_multiplier=sigma, max_grad_norm=cfg.dp.max_grad_norm), q, delta
 
 
@@ -200,6 +219,7 @@ def handle_train(
     """
     _set_threads()
     cfg, round_ = _config(content)
+    cfg = _local_config(cfg, node_config)
     pid, num = _partition_of(node_config, cfg)
     data = local_data(cfg, pid, num, hooks.poison_data)
     model = build_model(cfg.data.task, cfg.run.seed)
@@ -215,7 +235,7 @@ def handle_train(
 
         note_round(state, round_, cfg.run.clients)
 
-    plan, q, delta = _dp_plan(cfg, len(data.train_y))
+    plan, q, delta = _dp_plan(cfg, len(data.train_y), state)
     ledger, ledger_file = _ledger(state, node_config)
     event: PrivacyEvent | None = None
     if plan is not None:
@@ -266,6 +286,7 @@ def handle_evaluate(
     """Evaluate the received global model on the local test split (no training)."""
     _set_threads()
     cfg, _round = _config(content)
+    cfg = _local_config(cfg, node_config)
     pid, num = _partition_of(node_config, cfg)
     data = local_data(cfg, pid, num)
     model = build_model(cfg.data.task, cfg.run.seed)

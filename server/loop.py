@@ -91,6 +91,7 @@ class RoundReport:
     bytes_down: dict[int, int] = field(default_factory=dict)
     extra: dict[str, float] = field(default_factory=dict)  # eval-x-* metrics, e.g. "asr"
     clients: dict[int, str] = field(default_factory=dict)  # node id -> client label
+    note: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -112,6 +113,7 @@ class RoundReport:
             "bytes_down": {str(k): v for k, v in self.bytes_down.items()},
             **{f"eval_{k}": v for k, v in self.extra.items()},
             "clients": {str(k): v for k, v in self.clients.items()},
+            **({"note": self.note} if self.note else {}),
         }
 
 
@@ -280,6 +282,10 @@ def run_federation(
     reports: list[RoundReport] = []
     pending: RoundReport | None = None
     completed = start_round - 1
+    if start_round > 1:  # resumed: the last checkpointed model is evaluated by the next replies
+        pending = RoundReport(round=start_round - 1, seconds=0.0, sampled=0, replied=0, accepted=[],
+                              rejected={}, refused={}, train_loss=None,
+                              note="evaluated after a server restart; details in the earlier line")
     stop_reason, stopped_early = "", False
     for rnd in range(start_round, cfg.run.rounds + 1):
         t0 = clock()

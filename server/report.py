@@ -103,34 +103,50 @@ class RunWriter:
         for old in olds:
             old.unlink(missing_ok=True)
 
+    def rows(self) -> list[dict[str, Any]]:
+        """Every round line of ``metrics.jsonl`` (earlier runs of a resumed run included)."""
+        by_round: dict[int, dict[str, Any]] = {}
+        if self.metrics_path.exists():
+            for line in self.metrics_path.read_text().splitlines():
+                if not line.strip():
+                    continue
+                row = json.loads(line)
+                k = int(row["round"])
+                if row.get("note") and k in by_round:  # a resumed run's evaluation of round k
+                    by_round[k].update({key: v for key, v in row.items()
+                                        if key in ("accuracy", "loss") or key.startswith("eval_")})
+                else:
+                    by_round[k] = row
+        return [by_round[k] for k in sorted(by_round)]
+
     def finish(self, result: RunResult, extra: dict[str, Any]) -> dict[str, Any]:
-        reports = result.reports
-        acc = [r.accuracy for r in reports]
+        """Write ``summary.json`` and the plots from every round of ``metrics.jsonl``."""
+        rows = self.rows()
+        acc = [r.get("accuracy") for r in rows]
         eps_by_client: dict[str, float] = {}
-        for r in reports:
-            eps_by_client.update(r.epsilon_by_client)
+        for r in rows:
+            eps_by_client.update(r.get("epsilon_by_client") or {})
         summary: dict[str, Any] = {
             "rounds_completed": result.rounds_completed,
             "stopped_early": result.stopped_early,
             "stop_reason": result.stop_reason,
             "final_accuracy": next((a for a in reversed(acc) if a is not None), None),
-            "final_loss": next((r.loss for r in reversed(reports) if r.loss is not None), None),
+            "final_loss": next((r["loss"] for r in reversed(rows) if r.get("loss") is not None), None),
             "accuracy_by_round": acc,
-            "loss_by_round": [r.loss for r in reports],
-            "rejected_by_round": [{str(k): v for k, v in r.rejected.items()} for r in reports],
+            "loss_by_round": [r.get("loss") for r in rows],
+            "rejected_by_round": [r.get("rejected", {}) for r in rows],
             "epsilon_by_client": eps_by_client,
             "max_epsilon": max(eps_by_client.values(), default=None),
-            "attack_success_rate": next((r.extra["asr"] for r in reversed(reports)
-                                         if "asr" in r.extra), None),
-            "attack_success_rate_by_round": [r.extra.get("asr") for r in reports],
+            "attack_success_rate": next((r["eval_asr"] for r in reversed(rows) if "eval_asr" in r), None),
+            "attack_success_rate_by_round": [r.get("eval_asr") for r in rows],
             "wall_seconds": round(time.time() - self.started, 2),
-            "seconds_per_round": [round(r.seconds, 3) for r in reports],
+            "seconds_per_round": [r.get("seconds") for r in rows],
             **extra,
         }
         atomic_write(self.out_dir / "summary.json",
                      json.dumps(summary, indent=2, default=_json_default).encode())
         try:
-            plot_run(self.out_dir, reports)
+            plot_run(self.out_dir, rows)
         except Exception as exc:  # noqa: BLE001 - a plot must never fail a finished run
             log.warning("could not draw plots: %s", exc)
         return summary
@@ -145,31 +161,32 @@ def load_checkpoint(out_dir: Path) -> dict[str, Any] | None:
         return {k: z[k] for k in z.files}
 
 
-def plot_run(out_dir: Path, reports: list[RoundReport]) -> None:
+def plot_run(out_dir: Path, rows: list[dict[str, Any]]) -> None:
     """accuracy.png (accuracy and loss per round) and, if any client reported ε, epsilon.png."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rounds = [r.round for r in reports]
+    rounds = [r["round"] for r in rows]
     fig, ax1 = plt.subplots(figsize=(6, 4))
-    ax1.plot(rounds, [r.accuracy for r in reports], "o-", color="tab:blue", label="accuracy")
+    ax1.plot(rounds, [r.get("accuracy") for r in rows], "o-", color="tab:blue", label="accuracy")
     ax1.set_xlabel("round")
     ax1.set_ylabel("test accuracy", color="tab:blue")
     ax2 = ax1.twinx()
-    ax2.plot(rounds, [r.loss for r in reports], "s--", color="tab:red", label="loss")
+    ax2.plot(rounds, [r.get("loss") for r in rows], "s--", color="tab:red", label="loss")
     ax2.set_ylabel("test loss", color="tab:red")
     ax1.set_title("Global model on the clients' test splits")
     fig.tight_layout()
     fig.savefig(out_dir / "accuracy.png", dpi=110)
     plt.close(fig)
 
-    clients = sorted({c for r in reports for c in r.epsilon_by_client})
+    eps = [r.get("epsilon_by_client") or {} for r in rows]
+    clients = sorted({c for e in eps for c in e})
     if clients:
         fig, ax = plt.subplots(figsize=(6, 4))
         for c in clients:
-            ax.plot(rounds, [r.epsilon_by_client.get(c) for r in reports], marker=".", label=c)
+            ax.plot(rounds, [e.get(c) for e in eps], marker=".", label=c)
         ax.set_xlabel("round")
         ax.set_ylabel("ε spent (cumulative)")
         ax.set_title("Privacy spent per client")
