@@ -530,9 +530,9 @@ def cosine_filter(
     ``threshold`` *and* an outlier among the round's scores (see :func:`_noise_aware_cut`:
     with heavily noised updates, honest cosines scatter around 0), or ``"cosine:non-finite"``
     when its statistics are NaN/Inf. Undefined cosines (zero-length updates) are left out of
-    the median; a client with no defined cosine (a zero update, or alone in the round) is accepted with the note
-    ``"cosine:undefined"``: it cannot steer the aggregate's direction. With fewer than three
-    clients there is no majority to agree with (two opposed updates reject each other).
+    the median; a client with no defined cosine (a zero update, or alone in the round) is
+    accepted with the note ``"cosine:undefined"``: it cannot steer the aggregate's direction.
+    With fewer than three clients there is no majority to agree with (two opposed updates reject each other).
 
     Parameters
     ----------
