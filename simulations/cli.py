@@ -170,8 +170,8 @@ def demo(
 def bench_dp_cmd(
     out: Annotated[Path, typer.Option("--out", help="JSON file to write.")] = Path("runs/bench-dp.json"),
     quick: Annotated[bool, typer.Option("--quick", help="Small sizes (seconds, for a smoke test).")] = False,
-    federated: Annotated[bool, typer.Option("--federated/--no-federated", help="Also run the federated task at ε 1, 3, 8 (10 clients, Dirichlet 0.5, 20 rounds; ~15 min per ε on 2 cores).")] = False,
-    rounds: Annotated[int, typer.Option("--rounds", help="Rounds of each federated run.")] = 20,
+    federated: Annotated[bool, typer.Option("--federated/--no-federated", help="Also run the federated task at ε 1, 3, 8 (10 clients, Dirichlet 0.5, 40 rounds; ~7 min per ε on 2 cores).")] = False,
+    rounds: Annotated[int, typer.Option("--rounds", help="Rounds of each federated run.")] = 40,
 ) -> None:
     """DP-SGD vs non-private epoch time (side by side), accuracy at ε ∈ {1, 3, 8}."""
     from simulations.bench_dp import bench_dp
