@@ -175,14 +175,9 @@ def _dp_plan(cfg: FedConfig, n: int, state: RecordDict) -> tuple[DPPlan | None, 
         if isinstance(cached, float):
             sigma = cached
         else:
-            sigma = _calibrate(cfg.dp.epsilon, delta, q, steps, cfg.dp.accountant.value)
+            sigma = calibrate_noise(cfg.dp.epsilon, delta, q, steps, cfg.dp.accountant.value)
             state[_DP_CACHE] = ConfigRecord({key: sigma})
     return DPPlan(noise_multiplier=sigma, max_grad_norm=cfg.dp.max_grad_norm), q, delta
-
-
-@lru_cache(maxsize=64)
-def _calibrate(eps: float, delta: float, q: float, steps: int, accountant: str) -> float:
-    return calibrate_noise(eps, delta, q, steps, accountant)
 
 
 def _reply(

@@ -68,10 +68,7 @@ __all__ = [
     "assemble",
     "compute_statistics",
     "decrypt_scalars",
-    "inner_products",
-    "pairwise_squared_distances",
     "reconcile",
-    "squared_norms",
 ]
 
 _MASK_GRID_BITS: Final = 40  # mask values are integers times 2^(e-40): exact zero sums
@@ -271,80 +268,6 @@ def _second_operand(label: StatLabel, n: int) -> int:
     if label.kind is StatKind.INNER_PRODUCT:
         return n  # the reference is appended after the n client vectors
     return label.i if label.j is None else label.j
-
-
-def squared_norms(
-    ctx: Context,
-    vectors: Sequence[EncryptedVector],
-    *,
-    value_bound: float = 1.0,
-    mask_bits: int = 20,
-    rng: Callable[[int], bytes] = os.urandom,
-) -> list[MaskedStatistic]:
-    """Masked ``||x_i||^2`` for each vector (options as in :func:`compute_statistics`)."""
-    req = compute_statistics(
-        ctx,
-        vectors,
-        norms=True,
-        distances=False,
-        inner=False,
-        value_bound=value_bound,
-        mask_bits=mask_bits,
-        rng=rng,
-    )
-    return list(req.statistics)
-
-
-def pairwise_squared_distances(
-    ctx: Context,
-    vectors: Sequence[EncryptedVector],
-    *,
-    value_bound: float = 1.0,
-    mask_bits: int = 20,
-    rng: Callable[[int], bytes] = os.urandom,
-) -> dict[tuple[int, int], MaskedStatistic]:
-    """Masked ``||x_i - x_j||^2`` for every pair ``i < j``."""
-    req = compute_statistics(
-        ctx,
-        vectors,
-        norms=False,
-        distances=True,
-        inner=False,
-        value_bound=value_bound,
-        mask_bits=mask_bits,
-        rng=rng,
-    )
-    out: dict[tuple[int, int], MaskedStatistic] = {}
-    for lab, stat in zip(req.labels, req.statistics, strict=True):
-        assert lab.j is not None
-        out[(lab.i, lab.j)] = stat
-    return out
-
-
-def inner_products(
-    ctx: Context,
-    vectors: Sequence[EncryptedVector],
-    reference: EncryptedVector,
-    *,
-    value_bound: float = 1.0,
-    reference_bound: float | None = None,
-    mask_bits: int = 20,
-    rng: Callable[[int], bytes] = os.urandom,
-) -> list[MaskedStatistic]:
-    """Masked ``<x_i, reference>`` for each vector."""
-    req = compute_statistics(
-        ctx,
-        vectors,
-        reference=reference,
-        norms=False,
-        distances=False,
-        inner=True,
-        value_bound=value_bound,
-        reference_bound=reference_bound,
-        mask_bits=mask_bits,
-        rng=rng,
-    )
-    return list(req.statistics)
 
 
 def decrypt_scalars(secret_ctx: SecretContext, masked_stat_blobs: Sequence[bytes]) -> list[float]:

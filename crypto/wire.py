@@ -370,29 +370,16 @@ def decode(
     coeffs = _coefficients(payload, head.chunks * travelling, head.preset)
     shape = (head.chunks, travelling, len(spec.data_moduli), spec.poly_degree)
     coeffs = coeffs.reshape(shape)
+    seed: bytes | None = None
+    c1: np.ndarray | None = None
     if seeded:
         seed = bytes(view[HEADER_BYTES : HEADER_BYTES + seed_bytes])
-        return EncryptedVector(
-            head.preset,
-            public.fingerprint,
-            head.values,
-            head.multiplier,
-            np.ascontiguousarray(coeffs[:, 0]),
-            None,
-            seed,
-        )
-    c1 = np.ascontiguousarray(coeffs[:, 1])
-    if not c1.reshape(head.chunks, -1).any(axis=1).all():
-        raise _reject(REASON_TRANSPARENT, "a chunk has an all-zero second polynomial")
-    return EncryptedVector(
-        head.preset,
-        public.fingerprint,
-        head.values,
-        head.multiplier,
-        np.ascontiguousarray(coeffs[:, 0]),
-        c1,
-        None,
-    )
+    else:
+        c1 = np.ascontiguousarray(coeffs[:, 1])
+        if not c1.reshape(head.chunks, -1).any(axis=1).all():
+            raise _reject(REASON_TRANSPARENT, "a chunk has an all-zero second polynomial")
+    return EncryptedVector(head.preset, public.fingerprint, head.values, head.multiplier,
+                           np.ascontiguousarray(coeffs[:, 0]), c1, seed)
 
 
 def decode_statistic(

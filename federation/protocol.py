@@ -19,7 +19,6 @@ __all__ = [
     "MSG_KEYS_WRAP",
     "MSG_SCREEN",
     "MSG_TRAIN",
-    "PROTOCOL_VERSION",
     "SCREEN",
     "STATUS",
     "STATUS_BUDGET_EXHAUSTED",
@@ -28,8 +27,6 @@ __all__ = [
     "UPDATE_CIPHER",
     "UPDATE_PLAIN",
 ]
-
-PROTOCOL_VERSION: Final = 1
 
 # -- message types ------------------------------------------------------------------------------
 MSG_TRAIN: Final = "train"  # global model in, update + evaluation of the received model out

@@ -75,7 +75,7 @@ def run_server(
     result: RunResult = run_federation(grid, cfg, scheme, observer=writer, start_round=start)
     if result.stopped_early:
         (progress or print)(f"stopped early: {result.stop_reason}")
-    dim = int(flatten_params(build_model(cfg.data.task, cfg.run.seed)).shape[0])
+    dim = scheme.dim
     ups = [v for r in result.reports for v in r.bytes_up.values()]
     extra = {
         "secure_aggregation": cfg.secure.mode.value,

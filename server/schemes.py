@@ -28,6 +28,7 @@ class Scheme(Protocol):
     """The transport-specific half of a round (see :mod:`server.loop`)."""
 
     name: str
+    dim: int  # parameters of the model
 
     def setup(self, grid: Any, nodes: Sequence[int], cfg: FedConfig) -> None:
         """One-off phases before round 1 (in-band key setup under CKKS)."""
@@ -64,6 +65,7 @@ class PlaintextScheme:
 
     def __init__(self, initial: npt.NDArray[np.float32]) -> None:
         self.global_model = initial.astype(np.float32, copy=True)
+        self.dim = int(initial.shape[0])
 
     def setup(self, grid: Any, nodes: Sequence[int], cfg: FedConfig) -> None:
         pass
@@ -74,7 +76,7 @@ class PlaintextScheme:
     def parse_update(self, node: int, content: RecordDict) -> npt.NDArray[np.float32]:
         if P.UPDATE_PLAIN not in content.array_records:
             raise RejectedUpdate("malformed", "reply has no plaintext update")
-        return record_vector(content.array_records[P.UPDATE_PLAIN], self.global_model.shape[0])
+        return record_vector(content.array_records[P.UPDATE_PLAIN], self.dim)
 
     def statistics(self, grid: Any, payloads: dict[int, Any], round_: int) -> UpdateStats:
         ids = sorted(payloads)

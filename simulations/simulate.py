@@ -8,6 +8,7 @@ command fails instead of reporting success.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -54,12 +55,7 @@ def simulate(
 
     if client_app is None:
         client_app = _client_app_for(cfg)
-    summary: dict[str, Any] = {}
-
-    def keep(line: str) -> None:
-        (progress or print)(line)
-
-    server_app = make_server_app(to_flat(cfg), progress=keep)
+    server_app = make_server_app(to_flat(cfg), progress=progress)
     ncpu = cpus or os.cpu_count() or 1
     backend: Mapping[str, Any] = {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
@@ -73,9 +69,7 @@ def simulate(
     summary_path = Path(cfg.run.out_dir) / "summary.json"
     if not summary_path.exists():
         raise RuntimeError("the simulation ended without writing summary.json")
-    import json
-
-    summary = json.loads(summary_path.read_text())
+    summary: dict[str, Any] = json.loads(summary_path.read_text())
     return summary
 
 

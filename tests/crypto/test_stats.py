@@ -144,8 +144,9 @@ def test_a_key_holder_sees_only_mask_dominated_slots(
     assert math.fsum(slots.tolist()) == pytest.approx(float(diff @ diff), rel=1e-4)
     # Fresh masks: the same statistic computed twice decrypts to different slots.
     assert (lab.i, lab.j) == (0, 1)
-    again = stats.pairwise_squared_distances(secret, uploads[:2], value_bound=0.2)
-    slots2 = secret._keys.decrypt_polys(again[(0, 1)]._polys, Preset.SCREENING.spec.scale**2)
+    again = stats.compute_statistics(secret, uploads[:2], norms=False, distances=True, inner=False,
+                                     value_bound=0.2)
+    slots2 = secret._keys.decrypt_polys(again.statistics[0]._polys, Preset.SCREENING.spec.scale**2)
     assert abs(np.corrcoef(slots, slots2)[0, 1]) < 0.15
     assert np.mean(np.abs(slots2 - slots)) > 2**15 * per_slot.max()
 
@@ -165,10 +166,10 @@ def test_statistics_need_the_screening_preset_and_bounds_that_fit(
 ) -> None:
     agg = SecretContext.generate(Preset.AGGREGATION)
     with pytest.raises(KeyMismatch):
-        stats.squared_norms(agg, [ckks.encrypt(agg, np.ones(10, np.float32))])
+        stats.compute_statistics(agg, [ckks.encrypt(agg, np.ones(10, np.float32))], inner=False)
     other = SecretContext.generate(Preset.SCREENING)
     with pytest.raises(KeyMismatch):
-        stats.squared_norms(other, uploads)
+        stats.compute_statistics(other, uploads, inner=False)
     with pytest.raises(ValueError, match="bits"):
         stats.compute_statistics(server, uploads, value_bound=1e6)
     with pytest.raises(ValueError):
