@@ -18,6 +18,7 @@ from rich.console import Console
 
 from federation.config import FedConfig, from_flat
 from federation.errors import ConfigError, FedguardError
+from simulations.simulate import DP_RECIPE
 
 __all__ = ["app", "main"]
 
@@ -50,8 +51,6 @@ def resolve_out(out: Path | None, name: str) -> Path:
     return base.expanduser().resolve()
 
 
-# DP-SGD settings found by sweeping on this task (see README, "Differential privacy").
-DP_RECIPE = {"batch-size": 512, "lr": 4.0, "momentum": 0.0, "max-grad-norm": 0.5}
 
 
 Clients = Annotated[int, typer.Option("--clients", help="Number of simulated clients.")]
@@ -63,6 +62,7 @@ def simulate(
     clients: Clients = 3,
     rounds: Rounds = 3,
     partition: Annotated[str, typer.Option(help="iid | dirichlet:ALPHA | shards:K")] = "dirichlet:0.5",
+    task: Annotated[str, typer.Option("--task", help="fashion-mnist | fashion-mnist-tanh")] = "fashion-mnist",
     local_epochs: Annotated[int, typer.Option("--local-epochs")] = 1,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 64,
     lr: Annotated[float, typer.Option("--lr")] = 0.05,
@@ -86,7 +86,7 @@ def simulate(
     out_dir = resolve_out(out, "sim")
     cfg = build_config({
         "num-clients": clients, "num-server-rounds": rounds, "partition": partition,
-        "local-epochs": local_epochs, "batch-size": batch_size, "lr": lr, "momentum": momentum,
+        "task": task, "local-epochs": local_epochs, "batch-size": batch_size, "lr": lr, "momentum": momentum,
         "seed": seed,
         "out-dir": str(out_dir), "data-dir": data_dir, "dp-epsilon": dp_epsilon,
         "dp-noise": dp_noise, "dp-delta": dp_delta, "max-grad-norm": max_grad_norm,
@@ -256,6 +256,7 @@ def scenarios(
     matrix: Annotated[str, typer.Option("--matrix", help="small | full")] = "small",
     out: Annotated[Path | None, typer.Option("--out")] = None,
     only: Annotated[list[str] | None, typer.Option("--only", help="Run scenarios whose name contains this (repeatable).")] = None,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Run every scenario again instead of resuming from --out/results.json.")] = False,
 ) -> None:
     """Attacks x defences x (plaintext, CKKS): a markdown table and JSON of accuracy and backdoor success."""
     from simulations.scenarios import MATRICES, run_matrix
@@ -266,7 +267,11 @@ def scenarios(
     from simulations.simulate import quiet_flower
 
     quiet_flower()
-    rows = run_matrix(matrix, out_dir, progress=lambda line: console.print(line), only=only)
+    try:
+        rows = run_matrix(matrix, out_dir, progress=lambda line: console.print(line), only=only,
+                          fresh=fresh)
+    except ValueError as e:
+        _fail(str(e))
     console.print((out_dir / "results.md").read_text())
     console.print(f"{len(rows)} scenario(s); results in {out_dir}")
 

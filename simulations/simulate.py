@@ -19,7 +19,13 @@ from typing import Any
 
 from federation.config import FedConfig, to_flat
 
-__all__ = ["quiet_flower", "simulate"]
+# DP-SGD settings found by sweeping on the Fashion-MNIST task (docs/evidence/README.md): large
+# Poisson batches, a large step without momentum, tight clipping, and tanh activations (bounded
+# activations keep more signal after clipping: 82.4 % against 81.6 % with ReLU at ε = 3, 40 rounds)
+DP_RECIPE: dict[str, Any] = {"task": "fashion-mnist-tanh", "batch-size": 512, "lr": 4.0,
+                             "momentum": 0.0, "max-grad-norm": 0.5}
+
+__all__ = ["DP_RECIPE", "quiet_flower", "simulate"]
 
 
 def quiet_flower() -> None:

@@ -1,0 +1,55 @@
+"""The scenario matrix: which runs it makes, with which settings, and how the table reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from simulations.scenarios import ALL_ATTACKS, GUARD, MATRICES, _config, _load_rows, markdown_table, scenarios
+from simulations.simulate import DP_RECIPE
+
+
+def test_full_matrix_is_the_target_setting_with_one_unfiltered_and_one_encrypted_arm() -> None:
+    runs = scenarios("full")
+    assert len(runs) == len(ALL_ATTACKS) * 2 * 2 == len({s.name for s in runs})
+    assert {(s.defense, s.mode) for s in runs} == {("none", "none"), (GUARD, "ckks")}
+    assert {s.attack for s in runs} == set(ALL_ATTACKS) and {s.dp for s in runs} == {False, True}
+    cfg = _config(next(s for s in runs if s.attack == "alie" and s.dp and s.mode == "ckks"),
+                  MATRICES["full"]["flat"], Path("/tmp/x"), 8.0)
+    assert (cfg.run.clients, cfg.attack.malicious, cfg.data.partition) == (20, 0.2, "dirichlet:0.5")
+    assert cfg.defense.max_malicious == 4
+    assert cfg.dp.epsilon == 8.0 and cfg.train.batch_size == DP_RECIPE["batch-size"]
+    assert cfg.data.task == DP_RECIPE["task"] == "fashion-mnist-tanh"
+    assert cfg.defense.defenses == ("norm", "multikrum", "cosine") and cfg.secure.mode == "ckks"
+
+
+def test_attack_free_runs_have_no_attackers() -> None:
+    s = next(s for s in scenarios("small") if s.attack == "none")
+    cfg = _config(s, MATRICES["small"]["flat"], Path("/tmp/x"), 8.0)
+    assert cfg.attack.malicious == 0.0 and cfg.dp.epsilon == 0.0
+
+
+def _row(attack: str, defense: str, mode: str, acc: float | None, dp: bool = False) -> dict[str, object]:
+    return {"scenario": f"{attack}-{defense}-{mode}", "attack": attack, "defense": defense, "mode": mode,
+            "dp": dp, "final_accuracy": acc, "attack_success_rate": 0.04 if attack == "backdoor" else None,
+            "rejected_last_round": {"3": "norm"} if defense != "none" else {}}
+
+
+def test_table_reports_the_difference_to_attack_free_fedavg_with_the_same_dp_setting() -> None:
+    rows = [_row("none", "none", "none", 0.80), _row("scaling", GUARD, "ckks", 0.785),
+            _row("backdoor", "none", "none", None), _row("none", "none", "none", 0.70, dp=True),
+            _row("ipm", GUARD, "ckks", 0.72, dp=True)]
+    lines = markdown_table(rows).splitlines()
+    assert "| +0.0 |" in lines[2] and "| -1.5 |" in lines[3]
+    assert "| n/a |  | 4.0 % | 0 |" in lines[4]
+    assert "| +2.0 |" in lines[6]
+
+
+def test_a_damaged_results_file_is_refused_not_overwritten(tmp_path: Path) -> None:
+    assert _load_rows(tmp_path / "absent.json") == []
+    bad = tmp_path / "results.json"
+    for text in ("{not json", '{"a": 1}', '[{"no": "scenario"}]'):
+        bad.write_text(text)
+        with pytest.raises(ValueError, match="not a results file"):
+            _load_rows(bad)
