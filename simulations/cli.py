@@ -18,7 +18,7 @@ from rich.console import Console
 
 from federation.config import FedConfig, from_flat
 from federation.errors import ConfigError, FedguardError
-from simulations.simulate import DP_RECIPE
+from simulations.simulate import DP_RECIPE, with_dp_recipe
 
 __all__ = ["app", "main"]
 
@@ -62,18 +62,18 @@ def simulate(
     clients: Clients = 3,
     rounds: Rounds = 3,
     partition: Annotated[str, typer.Option(help="iid | dirichlet:ALPHA | shards:K")] = "dirichlet:0.5",
-    task: Annotated[str, typer.Option("--task", help="fashion-mnist | fashion-mnist-tanh")] = "fashion-mnist",
+    task: Annotated[str | None, typer.Option("--task", help="fashion-mnist | fashion-mnist-tanh [default: fashion-mnist; with DP: fashion-mnist-tanh]")] = None,
     local_epochs: Annotated[int, typer.Option("--local-epochs")] = 1,
-    batch_size: Annotated[int, typer.Option("--batch-size")] = 64,
-    lr: Annotated[float, typer.Option("--lr")] = 0.05,
-    momentum: Annotated[float | None, typer.Option("--momentum")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="[default: 64; with DP: 512]")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="[default: 0.05; with DP: 4.0]")] = None,
+    momentum: Annotated[float | None, typer.Option("--momentum", help="[default: 0.9; with DP: 0]")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     out: Annotated[Path | None, typer.Option("--out", help="Run folder (default runs/sim-TIME).")] = None,
     data_dir: Annotated[str | None, typer.Option("--data-dir", help="Fashion-MNIST IDX folder.")] = None,
     dp_epsilon: Annotated[float | None, typer.Option("--dp-epsilon", help="ε budget of the whole run, per client.")] = None,
     dp_noise: Annotated[float | None, typer.Option("--dp-noise", help="Noise multiplier (instead of --dp-epsilon).")] = None,
     dp_delta: Annotated[float | None, typer.Option("--dp-delta", help="δ (default min(1e-5, 1/n)).")] = None,
-    max_grad_norm: Annotated[float | None, typer.Option("--max-grad-norm")] = None,
+    max_grad_norm: Annotated[float | None, typer.Option("--max-grad-norm", help="[default: 1.0; with DP: 0.5]")] = None,
     dp_accountant: Annotated[str | None, typer.Option("--dp-accountant", help="prv | rdp")] = None,
     secure_aggregation: Annotated[str, typer.Option("--secure-aggregation", help="none | ckks")] = "none",
     defense: Annotated[str, typer.Option("--defense", help="none or a comma list of norm, multikrum, cosine")] = "none",
@@ -82,9 +82,13 @@ def simulate(
     attack: Annotated[str | None, typer.Option("--attack", help="label-flip | sign-flip | scaling | gaussian | alie | ipm | backdoor")] = None,
     min_clients: Annotated[int | None, typer.Option("--min-clients")] = None,
 ) -> None:
-    """Run a local multi-client simulation and write metrics, summary and plots to --out."""
+    """Run a local multi-client simulation and write metrics, summary and plots to --out.
+
+    With DP on (--dp-epsilon or --dp-noise), training flags that are not given take the DP
+    recipe (tanh CNN, batch 512, lr 4, no momentum, clipping at 0.5) instead of the plain defaults.
+    """
     out_dir = resolve_out(out, "sim")
-    cfg = build_config({
+    cfg = build_config(with_dp_recipe({
         "num-clients": clients, "num-server-rounds": rounds, "partition": partition,
         "task": task, "local-epochs": local_epochs, "batch-size": batch_size, "lr": lr, "momentum": momentum,
         "seed": seed,
@@ -93,7 +97,7 @@ def simulate(
         "dp-accountant": dp_accountant, "secure-aggregation": secure_aggregation,
         "defense": defense, "screen-quorum": screen_quorum, "malicious": malicious,
         "attack": attack, "min-clients": min_clients,
-    })
+    }))
     summary = run_simulation_cli(cfg)
     console.print(f"final accuracy: [bold]{_pct(summary.get('final_accuracy'))}[/]  "
                   f"rounds: {summary['rounds_completed']}  run folder: {out_dir}")
@@ -119,6 +123,10 @@ def run_simulation_cli(cfg: FedConfig) -> dict[str, Any]:
         f"secure aggregation {cfg.secure.mode.value}, defence {','.join(cfg.defense.defenses) or 'none'}"
         + (f", attack {cfg.attack.attack} ({cfg.attack.malicious:.0%})" if cfg.attack.attack else "")
     )
+    t = cfg.train
+    console.print(f"training: {cfg.data.task}, {t.local_epochs} local epoch(s), batch {t.batch_size}, "
+                  f"lr {t.lr:g}, momentum {t.momentum:g}"
+                  + (f", clipping {cfg.dp.max_grad_norm:g}" if cfg.dp.enabled else ""))
     console.print(f"run folder: {cfg.run.out_dir}")
     try:
         return run_sim(cfg, progress=lambda line: console.print(line))

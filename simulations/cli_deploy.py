@@ -70,8 +70,10 @@ def server(
         help="Data set every client loads ('subset': the vendored subset); unset: each client's own.",
     )] = None,
     local_epochs: Annotated[int | None, typer.Option("--local-epochs")] = None,
+    task: Annotated[str | None, typer.Option("--task", help="fashion-mnist | fashion-mnist-tanh")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size")] = None,
     lr: Annotated[float | None, typer.Option("--lr")] = None,
+    momentum: Annotated[float | None, typer.Option("--momentum")] = None,
     seed: Annotated[int | None, typer.Option("--seed")] = None,
     dp_epsilon: Annotated[float | None, typer.Option(
         "--dp-epsilon",
@@ -124,7 +126,8 @@ def server(
     given: dict[str, Any] = {
         "num-server-rounds": rounds, "num-clients": clients, "min-clients": min_clients,
         "partition": partition, "data-dir": data_dir, "local-epochs": local_epochs,
-        "batch-size": batch_size, "lr": lr, "seed": seed, "dp-epsilon": dp_epsilon,
+        "task": task, "batch-size": batch_size, "lr": lr, "momentum": momentum, "seed": seed,
+        "dp-epsilon": dp_epsilon,
         "dp-noise": dp_noise, "dp-delta": dp_delta, "max-grad-norm": max_grad_norm,
         "dp-accountant": dp_accountant, "secure-aggregation": secure_aggregation,
         "defense": defense, "screen-quorum": screen_quorum, "max-malicious": max_malicious,
@@ -150,6 +153,10 @@ def server(
         except FedguardError as exc:
             _fail(f"--keys {keys}: {exc}")
     flat = {**base, **given, "out-dir": str(out_dir)}
+    if not resume:  # on resume the saved settings are already complete
+        from simulations.simulate import with_dp_recipe
+
+        flat = with_dp_recipe(flat)
     if str(flat.get("secure-aggregation", "none")) == "ckks":
         flat["key-dir"] = str(keys.expanduser().resolve())
     try:

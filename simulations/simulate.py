@@ -25,7 +25,15 @@ from federation.config import FedConfig, to_flat
 DP_RECIPE: dict[str, Any] = {"task": "fashion-mnist-tanh", "batch-size": 512, "lr": 4.0,
                              "momentum": 0.0, "max-grad-norm": 0.5}
 
-__all__ = ["DP_RECIPE", "quiet_flower", "simulate"]
+
+def with_dp_recipe(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """Flat settings with the training keys not given (absent or None) taken from DP_RECIPE
+    when DP is on (``dp-epsilon`` or ``dp-noise`` given); unchanged otherwise."""
+    if flat.get("dp-epsilon") is None and flat.get("dp-noise") is None:
+        return dict(flat)
+    return {**flat, **{k: v for k, v in DP_RECIPE.items() if flat.get(k) is None}}
+
+__all__ = ["DP_RECIPE", "quiet_flower", "simulate", "with_dp_recipe"]
 
 
 def quiet_flower() -> None:
