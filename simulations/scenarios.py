@@ -152,7 +152,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         acc = r["final_accuracy"]
         base = ref.get(r["dp"])
-        delta = "" if acc is None or base is None else f"{100 * (acc - base):+.1f}"
+        delta = "" if acc is None or base is None else f"{round(100 * (acc - base), 1) + 0.0:+.1f}"
         acc_s = "n/a" if acc is None else f"{100 * acc:.1f} %"
         asr = "" if r["attack_success_rate"] is None else f"{100 * r['attack_success_rate']:.1f} %"
         lines.append(f"| {r['attack']} | {r['defense']} | {r['mode']} | {'on' if r['dp'] else 'off'} "

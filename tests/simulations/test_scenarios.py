@@ -39,11 +39,12 @@ def _row(attack: str, defense: str, mode: str, acc: float | None, dp: bool = Fal
 def test_table_reports_the_difference_to_attack_free_fedavg_with_the_same_dp_setting() -> None:
     rows = [_row("none", "none", "none", 0.80), _row("scaling", GUARD, "ckks", 0.785),
             _row("backdoor", "none", "none", None), _row("none", "none", "none", 0.70, dp=True),
-            _row("ipm", GUARD, "ckks", 0.72, dp=True)]
+            _row("ipm", GUARD, "ckks", 0.72, dp=True), _row("alie", GUARD, "ckks", 0.7999)]
     lines = markdown_table(rows).splitlines()
     assert "| +0.0 |" in lines[2] and "| -1.5 |" in lines[3]
     assert "| n/a |  | 4.0 % | 0 |" in lines[4]
     assert "| +2.0 |" in lines[6]
+    assert "| +0.0 |" in lines[7]  # never "-0.0"
 
 
 def test_a_damaged_results_file_is_refused_not_overwritten(tmp_path: Path) -> None:
