@@ -413,7 +413,9 @@ def _decide(grid: GridLike, cfg: FedConfig, scheme: Scheme, candidates: list[Cli
     n = len(candidates)
     f = cfg.defense.max_malicious if cfg.defense.max_malicious >= 0 else max((n - 3) // 2, 0)
     stats = scheme.statistics(grid, {r.node_id: r.payload for r in candidates}, rnd)
-    decisions = screen(stats, dict(zip(ids, counts, strict=True)), cfg.defense.defenses, f=f)
+    # under DP an update's size is mostly its noise, so Multi-Krum compares directions
+    decisions = screen(stats, dict(zip(ids, counts, strict=True)), cfg.defense.defenses, f=f,
+                       angular_krum=cfg.dp.enabled)
     return {int(d.client_id): d for d in decisions}
 
 

@@ -430,3 +430,41 @@ def test_cosine_still_rejects_a_sign_flip_among_noisy_honest_updates() -> None:
     flipped = -3.0 * signal
     verdicts = cosine_filter(stats_from_plain([*honest, flipped], list(range(10)), None))
     assert [v.client_id for v in verdicts if not v.accepted] == [9]
+
+
+def dp_like_round(seed: int, n: int = 12, d: int = 4096) -> tuple[list[np.ndarray], list[int]]:
+    """Honest DP updates: a weak shared signal that grows with the client's steps, buried in
+    Gaussian noise that also grows with them (the client's data size)."""
+    rng = np.random.default_rng(seed)
+    mu = rng.normal(size=d) / math.sqrt(d)
+    steps = [int(s) for s in rng.integers(2, 20, size=n)]
+    ups = [(s * 0.3 * mu + math.sqrt(s) * rng.normal(size=d) / math.sqrt(d)).astype(np.float32)
+           for s in steps]
+    return ups, steps
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_under_dp_euclidean_krum_drops_the_largest_clients_and_angular_krum_does_not(seed: int) -> None:
+    ups, steps = dp_like_round(seed)
+    stats = stats_from_plain(ups, list(range(12)), None)
+    largest = set(np.argsort(steps)[-3:].tolist())
+    assert rejected(multikrum_filter(stats, f=3)) == largest  # the bias being fixed
+    angular = multikrum_filter(stats, f=3, angular=True)
+    dropped_steps = sum(steps[i] for i in rejected(angular))
+    assert dropped_steps < sum(steps[i] for i in largest)
+    assert all(v.scores["krum_angular"] == 1.0 for v in angular if v.accepted)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_angular_krum_ignores_each_updates_scale_and_still_drops_flipped_updates(seed: int) -> None:
+    ups = honest_round(seed)
+    ups += [-ups[0], -ups[1]]
+    scales = np.random.default_rng(seed).uniform(0.1, 10.0, size=12)
+    stats = stats_from_plain(ups, list(range(12)), None)
+    scaled = stats_from_plain([s * u for s, u in zip(scales, ups, strict=True)], list(range(12)), None)
+    assert rejected(multikrum_filter(stats, f=2, angular=True)) == {10, 11}
+    assert rejected(multikrum_filter(scaled, f=2, angular=True)) == {10, 11}
+    plain = screen(stats, [1] * 12, ALL, f=2, angular_krum=True)
+    assert [d.accepted for d in plain] == [d.accepted for d in screen(scaled, [1] * 12, ("multikrum", "cosine"), f=2, angular_krum=True)]
+    zero = stats_from_plain([*ups[:10], np.zeros_like(ups[0])], list(range(11)), None)
+    assert multikrum_filter(zero, f=2, angular=True)[10].reasons[0] == "multikrum:non-finite"
