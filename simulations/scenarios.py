@@ -8,7 +8,7 @@ usual metrics, summary and audit log, so each number in the table can be traced 
 backdoor} x defences {none, norm,multikrum,cosine} x {plaintext, ckks}: minutes on 2 cores.
 ``full``: the issue's target setting, 20 clients (20 % attackers), Dirichlet(0.5), full
 Fashion-MNIST, 10 rounds, every attack, DP off and on; each attack runs unfiltered in plaintext
-(the damage) and with the encrypted filter (the defence): about 2 hours on 2 cores.
+(the damage) and with the encrypted filter (the defence): about 80 minutes on 2 cores.
 
 A matrix run is resumable: scenarios already in the folder's ``results.json`` are kept and not
 run again (``fresh=True`` starts over).
