@@ -51,8 +51,6 @@ def resolve_out(out: Path | None, name: str) -> Path:
     return base.expanduser().resolve()
 
 
-
-
 Clients = Annotated[int, typer.Option("--clients", help="Number of simulated clients.")]
 Rounds = Annotated[int, typer.Option("--rounds", help="Federated rounds.")]
 
