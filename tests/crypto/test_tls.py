@@ -184,7 +184,6 @@ def _handshake(port: int, cafile: Path, server_hostname: str) -> dict[str, objec
 SUPERLINK = Path(sys.executable).parent / "flower-superlink"
 
 
-@pytest.mark.skipif(not SUPERLINK.exists(), reason="flower-superlink is not installed")
 def test_flower_superlink_serves_the_provisioned_certificate(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

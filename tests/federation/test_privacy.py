@@ -18,6 +18,11 @@ import math
 
 import pytest
 
+# a declared test dependency ([dev] extra): a missing install must fail, not skip
+from dp_accounting import dp_event
+from dp_accounting.pld import pld_privacy_accountant
+from dp_accounting.rdp import rdp_privacy_accountant
+
 from federation.errors import ConfigError, PrivacyBudgetExceeded
 from federation.privacy import (
     RDP_ORDERS,
@@ -31,10 +36,6 @@ from federation.privacy import (
     poisson_schedule,
     projected_epsilon,
 )
-
-dp_event = pytest.importorskip("dp_accounting.dp_event")
-pld_privacy_accountant = pytest.importorskip("dp_accounting.pld.pld_privacy_accountant")
-rdp_privacy_accountant = pytest.importorskip("dp_accounting.rdp.rdp_privacy_accountant")
 
 # dp-accounting logs (not warns) about fractional orders it skips; keep test output clean.
 logging.getLogger().setLevel(logging.ERROR)
