@@ -21,9 +21,14 @@ import numpy as np
 
 from server.loop import RoundReport, RunResult
 
-__all__ = ["RunWriter", "atomic_write", "load_checkpoint", "plot_run"]
+__all__ = ["RunWriter", "atomic_write", "checkpoint_files", "load_checkpoint", "plot_run"]
 
 log = logging.getLogger("fedguard.server")
+
+
+def checkpoint_files(out_dir: Path) -> list[Path]:
+    """The checkpoints of a run folder, oldest first (empty when there are none)."""
+    return sorted((out_dir / "checkpoints").glob("round-*.npz"))
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -99,7 +104,7 @@ class RunWriter:
         np.savez(buf, **arrays)
         atomic_write(self.out_dir / "checkpoints" / f"round-{round_:04d}.npz", buf.getvalue())
         # Keep the two newest checkpoints: enough to resume, bounded on disk.
-        olds = sorted((self.out_dir / "checkpoints").glob("round-*.npz"))[:-2]
+        olds = checkpoint_files(self.out_dir)[:-2]
         for old in olds:
             old.unlink(missing_ok=True)
 
@@ -154,7 +159,7 @@ class RunWriter:
 
 def load_checkpoint(out_dir: Path) -> dict[str, Any] | None:
     """The newest checkpoint of a run folder, or None."""
-    files = sorted((out_dir / "checkpoints").glob("round-*.npz"))
+    files = checkpoint_files(out_dir)
     if not files:
         return None
     with np.load(files[-1], allow_pickle=False) as z:

@@ -14,7 +14,7 @@ Two parts, both on Fashion-MNIST and the task's CNN:
 2. **Accuracy at ε** (:func:`accuracy_at_epsilon`). *Centralised* DP-SGD — one party holding
    the whole training set — with the noise calibrated once for the whole run to reach ε at
    δ = 1e-5, then test accuracy. This is a reference point, not the federated figure (the
-   federated run is wired separately through ``fedguard simulate``).
+   federated runs are ``fedguard bench dp --federated``, real simulations with the DP recipe).
 
 Progress goes to stderr; the result is a JSON-ready dict (also written to ``out``).
 """

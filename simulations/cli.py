@@ -76,6 +76,7 @@ def simulate(
     secure_aggregation: Annotated[str, typer.Option("--secure-aggregation", help="none | ckks")] = "none",
     defense: Annotated[str, typer.Option("--defense", help="none or a comma list of norm, multikrum, cosine")] = "none",
     screen_quorum: Annotated[int | None, typer.Option("--screen-quorum")] = None,
+    max_malicious: Annotated[int | None, typer.Option("--max-malicious", help="Multi-Krum's f (default: the most Krum tolerates).")] = None,
     malicious: Annotated[float, typer.Option("--malicious", help="Fraction of attacking clients.")] = 0.0,
     attack: Annotated[str | None, typer.Option("--attack", help="label-flip | sign-flip | scaling | gaussian | alie | ipm | backdoor")] = None,
     min_clients: Annotated[int | None, typer.Option("--min-clients")] = None,
@@ -93,7 +94,8 @@ def simulate(
         "out-dir": str(out_dir), "data-dir": data_dir, "dp-epsilon": dp_epsilon,
         "dp-noise": dp_noise, "dp-delta": dp_delta, "max-grad-norm": max_grad_norm,
         "dp-accountant": dp_accountant, "secure-aggregation": secure_aggregation,
-        "defense": defense, "screen-quorum": screen_quorum, "malicious": malicious,
+        "defense": defense, "screen-quorum": screen_quorum,
+        "max-malicious": max_malicious, "malicious": malicious,
         "attack": attack, "min-clients": min_clients,
     }))
     summary = run_simulation_cli(cfg)
@@ -152,12 +154,12 @@ def demo(
         console.print("[yellow]note:[/] running on the bundled 1,800-image subset: with DP every "
                       "client holds ~180 images, so accuracy stays low. For the real demo install "
                       "the full set (apt-get install dataset-fashion-mnist) or pass --data-dir.")
-    common = {
+    common = with_dp_recipe({
         "num-clients": 10, "num-server-rounds": rounds, "partition": "dirichlet:0.5",
-        "dp-epsilon": 8.0, **DP_RECIPE, "secure-aggregation": "ckks",
+        "dp-epsilon": 8.0, "secure-aggregation": "ckks",
         "malicious": 0.2, "attack": "scaling", "max-malicious": 2, "seed": 0,
         "data-dir": data_dir,
-    }
+    })
     guarded = build_config({**common, "defense": "norm,multikrum,cosine",
                             "out-dir": str(parent / "guarded")})
     s1 = run_simulation_cli(guarded)
@@ -185,13 +187,13 @@ def bench_dp_cmd(
 
     out = out.expanduser().resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
-    result = bench_dp(out, quick=quick)
+    result = bench_dp(None if federated else out, quick=quick)  # written once, below or there
     if federated:
         runs = []
         for eps in (1.0, 3.0, 8.0):
-            cfg = build_config({"num-clients": 10, "num-server-rounds": rounds,
-                                "partition": "dirichlet:0.5", "dp-epsilon": eps, **DP_RECIPE,
-                                "out-dir": str(out.parent / f"{out.stem}-federated-eps{eps:g}")})
+            cfg = build_config(with_dp_recipe({
+                "num-clients": 10, "num-server-rounds": rounds, "partition": "dirichlet:0.5",
+                "dp-epsilon": eps, "out-dir": str(out.parent / f"{out.stem}-federated-eps{eps:g}")}))
             err.print(f"[bench dp] federated ε={eps:g}: {cfg.run.clients} clients, {rounds} rounds")
             summary = run_sim(cfg, progress=lambda line: err.print("  " + line))
             runs.append({"target_epsilon": eps, "max_epsilon": summary["max_epsilon"],
@@ -201,7 +203,7 @@ def bench_dp_cmd(
         result["federated_accuracy_at_epsilon"] = {
             "setting": "10 clients, Dirichlet(0.5), per-client (ε, δ=1e-5) for the whole run",
             "runs": runs}
-        out.write_text(json.dumps(result, indent=2))
+        out.write_text(json.dumps(result, indent=2) + "\n")
     console.print_json(json.dumps(result))
     console.print(f"written: {out}")
 

@@ -473,7 +473,9 @@ class _MetricsTail:
 
 
 def _newest_checkpoint(out_dir: Path) -> Path | None:
-    files = sorted((out_dir / "checkpoints").glob("round-*.npz"))
+    from server.report import checkpoint_files
+
+    files = checkpoint_files(out_dir)
     return files[-1] if files else None
 
 
@@ -511,7 +513,9 @@ def serve(opts: ServerOptions, say: Say) -> int:
 
     if not _port_free(opts.host, opts.port):
         raise DeployError(f"port {opts.port} on {opts.host} is in use; choose another with --port")
-    env = flower_env(home, {"FEDGUARD_GRID_POLL_MAX": str(opts.grid_poll), **opts.extra_env})
+    from server.app import GRID_POLL_ENV
+
+    env = flower_env(home, {GRID_POLL_ENV: str(opts.grid_poll), **opts.extra_env})
     address = _address(_connect_host(opts.host), opts.port)
     write_connection(home, address, bundle.ca_cert_path)
     connected: list[str] = []
@@ -814,7 +818,6 @@ def run_client(opts: ClientOptions, say: Say, stop: threading.Event | None = Non
     say(f"authentication key: {bundle.auth_private_key_path}; CA: {bundle.ca_cert_path}")
     say(f"privacy ledger: {ledger} ({events} event(s) recorded so far)")
 
-    node_config = []
     extra_env = {PASSPHRASE_ENV_VAR: passphrase, **opts.extra_env}
     if opts.data_dir:
         from federation.data import load_fashion_mnist

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from federation.config import FedConfig, from_flat
-from simulations.simulate import DP_RECIPE
+from simulations.simulate import with_dp_recipe
 
 __all__ = ["MATRICES", "Scenario", "markdown_table", "run_matrix", "scenarios"]
 
@@ -80,7 +80,7 @@ def _config(sc: Scenario, base: dict[str, Any], out_dir: Path, dp_epsilon: float
     flat.update({"defense": sc.defense, "secure-aggregation": sc.mode,
                  "out-dir": str(out_dir / sc.name)})
     if sc.dp:
-        flat.update({"dp-epsilon": dp_epsilon, **DP_RECIPE})
+        flat = with_dp_recipe({**flat, "dp-epsilon": dp_epsilon})
     return from_flat(flat)
 
 

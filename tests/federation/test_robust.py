@@ -452,7 +452,7 @@ def test_under_dp_euclidean_krum_drops_the_largest_clients_and_angular_krum_does
     angular = multikrum_filter(stats, f=3, angular=True)
     dropped_steps = sum(steps[i] for i in rejected(angular))
     assert dropped_steps < sum(steps[i] for i in largest)
-    assert all(v.scores["krum_angular"] == 1.0 for v in angular if v.accepted)
+    assert rejected(angular) != largest
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -63,7 +63,6 @@ def test_encrypted_fedavg_tracks_plaintext_over_rounds(fake_grid, recorder) -> N
     # Over rounds, SGD amplifies the ~1e-6 differences; the models stay close and the
     # accuracy the same within a point.
     enc_model, plain_scheme, enc_rec, plain_rec = _both(fake_grid, recorder, 3)
-    moved = plain_scheme.global_model - plain_scheme.global_model  # placeholder for shape
     start = make_scheme(_cfg(**{"secure-aggregation": "none"})).global_model
     moved = plain_scheme.global_model - start
     rel = np.linalg.norm(enc_model - plain_scheme.global_model) / np.linalg.norm(moved)
