@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +21,34 @@ import numpy as np
 
 from server.loop import RoundReport, RunResult
 
-__all__ = ["RunWriter", "atomic_write", "checkpoint_files", "load_checkpoint", "plot_run"]
+__all__ = ["RunWriter", "atomic_write", "checkpoint_files", "format_round", "load_checkpoint",
+           "plot_run"]
 
 log = logging.getLogger("fedguard.server")
+
+
+def format_round(row: Mapping[str, Any], total: int, *, detail: bool = False) -> str:
+    """The one-line progress of a ``metrics.jsonl`` row (simulations and deployments alike).
+
+    ``detail`` adds the clients not counted (with why) and the phase timings.
+    """
+    rejected = row.get("rejected") or {}
+    text = (f"round {row.get('round'):>3}/{total}  acc {_fmt(row.get('accuracy'), '.4f')}  "
+            f"loss {_fmt(row.get('loss'), '.4f')}  ")
+    if row.get("max_epsilon") is not None:
+        text += f"max ε {row['max_epsilon']:.3f}  "
+    text += f"accepted {len(row.get('accepted') or [])}/{row.get('sampled')}"
+    if rejected:
+        text += f" (rejected {len(rejected)})"
+    if row.get("eval_asr") is not None:
+        text += f"  backdoor {row['eval_asr']:.3f}"
+    refused = row.get("refused") or {}
+    if detail and refused:
+        text += "  not counted: " + "; ".join(f"node {k} ({v[:90]})" for k, v in refused.items())
+    text += f"  {_fmt(row.get('seconds'), '.1f')}s"
+    phases = ", ".join(f"{k} {v:.1f}s" for k, v in (row.get("timings") or {}).items()
+                       if k in ("train-phase", "screen", "aggregate") and v >= 0.05)
+    return text + (f" ({phases})" if detail and phases else "")
 
 
 def checkpoint_files(out_dir: Path) -> list[Path]:
@@ -82,17 +107,7 @@ class RunWriter:
         row = report.to_json()
         row["wall_time"] = round(time.time() - self.started, 3)
         _append_line(self.metrics_path, row)
-        eps = row.get("max_epsilon")
-        rej = len(report.rejected)
-        self.progress(
-            f"round {report.round:>3}/{self.total_rounds}  "
-            f"acc {_fmt(report.accuracy, '.4f')}  loss {_fmt(report.loss, '.4f')}  "
-            + (f"max ε {eps:.3f}  " if eps is not None else "")
-            + f"accepted {len(report.accepted)}/{report.sampled}"
-            + (f" (rejected {rej})" if rej else "")
-            + (f"  backdoor {report.extra['asr']:.3f}" if "asr" in report.extra else "")
-            + f"  {report.seconds:.1f}s"
-        )
+        self.progress(format_round(row, self.total_rounds))
 
     def on_audit(self, entry: dict[str, Any]) -> None:
         _append_line(self.audit_path, {"time": round(time.time(), 3), **entry})

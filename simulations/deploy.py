@@ -245,9 +245,13 @@ def _parents() -> dict[int, int]:
     return out
 
 
-def process_tree(root: int) -> list[int]:
-    """``root`` and all its live descendants (sessions of their own included), root first."""
-    parents = _parents()
+def process_tree(root: int, parents: Mapping[int, int] | None = None) -> list[int]:
+    """``root`` and all its live descendants (sessions of their own included), root first.
+
+    ``parents`` is a snapshot from :func:`_parents` (one /proc scan serves many roots).
+    """
+    if parents is None:
+        parents = _parents()
     children: dict[int, list[int]] = {}
     for pid, ppid in parents.items():
         children.setdefault(ppid, []).append(pid)
@@ -287,15 +291,17 @@ def stop_tree(root: int, grace: float = 10.0, *, hard: bool = False) -> None:
     deadline = time.monotonic() + grace
     termed = hard
     while True:
-        known |= {p for r in list(known) for p in process_tree(r)}
-        left = [p for p in known if _alive(p)]
+        parents = _parents()  # one /proc scan per pass
+        known |= {p for r in list(known) for p in process_tree(r, parents)}
+        left = [p for p in known if p in parents]
         if not left:
             return
         now = time.monotonic()
         if now >= deadline:
             _signal(left, signal.SIGKILL)
             time.sleep(0.1)
-            if not any(_alive(p) for p in left):
+            alive = _parents()
+            if not any(p in alive for p in left):
                 return
             deadline = now + 2.0  # SIGKILL is final; just wait for the kernel
         elif not termed and now >= deadline - grace / 2:
@@ -425,28 +431,6 @@ class ServerOptions:
     extra_env: dict[str, str] = field(default_factory=dict)
 
 
-def _fmt_round(row: Mapping[str, Any], total: int) -> str:
-    def num(v: Any, spec: str) -> str:
-        return "n/a" if v is None else format(v, spec)
-
-    timings = row.get("timings") or {}
-    phases = ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()
-                       if k in ("train-phase", "screen", "aggregate") and v >= 0.05)
-    refused = row.get("refused") or {}
-    rejected = row.get("rejected") or {}
-    text = (f"round {row.get('round'):>3}/{total}  acc {num(row.get('accuracy'), '.4f')}  "
-            f"loss {num(row.get('loss'), '.4f')}  ")
-    if row.get("max_epsilon") is not None:
-        text += f"max ε {row['max_epsilon']:.3f}  "
-    text += f"accepted {len(row.get('accepted') or [])}/{row.get('sampled')}"
-    if rejected:
-        text += f"  rejected {len(rejected)}"
-    if refused:
-        text += "  not counted: " + "; ".join(f"node {k} ({v[:90]})" for k, v in refused.items())
-    text += f"  {num(row.get('seconds'), '.1f')}s" + (f" ({phases})" if phases else "")
-    return text
-
-
 class _MetricsTail:
     """Follows ``metrics.jsonl`` from a byte offset and formats new complete lines."""
 
@@ -456,6 +440,8 @@ class _MetricsTail:
         self.offset = path.stat().st_size if path.exists() else 0
 
     def poll(self) -> Iterator[str]:
+        from server.report import format_round
+
         try:
             with open(self.path, "rb") as fh:
                 fh.seek(self.offset)
@@ -469,7 +455,7 @@ class _MetricsTail:
                 row = json.loads(raw)
             except json.JSONDecodeError:
                 continue
-            yield _fmt_round(row, self.total)
+            yield format_round(row, self.total, detail=True)
 
 
 def _newest_checkpoint(out_dir: Path) -> Path | None:

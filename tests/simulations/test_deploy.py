@@ -134,3 +134,16 @@ def test_stop_tree_reaches_grandchildren_in_other_sessions(tmp_path: Path) -> No
     assert len(tree) == 2
     proc.stop(grace=2.0)
     assert not any(deploy.process_tree(pid) for pid in tree)
+
+
+def test_simulation_and_deployment_progress_share_one_format() -> None:
+    from server.report import format_round
+
+    row = {"round": 4, "accuracy": 0.7, "loss": 0.8, "sampled": 10, "accepted": list(range(8)),
+           "rejected": {"1": "norm", "2": "multikrum"}, "refused": {"9": "lost"}, "eval_asr": 0.042,
+           "seconds": 12.34, "timings": {"screen": 1.5}}
+    plain = format_round(row, 5)
+    assert plain == "round   4/5  acc 0.7000  loss 0.8000  accepted 8/10 (rejected 2)  backdoor 0.042  12.3s"
+    detailed = format_round(row, 5, detail=True)
+    assert detailed.startswith(plain.removesuffix("  12.3s"))
+    assert detailed.endswith("not counted: node 9 (lost)  12.3s (screen 1.5s)")
