@@ -1,5 +1,5 @@
 """The trainer's side of CKKS: key setup, decrypting the global model, encrypting updates,
-and decrypting masked screening statistics.
+and answering screening challenges (seed-bound projections; it never decrypts a statistic).
 
 Key material lives in the node's persistent state (``context.state``: SuperNode memory,
 never sent anywhere): the X25519 wrap key of the in-band setup and the CKKS secret context.
@@ -22,7 +22,7 @@ from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
 from crypto import Preset, SecretContext, decrypt, encrypt, wire
 from crypto.keys import WrapKeyPair, load_trainer_bundle, unwrap_secret, wrap_secret
-from crypto.stats import decrypt_scalars
+from crypto.stats import Challenge, holder_projections
 from federation import protocol as P
 from federation.aggregation import UPDATE_VALUE_BOUND
 from federation.errors import CryptoError, ProtocolError
@@ -38,8 +38,9 @@ __all__ = [
 
 _STATE_CKKS = "fg-ckks"  # ConfigRecord {"secret": bytes}
 _STATE_WRAP = "fg-wrap"  # ConfigRecord {"private": bytes}
-_STATE_ROUND = "fg-round"  # ConfigRecord {"round", "clients", "screened"}: limits decryptions
-MAX_SCREEN_STATISTICS = 100_000
+_STATE_ROUND = "fg-round"  # ConfigRecord {"round", "clients", "screened"}: limits screening
+_STATE_SCREENED = "fg-screened"  # ConfigRecord {"last-round", "seeds"}: every seed answered
+MAX_SCREEN_VALUES = 2**27  # longest vector a screening request may name (bounds the work)
 GLOBAL_RANGE = 1e4  # a decrypted global model beyond this is not a model: refuse it
 
 # Deserialising a secret context costs milliseconds; Ray workers serve many messages.
@@ -131,7 +132,7 @@ def handle_keys_wrap(content: RecordDict, state: RecordDict, run_id: int) -> Rec
             or len(recipients) != len(publics) or len(recipients) > 10_000:
         raise ProtocolError("bad wrap request")
     secret = bytes(ckks["secret"])  # type: ignore[arg-type]
-    blobs = {}
+    blobs: dict[str, Any] = {}
     for recipient, public in zip(recipients, publics, strict=True):
         if not isinstance(recipient, str) or not isinstance(public, bytes):
             raise ProtocolError("bad wrap request entry")
@@ -181,31 +182,62 @@ def note_round(state: RecordDict, round_: int, clients: int) -> None:
     state[_STATE_ROUND] = ConfigRecord({"round": round_, "clients": clients, "screened": 0})
 
 
+def _screen_challenge(content: RecordDict, state: RecordDict) -> Challenge:
+    """Parse and check a screening request against what this key holder knows.
+
+    A key holder answers at most one request per round it trained in, for rounds that only
+    increase, with at most as many seeds as the federation has clients, each seed distinct
+    and never answered before (in any round), and ``r <= MAX_REPETITIONS``. The challenge's
+    ``z`` is recomputed from the seeds it names, so the server cannot choose it.
+    """
+    req = content.config_records.get(P.SCREEN)
+    seen = state.config_records.get(_STATE_ROUND)
+    if req is None or seen is None:
+        raise ProtocolError("screening request without a round this trainer trained in")
+    round_, reps, length = (req.get(P.SCREEN_ROUND), req.get(P.SCREEN_REPETITIONS),
+                            req.get(P.SCREEN_LENGTH))
+    nonce, seeds = req.get(P.SCREEN_NONCE), req.get(P.SCREEN_SEEDS)
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (round_, reps, length)):
+        raise ProtocolError("screening request: round, repetitions and length must be ints")
+    if round_ != seen["round"] or seen["screened"]:
+        raise ProtocolError("screening request for another round, or a second one")
+    history = state.config_records.get(_STATE_SCREENED)
+    last = int(history["last-round"]) if history is not None else 0  # type: ignore[arg-type]
+    if int(round_) <= last:  # type: ignore[arg-type]
+        raise ProtocolError("screening request for a round already screened")
+    if not isinstance(seeds, list) or not seeds or len(seeds) > int(seen["clients"]):  # type: ignore[arg-type]
+        raise ProtocolError("screening request: more seeds than the round can have")
+    if not 1 <= int(length) <= MAX_SCREEN_VALUES:  # type: ignore[arg-type]
+        raise ProtocolError("screening request: bad vector length")
+    answered = bytes(history["seeds"]) if history is not None else b""  # type: ignore[arg-type]
+    known = {answered[i:i + 32] for i in range(0, len(answered), 32)}
+    if any(isinstance(sd, bytes) and sd in known for sd in seeds):
+        raise ProtocolError("screening request names a seed answered before")
+    try:
+        return Challenge(int(round_), int(reps), int(length), nonce, tuple(seeds))  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(f"bad screening request: {exc}") from None
+
+
 def handle_screen(content: RecordDict, state: RecordDict, node_config: Mapping[str, Any],
                   run_id: int) -> RecordDict:
-    """Decrypt masked statistics and return only each one's slot sum.
+    """Answer a screening challenge with flooded projections of ``a_i * s`` (no ``c0`` seen).
 
-    A key holder is a decryption oracle for whoever asks, so it answers at most one
-    screening request per round it trained in, with at most ``n + n(n-1)/2`` statistics
-    (squared norms and pair distances of the round's n clients).
+    See :mod:`crypto.stats`: the answer is ``<z_k, a_i * s> + f_ik mod q`` for every seed
+    ``i`` and repetition ``k``, ``n * r`` residues; the request is checked first
+    (:func:`_screen_challenge`) and its seeds are remembered so none is answered twice.
     """
     ctx = secret_context(content, state, node_config, run_id)
-    arrays = content.array_records.get(P.SCREEN)
-    cfg = content.config_records.get(P.CFG)
-    seen = state.config_records.get(_STATE_ROUND)
-    if arrays is None or cfg is None or seen is None:
-        raise ProtocolError("bad screening request")
-    n = int(seen["clients"])  # type: ignore[arg-type]
-    if cfg.get("round") != seen["round"] or seen["screened"]:
-        raise ProtocolError("screening request for another round, or a second one")
-    if len(arrays) > min(MAX_SCREEN_STATISTICS, n + n * (n - 1) // 2):
-        raise ProtocolError("more statistics than this round can need")
+    challenge = _screen_challenge(content, state)
+    seen = state.config_records[_STATE_ROUND]
     seen["screened"] = 1
-    limit = wire.statistic_size(ctx.preset, 3)
-    blobs = [record_bytes(arrays, k, limit) for k in sorted(arrays.keys())]
-    values = decrypt_scalars(ctx, blobs)
+    history = state.config_records.get(_STATE_SCREENED)
+    answered = bytes(history["seeds"]) if history is not None else b""  # type: ignore[arg-type]
+    state[_STATE_SCREENED] = ConfigRecord({"last-round": challenge.round,
+                                           "seeds": answered + b"".join(challenge.seeds)})
+    values = holder_projections(ctx, challenge)
     return RecordDict({
-        P.SCREEN: MetricRecord({"values": [float(v) for v in values]}),
+        P.SCREEN: MetricRecord({P.SCREEN_VALUES: [int(v) for row in values for v in row]}),
         P.STATUS: ConfigRecord({"code": P.STATUS_OK, "reason": ""}),
         P.METRICS: MetricRecord({}),
     })

@@ -20,6 +20,12 @@ __all__ = [
     "MSG_SCREEN",
     "MSG_TRAIN",
     "SCREEN",
+    "SCREEN_LENGTH",
+    "SCREEN_NONCE",
+    "SCREEN_REPETITIONS",
+    "SCREEN_ROUND",
+    "SCREEN_SEEDS",
+    "SCREEN_VALUES",
     "STATUS",
     "STATUS_BUDGET_EXHAUSTED",
     "STATUS_ERROR",
@@ -33,7 +39,7 @@ MSG_TRAIN: Final = "train"  # global model in, update + evaluation of the receiv
 MSG_EVALUATE: Final = "evaluate"  # final evaluation of the last global model
 MSG_KEYS_SETUP: Final = "query.keys"  # in-band keys: every trainer sends its wrap key; one generates
 MSG_KEYS_WRAP: Final = "query.wrap"  # in-band keys: the generator wraps the secret for each trainer
-MSG_SCREEN: Final = "query.screen"  # key holders decrypt masked scalar statistics
+MSG_SCREEN: Final = "query.screen"  # key holders answer seed-bound projections (crypto.stats)
 
 # -- record keys ---------------------------------------------------------------------------------
 CFG: Final = "cfg"  # ConfigRecord: round, run settings the client needs
@@ -44,7 +50,15 @@ GLOBAL_CIPHER: Final = "global-enc"  # ArrayRecord: encrypted global model (uint
 UPDATE_PLAIN: Final = "update"  # ArrayRecord: plaintext update (float32, flat)
 UPDATE_CIPHER: Final = "update-enc"  # ArrayRecord: encrypted update (uint8 envelope)
 KEYS: Final = "keys"  # ConfigRecord: public keys, wrapped secrets, public context (bytes)
-SCREEN: Final = "screen"  # ArrayRecord / MetricRecord of the screen phase
+SCREEN: Final = "screen"  # ConfigRecord (request) / MetricRecord (answer) of the screen phase
+
+# -- field keys of the screen exchange (crypto.stats.Challenge) ---------------------------------
+SCREEN_ROUND: Final = "round"  # int: the round being screened
+SCREEN_REPETITIONS: Final = "repetitions"  # int: projections per upload (r)
+SCREEN_LENGTH: Final = "length"  # int: values per update
+SCREEN_NONCE: Final = "nonce"  # bytes: the server's fresh nonce, drawn after all uploads
+SCREEN_SEEDS: Final = "seeds"  # list[bytes]: the uploads' seeds, in the server's order
+SCREEN_VALUES: Final = "values"  # list[int]: the key holder's n * r residues, row-major
 
 # -- reply status codes (ConfigRecord STATUS, key "code") ----------------------------------------
 STATUS_OK: Final = "ok"

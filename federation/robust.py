@@ -61,6 +61,7 @@ import numpy.typing as npt
 from federation.errors import ConfigError
 
 __all__ = [
+    "CONSISTENCY_RTOL",
     "DEFAULT_COSINE_THRESHOLD",
     "DEFAULT_NORM_K",
     "DEFENSES",
@@ -74,6 +75,7 @@ __all__ = [
     "cosine_filter",
     "fedavg",
     "gram_matrix",
+    "inconsistent_clients",
     "krum_scores",
     "multikrum_filter",
     "no_filter",
@@ -113,6 +115,10 @@ have small positive cosines to each other, so a positive threshold would reject 
 clients; 0 only rejects updates that actively oppose the majority.
 """
 
+CONSISTENCY_RTOL: Final[float] = 1e-6
+"""Relative slack of :func:`inconsistent_clients`. Why 1e-6: plaintext and sketch statistics
+are exact up to float64 rounding (~1e-12 relative), so anything beyond 1e-6 is not noise."""
+
 _CANONICAL: Final[dict[str, int]] = {name: i for i, name in enumerate(DEFENSES)}
 _ALLOWED_MSG: Final[str] = "allowed: none or a comma list of norm, multikrum, cosine"
 
@@ -151,6 +157,11 @@ class UpdateStats:
         ``(n,)`` inner products ``<u_i, m>`` with a reference vector ``m``, or ``None``.
     ref_sq_norm:
         ``||m||²``; given exactly when ``inner_with_ref`` is.
+    rejected:
+        Clients already rejected by the producer of the statistics, with the reason (e.g.
+        ``"statistic:wraparound"`` from the encrypted soundness check). :func:`screen`
+        rejects them and runs the filters on the others only, so a rejected update cannot
+        move any median or neighbour sum.
     """
 
     client_ids: tuple[ClientId, ...]
@@ -158,6 +169,7 @@ class UpdateStats:
     pair_sq_dists: FloatArray | None = None
     inner_with_ref: FloatArray | None = None
     ref_sq_norm: float | None = None
+    rejected: Mapping[ClientId, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # numpy integer ids (e.g. from an index array) become plain ints, for JSON and order.
@@ -183,6 +195,20 @@ class UpdateStats:
             inner = _frozen_f64(self.inner_with_ref, "inner_with_ref", (n,))
             object.__setattr__(self, "inner_with_ref", inner)
             object.__setattr__(self, "ref_sq_norm", float(self.ref_sq_norm))
+        rejected = {int(c) if isinstance(c, np.integer) else c: str(r)
+                    for c, r in self.rejected.items()}
+        if any(c not in ids for c in rejected):
+            raise ValueError("rejected names a client that is not in client_ids")
+        object.__setattr__(self, "rejected", MappingProxyType(rejected))
+
+    def subset(self, keep: Sequence[int]) -> UpdateStats:
+        """The statistics of the clients at positions ``keep`` (nothing rejected)."""
+        idx = list(keep)
+        pick = np.array(idx, dtype=np.intp)
+        dists = None if self.pair_sq_dists is None else self.pair_sq_dists[np.ix_(pick, pick)]
+        inner = None if self.inner_with_ref is None else self.inner_with_ref[pick]
+        return UpdateStats(tuple(self.client_ids[i] for i in idx), self.sq_norms[pick], dists,
+                           inner, self.ref_sq_norm)
 
     @property
     def n(self) -> int:
@@ -264,7 +290,7 @@ def pairwise_cosines(stats: UpdateStats) -> FloatArray:
     """
     gram = gram_matrix(stats)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        norms = np.sqrt(np.maximum(stats.sq_norms, 0.0))
+        norms = np.sqrt(np.where(stats.sq_norms >= 0.0, stats.sq_norms, np.nan))
         denom = norms[:, None] * norms[None, :]
         cos = np.where(denom > 0.0, gram / np.where(denom > 0.0, denom, 1.0), np.nan)
         cos = np.where(np.isfinite(cos), np.clip(cos, -1.0, 1.0), np.nan)
@@ -307,7 +333,8 @@ def krum_scores(pair_sq_dists: npt.ArrayLike, f: int) -> FloatArray:
     scores = np.zeros(n, dtype=np.float64)
     if k < 1:
         return scores
-    dists = np.where(np.isfinite(dists), np.maximum(dists, 0.0), np.inf)
+    # a negative squared distance is impossible: it counts as unknown (+inf), never as 0
+    dists = np.where(np.isfinite(dists) & (dists >= 0.0), dists, np.inf)
     for i in range(n):
         row = np.sort(np.delete(dists[i], i))
         scores[i] = float(np.sum(row[:k]))
@@ -407,7 +434,8 @@ def norm_filter(stats: UpdateStats, *, k: float = DEFAULT_NORM_K) -> tuple[Verdi
     The median is taken over the finite norms of the round, so up to half the clients can
     be arbitrarily large without moving it. A client is rejected with
     ``"norm>{k}*median"`` when ``||u_i|| > k * median``, or ``"norm:non-finite"`` when its
-    squared norm is NaN/Inf. Slightly negative squared norms (CKKS noise around 0) count as 0.
+    squared norm is NaN/Inf or negative (impossible: :func:`screen` rejects such statistics as
+``statistic:inconsistent`` before any filter runs).
 
     Parameters
     ----------
@@ -418,8 +446,8 @@ def norm_filter(stats: UpdateStats, *, k: float = DEFAULT_NORM_K) -> tuple[Verdi
     """
     if not (math.isfinite(k) and k > 0):
         raise ValueError(f"norm k must be a positive finite number, got {k}")
-    finite = _finite(stats.sq_norms)
-    norms = np.sqrt(np.maximum(np.where(finite, stats.sq_norms, 0.0), 0.0))
+    finite = _finite(stats.sq_norms) & (stats.sq_norms >= 0.0)
+    norms = np.sqrt(np.where(finite, stats.sq_norms, 0.0))
     median = float(np.median(norms[finite])) if finite.any() else math.nan
     limit = k * median
     out: list[Verdict] = []
@@ -678,6 +706,47 @@ def _sample_count_list(
     return [int(c) for c in counts]
 
 
+def inconsistent_clients(stats: UpdateStats, *, rtol: float = CONSISTENCY_RTOL) -> set[int]:
+    """Positions of clients whose statistics no real vectors can have (evidence, not noise).
+
+    A squared norm below ``-rtol * scale`` (``scale`` = the largest finite squared norm), a
+    squared distance below it, or a pair that breaks the triangle inequality
+    ``|a - b| <= ||u_i - u_j|| <= a + b`` (``a, b`` the two norms) by more than
+    ``rtol * (a + b)``. A client is blamed for a pair violation when it violates with at least
+    half of the other clients (one impossible value cannot make honest clients look bad);
+    a negative squared norm is always its own client's fault.
+    """
+    n = stats.n
+    sq = stats.sq_norms
+    finite = np.isfinite(sq)
+    scale = float(np.max(np.abs(sq[finite]))) if finite.any() else 0.0
+    slack = rtol * scale
+    bad = {i for i in range(n) if finite[i] and sq[i] < -slack}
+    if stats.pair_sq_dists is None or n < 2:
+        return bad
+    d = stats.pair_sq_dists
+    with np.errstate(invalid="ignore"):
+        norms = np.sqrt(np.where(sq >= 0.0, sq, np.nan))
+        dist = np.sqrt(np.where(d >= 0.0, d, np.nan))
+    for i in range(n):
+        if i in bad or not finite[i]:
+            continue
+        violations = 0
+        for j in range(n):
+            if j == i or not (finite[j] and np.isfinite(d[i, j])):
+                continue
+            a_, b_ = float(norms[i]), float(norms[j])
+            if d[i, j] < -slack or math.isnan(a_) or math.isnan(b_):
+                violations += 1
+                continue
+            tol = rtol * (a_ + b_) + math.sqrt(slack)
+            if not abs(a_ - b_) - tol <= float(dist[i, j]) <= a_ + b_ + tol:
+                violations += 1
+        if 2 * violations >= n - 1 and violations > 0:
+            bad.add(i)
+    return bad
+
+
 def screen(
     stats: UpdateStats,
     sample_counts: Sequence[int] | Mapping[ClientId, int],
@@ -690,10 +759,12 @@ def screen(
 ) -> list[Decision]:
     """Decide who is accepted this round, and with what weight.
 
-    The chosen filters run side by side on the same statistics; a client is accepted only
-    if every chosen filter accepts it, and its reasons and scores are the union of theirs
-    (in canonical filter order). Permuting the clients permutes the result and changes no
-    client's decision.
+    Clients in ``stats.rejected`` and clients whose statistics are impossible
+    (:func:`inconsistent_clients`: ``"statistic:inconsistent"``) are rejected first; the
+    chosen filters then run side by side on the statistics of the remaining clients only. A
+    client is accepted only if every chosen filter accepts it, and its reasons and scores are
+    the union of theirs (in canonical filter order). Permuting the clients permutes the result
+    and changes no client's decision.
 
     Parameters
     ----------
@@ -721,16 +792,28 @@ def screen(
         raise ValueError(f"f must be an int >= 0, got {f!r}")
     chosen = _normalise_defenses(defenses)
     counts = _sample_count_list(stats, sample_counts)
+    pre: dict[int, str] = {i: stats.rejected[c] for i, c in enumerate(stats.client_ids)
+                           if c in stats.rejected}
+    if chosen != ("none",):
+        rest = [i for i in range(stats.n) if i not in pre]
+        for k in inconsistent_clients(stats.subset(rest)):
+            pre[rest[k]] = "statistic:inconsistent"
+    keep = [i for i in range(stats.n) if i not in pre]
     runners: dict[str, Callable[[UpdateStats], tuple[Verdict, ...]]] = {
         "none": no_filter,
         "norm": lambda s: norm_filter(s, k=norm_k),
         "multikrum": lambda s: multikrum_filter(s, f=f, angular=angular_krum),
         "cosine": lambda s: cosine_filter(s, threshold=cosine_threshold),
     }
-    results = [runners[name](stats) for name in chosen]
+    sub = stats.subset(keep)
+    results = [runners[name](sub) for name in chosen] if keep else []
+    position = {i: k for k, i in enumerate(keep)}
     decisions: list[Decision] = []
     for i, cid in enumerate(stats.client_ids):
-        verdicts = [res[i] for res in results]
+        if i in pre:
+            decisions.append(Decision(cid, False, 0, (pre[i],), {}))
+            continue
+        verdicts = [res[position[i]] for res in results]
         accepted = all(v.accepted for v in verdicts)
         reasons = tuple(r for v in verdicts for r in v.reasons)
         scores: dict[str, float] = {}

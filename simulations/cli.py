@@ -228,7 +228,7 @@ def bench_crypto_cmd(
 def keys_init(
     out: Annotated[Path, typer.Option("--out", help="Directory to create.")],
     trainers: Annotated[int, typer.Option("--trainers", min=1, max=1000)],
-    preset: Annotated[str, typer.Option("--preset", help="aggregation | screening")] = "screening",
+    preset: Annotated[str, typer.Option("--preset", help="aggregation | screening")] = "aggregation",
     host: Annotated[list[str] | None, typer.Option("--host", help="SuperLink host name/IP for the TLS certificate (repeatable).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
 ) -> None:

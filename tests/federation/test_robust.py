@@ -16,6 +16,7 @@ from federation.robust import (
     Decision,
     UpdateStats,
     cosine_filter,
+    inconsistent_clients,
     multikrum_filter,
     norm_filter,
     parse_defenses,
@@ -281,11 +282,47 @@ def test_non_finite_stats_only() -> None:
         assert rejected(verdicts) == {"b"}
 
 
-def test_slightly_negative_statistics_from_ckks_noise() -> None:
-    stats = UpdateStats((0, 1, 2), np.array([-1e-9, 1.0, 1.1]), np.zeros((3, 3)))
-    assert rejected(norm_filter(stats)) == set()
-    cos = {v.client_id: v for v in cosine_filter(stats)}
-    assert cos[0].accepted and cos[0].reasons == ("cosine:undefined",)
+def test_impossible_statistics_are_evidence_never_zero() -> None:
+    # A negative squared norm (e.g. a wrapped statistic) is rejected, not clamped to 0, by
+    # every filter on its own and by screen() as "statistic:inconsistent".
+    stats = UpdateStats((0, 1, 2, 3), np.array([-1e-9, 1.0, 1.1, 0.9]),
+                        stats_from_plain([np.ones(4), np.ones(4), np.ones(4), np.ones(4)],
+                                         [0, 1, 2, 3]).pair_sq_dists)
+    assert 0 in rejected(norm_filter(stats))
+    for defenses in ("norm", "multikrum", "cosine", "norm,multikrum,cosine"):
+        out = {d.client_id: d for d in screen(stats, [1, 1, 1, 1], defenses, f=0)}
+        assert not out[0].accepted and out[0].reasons == ("statistic:inconsistent",)
+    # A norm that cannot go with its distances (triangle inequality) is inconsistent too.
+    ups = [np.array([1.0, 0.0]), np.array([0.9, 0.1]), np.array([1.1, -0.1]), np.array([1.0, 0.1])]
+    good = stats_from_plain(ups, [0, 1, 2, 3])
+    liar = UpdateStats(good.client_ids, np.array([1e-6, *good.sq_norms[1:]]), good.pair_sq_dists)
+    liar_d = np.array(good.pair_sq_dists)
+    liar_d[3, :3] = liar_d[:3, 3] = 50.0
+    far = UpdateStats(good.client_ids, good.sq_norms, liar_d)
+    assert inconsistent_clients(good) == set()
+    assert inconsistent_clients(liar) == {0}
+    assert inconsistent_clients(far) == {3}
+
+
+@FAST
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(2, 9))
+def test_statistics_of_real_vectors_are_never_inconsistent(seed: int, n: int) -> None:
+    rng = np.random.default_rng(seed)
+    ups = [rng.normal(size=16) * 10.0 ** rng.uniform(-4, 3) for _ in range(n)]
+    assert inconsistent_clients(stats_from_plain(ups, list(range(n)))) == set()
+
+
+def test_clients_rejected_upstream_cannot_move_the_filters() -> None:
+    ups = [np.ones(4) * (1 + 0.01 * k) for k in range(4)] + [np.ones(4) * 1e6]
+    stats = stats_from_plain(ups, list(range(5)))
+    marked = UpdateStats(stats.client_ids, stats.sq_norms, stats.pair_sq_dists,
+                         rejected={4: "statistic:wraparound"})
+    out = screen(marked, [1] * 5, "norm,multikrum,cosine", f=1)
+    assert out[4].reasons == ("statistic:wraparound",) and out[4].weight == 0
+    clean = screen(stats_from_plain(ups[:4], list(range(4))), [1] * 4, "norm,multikrum,cosine", f=1)
+    assert [d.accepted for d in out[:4]] == [d.accepted for d in clean]
+    with pytest.raises(ValueError, match="not in client_ids"):
+        UpdateStats((0, 1), np.ones(2), rejected={7: "x"})
 
 
 # --------------------------------------------------------------------------- composition

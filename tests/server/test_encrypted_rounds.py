@@ -140,8 +140,8 @@ def test_malformed_ciphertexts_are_rejected_and_the_round_goes_on(fake_grid, kin
 def _lying_screen(liar: int):
     def tamper(node: int, reply: Message) -> Message | None:
         if node == liar and reply.metadata.message_type == P.MSG_SCREEN and reply.has_content():
-            values = list(reply.content[P.SCREEN]["values"])
-            reply.content[P.SCREEN] = MetricRecord({"values": [v * 0.5 for v in values]})
+            values = list(reply.content[P.SCREEN][P.SCREEN_VALUES])
+            reply.content[P.SCREEN] = MetricRecord({P.SCREEN_VALUES: [v + 1 for v in values]})
         return reply
     return tamper
 
