@@ -69,11 +69,14 @@ class ClientHooks:
     ``poison_update(update, info) -> update`` runs after training, before encryption;
     ``extra_eval(model, cfg, partition_id, num_partitions) -> {"eval-x-NAME": value}`` adds
     evaluation metrics (weighted by test examples at the server), e.g. a backdoor's success rate.
+    ``poison_upload(arrays, info) -> arrays`` replaces the records that carry the (encrypted)
+    update, after encryption: attacks on the ciphertext itself.
     """
 
     poison_data: Callable[..., tuple[Any, Any]] | None = None
     poison_update: Callable[[npt.NDArray[np.float32], dict[str, Any]], npt.NDArray[np.float32]] | None = None
     extra_eval: Callable[[torch.nn.Module, FedConfig, int, int], dict[str, float]] | None = None
+    poison_upload: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]] | None = None
 
 
 NO_HOOKS = ClientHooks()
@@ -271,6 +274,9 @@ def handle_train(
     if np.isfinite(result.mean_loss):  # NaN when every Poisson batch of a tiny client was empty
         metrics["train-loss"] = result.mean_loss
     arrays = secure.encode_update(update, state, cfg, metrics)
+    if hooks.poison_upload is not None:
+        arrays = hooks.poison_upload(arrays, {"round": round_, "cfg": cfg, "partition-id": pid,
+                                              "state": state, "global": global_vec})
     return _reply(P.STATUS_OK, "", metrics, arrays)
 
 

@@ -41,7 +41,8 @@ __all__ = [
 # the names in federation.tasks.TASKS (kept here so the config needs no torch; a test checks both)
 TASK_NAMES = ("fashion-mnist", "fashion-mnist-tanh")
 DEFENSES = ("norm", "multikrum", "cosine")
-ATTACKS = ("label-flip", "sign-flip", "scaling", "gaussian", "alie", "ipm", "backdoor")
+ATTACKS = ("label-flip", "sign-flip", "scaling", "gaussian", "alie", "ipm", "backdoor", "min-max",
+           "min-sum", "wrap", "shift")
 
 
 class SecureAggregation(StrEnum):

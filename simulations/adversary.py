@@ -18,16 +18,22 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
+from flwr.app import RecordDict
 
 from clients.app import make_client_app
+from clients.encrypted import secret_context
 from clients.handlers import ClientHooks, raw_partition
 from clients.training import train_local
+from crypto import wire
+from federation import protocol as P
 from federation.config import FedConfig
 from federation.data import normalize
 from federation.errors import ConfigError
+from federation.records import bytes_record, record_bytes
 from federation.tasks import build_model, flatten_params, load_flat_params
 from simulations.attacks import (
     AttackContext,
+    UploadAttack,
     attack_success_rate,
     make_attack,
     select_malicious,
@@ -46,7 +52,8 @@ def asr_eval(model: torch.nn.Module, cfg: FedConfig, pid: int, num: int,
     def predict(images: npt.NDArray[np.uint8]) -> npt.NDArray[np.int64]:
         with torch.no_grad():
             model.eval()
-            return model(torch.from_numpy(normalize(images))).argmax(1).numpy()
+            labels: npt.NDArray[np.int64] = model(torch.from_numpy(normalize(images))).argmax(1).numpy()
+            return labels
 
     keep = ty != target
     rate = attack_success_rate(predict, tx, ty, target)
@@ -123,7 +130,27 @@ def hooks_for(cfg: FedConfig, node_config: Mapping[str, Any]) -> ClientHooks:
                             seed=cfg.run.seed * 1000 + pid)
         return np.asarray(attack.poison_update(update, ctx), dtype=np.float32)
 
-    return ClientHooks(poison_data=attack.poison_data, poison_update=poison_update, extra_eval=extra)
+    upload = None
+    if isinstance(attack, UploadAttack):
+        def upload(arrays: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
+            if P.UPDATE_CIPHER not in arrays:  # plaintext mode: nothing to tamper with
+                return arrays
+            ctx = AttackContext(global_model=info["global"], round=int(info["round"]),
+                                n_clients=num, n_attackers=n_attackers,
+                                defenses=cfg.defense.defenses, seed=cfg.run.seed * 1000 + pid)
+            return _tamper_ciphertext(arrays, info["state"], attack, ctx)
+
+    return ClientHooks(poison_data=attack.poison_data, poison_update=poison_update, extra_eval=extra,
+                       poison_upload=upload)
+
+
+def _tamper_ciphertext(arrays: dict[str, Any], state: Any, attack: UploadAttack,
+                       ctx: AttackContext) -> dict[str, Any]:
+    """Decode the attacker's own encrypted upload, apply the ciphertext attack, re-encode."""
+    secret = secret_context(RecordDict(), state, {}, 0)  # the key is in this node's state
+    blob = record_bytes(arrays[P.UPDATE_CIPHER], "u", 1 << 31)
+    enc = wire.decode(blob, secret, expected_length=None, max_bytes=len(blob))
+    return {**arrays, P.UPDATE_CIPHER: bytes_record({"u": wire.encode(attack.poison_upload(enc, ctx))})}
 
 
 def make_adversarial_client_app(cfg: FedConfig) -> Any:
