@@ -65,6 +65,7 @@ __all__ = [
     "DEFAULT_COSINE_THRESHOLD",
     "DEFAULT_NORM_K",
     "DEFENSES",
+    "DUPLICATE_RATIO",
     "ClientId",
     "Decision",
     "UpdateStats",
@@ -73,11 +74,13 @@ __all__ = [
     "bulyan",
     "coordinate_median",
     "cosine_filter",
+    "cosine_floor",
     "fedavg",
     "gram_matrix",
     "inconsistent_clients",
     "krum_scores",
     "multikrum_filter",
+    "near_duplicates",
     "no_filter",
     "norm_filter",
     "pairwise_cosines",
@@ -170,6 +173,7 @@ class UpdateStats:
     inner_with_ref: FloatArray | None = None
     ref_sq_norm: float | None = None
     rejected: Mapping[ClientId, str] = field(default_factory=dict)
+    sketch_repetitions: int = 0
 
     def __post_init__(self) -> None:
         # numpy integer ids (e.g. from an index array) become plain ints, for JSON and order.
@@ -208,7 +212,7 @@ class UpdateStats:
         dists = None if self.pair_sq_dists is None else self.pair_sq_dists[np.ix_(pick, pick)]
         inner = None if self.inner_with_ref is None else self.inner_with_ref[pick]
         return UpdateStats(tuple(self.client_ids[i] for i in idx), self.sq_norms[pick], dists,
-                           inner, self.ref_sq_norm)
+                           inner, self.ref_sq_norm, sketch_repetitions=self.sketch_repetitions)
 
     @property
     def n(self) -> int:
@@ -472,7 +476,9 @@ def _effective_f(n: int, f: int) -> int:
     return max(0, (n - 3) // 2)
 
 
-def multikrum_filter(stats: UpdateStats, *, f: int, angular: bool = False) -> tuple[Verdict, ...]:
+def multikrum_filter(
+    stats: UpdateStats, *, f: int, angular: bool = False, selection: str = "top"
+) -> tuple[Verdict, ...]:
     """``multikrum``: keep the ``m = n - f`` clients with the lowest Krum scores.
 
     ``angular=True`` scores on :func:`angular_sq_dists` (the updates' directions) instead of
@@ -497,15 +503,26 @@ def multikrum_filter(stats: UpdateStats, *, f: int, angular: bool = False) -> tu
     other non-finite distances count as ``+inf``. Ties in score are broken by client id,
     never by position.
 
+    ``selection="threshold"`` is the score-threshold variant the server uses: a client is
+    dropped (``"multikrum:outlier"``) only when its score is an outlier among the round's
+    scores (above ``median + 3 * 1.4826 * MAD``) and, on directions, its nearest neighbours
+    point away from it on average (mean angular squared distance above 2, i.e. negative
+    cosine, beyond :func:`cosine_floor`); at most ``f`` of them, highest first. An
+    all-honest round then loses nobody instead of always ``f``.
+
     Parameters
     ----------
     stats:
         Needs ``pair_sq_dists`` (and ``sq_norms`` for the finiteness check).
     f:
         Assumed number of attackers, ``>= 0``.
+    selection:
+        ``"top"`` (keep the ``n - f`` best) or ``"threshold"`` (drop only outliers).
     """
     if isinstance(f, bool) or not isinstance(f, int) or f < 0:
         raise ValueError(f"f must be an int >= 0, got {f!r}")
+    if selection not in ("top", "threshold"):
+        raise ValueError(f"selection must be 'top' or 'threshold', got {selection!r}")
     if stats.pair_sq_dists is None:
         raise ValueError("multikrum needs pair_sq_dists")
     n_all = stats.n
@@ -524,6 +541,22 @@ def multikrum_filter(stats: UpdateStats, *, f: int, angular: bool = False) -> tu
         note = (f"multikrum:degraded(n={n}<=2f+2, f={f}->{f_eff})",)
     scores = krum_scores(dists[np.ix_(idx, idx)], f_eff)
     keep = n - f_eff
+    dropped_reason = "multikrum:not-selected"
+    if selection == "threshold" and n >= 3:
+        med = float(np.median(scores))
+        mad = float(np.median(np.abs(scores - med)))
+        cut = med + 3.0 * 1.4826 * mad
+        k = n - f_eff - 2
+        if angular and k >= 1:
+            # on directions, also require that the nearest neighbours point away on average
+            # (mean angular distance beyond orthogonal, 2, by more than the statistics' error):
+            # an honest update that is mostly noise is orthogonal to everyone, never opposed
+            cut = max(cut, 2.0 * (1.0 - cosine_floor(stats)) * k)
+        outliers = int(np.sum(scores > cut))
+        keep = n - min(f_eff, outliers)
+        dropped_reason = "multikrum:outlier"
+    elif selection == "threshold":
+        keep = n
     order = sorted(range(n), key=lambda r: (scores[r], _id_key(stats.client_ids[idx[r]])))
     rank = {int(idx[r]): pos for pos, r in enumerate(order)}
     score_of = {int(idx[r]): float(scores[r]) for r in range(n)}
@@ -537,7 +570,7 @@ def multikrum_filter(stats: UpdateStats, *, f: int, angular: bool = False) -> tu
         if rank[i] < keep:
             out.append(Verdict(cid, True, note, sc))
         else:
-            out.append(Verdict(cid, False, ("multikrum:not-selected", *note), sc))
+            out.append(Verdict(cid, False, (dropped_reason, *note), sc))
     return tuple(out)
 
 
@@ -559,7 +592,7 @@ def _noise_aware_cut(scores: Sequence[float], threshold: float) -> float:
 
 
 def cosine_filter(
-    stats: UpdateStats, *, threshold: float = DEFAULT_COSINE_THRESHOLD
+    stats: UpdateStats, *, threshold: float = DEFAULT_COSINE_THRESHOLD, floor: float | None = None
 ) -> tuple[Verdict, ...]:
     """``cosine``: reject updates that point against the consensus.
 
@@ -589,6 +622,11 @@ def cosine_filter(
         Needs ``pair_sq_dists``, or else ``inner_with_ref`` and ``ref_sq_norm``.
     threshold:
         In ``[-1, 1]`` (default :data:`DEFAULT_COSINE_THRESHOLD`).
+    floor:
+        The lowest the noise-aware cut may go: it can never drift into admitting an update
+        that points against the consensus by more than the statistics' own error. ``None``
+        (default) keeps the plain noise-aware cut; :func:`screen` passes
+        :func:`cosine_floor` of the statistics.
     """
     if not (-1.0 <= threshold <= 1.0):
         raise ValueError(f"cosine threshold must be in [-1, 1], got {threshold}")
@@ -606,6 +644,8 @@ def cosine_filter(
             if peers.size:
                 scores[i] = (float(np.median(peers)), float(np.min(peers)))
         cut = _noise_aware_cut([v[0] for v in scores.values()], threshold)
+        if floor is not None:
+            cut = max(cut, min(floor, threshold))
         for i, cid in enumerate(stats.client_ids):
             if not finite_norm[i]:
                 out.append(Verdict(cid, False, ("cosine:non-finite",)))
@@ -706,6 +746,41 @@ def _sample_count_list(
     return [int(c) for c in counts]
 
 
+DUPLICATE_RATIO: Final[float] = 1e-3
+"""Two updates from different clients whose squared distance is below this fraction of the
+round's median pair squared distance are near-duplicates: evidence of collusion (colluders
+that send one update have distance ~0 and would look the most central to Krum). Why 1e-3:
+honest updates differ by their own data and noise, so no two are closer than a fraction of
+the typical pair distance; one plaintext under two encryptions differs only by CKKS noise
+and the screen's flooding, ~1e-8 of it. Euclidean, not angular: a boosted copy of a direction
+is the norm filter's business, not a duplicate."""
+
+
+def near_duplicates(stats: UpdateStats, *, ratio: float = DUPLICATE_RATIO) -> set[int]:
+    """Positions of clients whose update nearly duplicates another client's."""
+    if stats.pair_sq_dists is None or stats.n < 3:
+        return set()
+    ang = stats.pair_sq_dists
+    upper = ang[np.triu_indices(stats.n, 1)]
+    upper = upper[np.isfinite(upper)]
+    if upper.size == 0:
+        return set()
+    limit = ratio * float(np.median(upper))
+    out: set[int] = set()
+    for i in range(stats.n):
+        for j in range(i + 1, stats.n):
+            if np.isfinite(ang[i, j]) and ang[i, j] <= limit:
+                out.update((i, j))
+    return out
+
+
+def cosine_floor(stats: UpdateStats) -> float:
+    """Lowest cosine cut :func:`screen` allows: 0 for exact statistics, ``-1/sqrt(r)`` for
+    sketches from ``r`` projections (one standard deviation of a sketched cosine)."""
+    r = stats.sketch_repetitions
+    return -1.0 / math.sqrt(r) if r > 0 else 0.0
+
+
 def inconsistent_clients(stats: UpdateStats, *, rtol: float = CONSISTENCY_RTOL) -> set[int]:
     """Positions of clients whose statistics no real vectors can have (evidence, not noise).
 
@@ -756,6 +831,9 @@ def screen(
     norm_k: float = DEFAULT_NORM_K,
     cosine_threshold: float = DEFAULT_COSINE_THRESHOLD,
     angular_krum: bool = False,
+    krum_selection: str = "top",
+    duplicates: bool = False,
+    floored_cosine: bool = False,
 ) -> list[Decision]:
     """Decide who is accepted this round, and with what weight.
 
@@ -781,7 +859,18 @@ def screen(
     norm_k, cosine_threshold:
         Thresholds of the ``norm`` and ``cosine`` filters.
     angular_krum:
-        Multi-Krum on directions (see :func:`multikrum_filter`); the server sets it when DP is on.
+        Multi-Krum on directions (see :func:`multikrum_filter`).
+    krum_selection:
+        ``"top"`` or ``"threshold"`` (see :func:`multikrum_filter`).
+    duplicates:
+        Reject near-duplicate updates of different clients (:func:`near_duplicates`) as
+        ``"collusion:near-duplicate"`` before the filters run.
+    floored_cosine:
+        Keep the cosine cut at or above :func:`cosine_floor` of the statistics.
+
+    The fedguard server uses the rule that never punishes size alone: directions
+    (``angular_krum``), score thresholds (``krum_selection="threshold"``), duplicates as
+    evidence, and a cosine cut that cannot fall below :func:`cosine_floor`.
 
     Returns
     -------
@@ -798,12 +887,18 @@ def screen(
         rest = [i for i in range(stats.n) if i not in pre]
         for k in inconsistent_clients(stats.subset(rest)):
             pre[rest[k]] = "statistic:inconsistent"
+        if duplicates:
+            rest = [i for i in range(stats.n) if i not in pre]
+            for k in near_duplicates(stats.subset(rest)):
+                pre[rest[k]] = "collusion:near-duplicate"
     keep = [i for i in range(stats.n) if i not in pre]
     runners: dict[str, Callable[[UpdateStats], tuple[Verdict, ...]]] = {
         "none": no_filter,
         "norm": lambda s: norm_filter(s, k=norm_k),
-        "multikrum": lambda s: multikrum_filter(s, f=f, angular=angular_krum),
-        "cosine": lambda s: cosine_filter(s, threshold=cosine_threshold),
+        "multikrum": lambda s: multikrum_filter(s, f=f, angular=angular_krum,
+                                                selection=krum_selection),
+        "cosine": lambda s: cosine_filter(s, threshold=cosine_threshold,
+                                          floor=cosine_floor(s) if floored_cosine else None),
     }
     sub = stats.subset(keep)
     results = [runners[name](sub) for name in chosen] if keep else []

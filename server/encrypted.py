@@ -247,7 +247,7 @@ class CkksScheme:
                     for b_, j in enumerate(screened):
                         dists[pos[i], pos[j]] = sketch.sq_dists[a_, b_]
         return UpdateStats(client_ids=tuple(ids), sq_norms=norms, pair_sq_dists=dists,
-                           rejected=rejected)
+                           rejected=rejected, sketch_repetitions=self.screen_params.repetitions)
 
     def _holders_answer(self, grid: Any, ids: list[int], challenge: Challenge,
                         round_: int) -> list[list[int]] | None:

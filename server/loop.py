@@ -185,7 +185,7 @@ def exchange(
             log.warning("ignoring an unexpected or duplicate reply")
             continue
         if reply.has_error():
-            lost[node] = f"error-reply: code {reply.error.code}: {reply.error.reason[:200]}"
+            lost[node] = f"error-reply: code {reply.error.code}: {(reply.error.reason or '')[:200]}"
         elif not reply.has_content():
             lost[node] = "empty-reply"
         else:
@@ -413,9 +413,12 @@ def _decide(grid: GridLike, cfg: FedConfig, scheme: Scheme, candidates: list[Cli
     n = len(candidates)
     f = cfg.defense.max_malicious if cfg.defense.max_malicious >= 0 else max((n - 3) // 2, 0)
     stats = scheme.statistics(grid, {r.node_id: r.payload for r in candidates}, rnd)
-    # under DP an update's size is mostly its noise, so Multi-Krum compares directions
+    # Size alone never drops an honest client: Multi-Krum compares directions and drops only
+    # score outliers; near-duplicates of different clients are collusion evidence; the cosine
+    # cut cannot fall below the statistics' own error (federation.robust.screen)
     decisions = screen(stats, dict(zip(ids, counts, strict=True)), cfg.defense.defenses, f=f,
-                       angular_krum=cfg.dp.enabled)
+                       angular_krum=True, krum_selection="threshold", duplicates=True,
+                       floored_cosine=True)
     return {int(d.client_id): d for d in decisions}
 
 

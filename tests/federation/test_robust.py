@@ -16,8 +16,10 @@ from federation.robust import (
     Decision,
     UpdateStats,
     cosine_filter,
+    cosine_floor,
     inconsistent_clients,
     multikrum_filter,
+    near_duplicates,
     norm_filter,
     parse_defenses,
     screen,
@@ -505,3 +507,57 @@ def test_angular_krum_ignores_each_updates_scale_and_still_drops_flipped_updates
     assert [d.accepted for d in plain] == [d.accepted for d in screen(scaled, [1] * 12, ("multikrum", "cosine"), f=2, angular_krum=True)]
     zero = stats_from_plain([*ups[:10], np.zeros_like(ups[0])], list(range(11)), None)
     assert multikrum_filter(zero, f=2, angular=True)[10].reasons[0] == "multikrum:non-finite"
+
+
+# --------------------------------------------------------------------------- the server's rule
+
+RULE = {"angular_krum": True, "krum_selection": "threshold", "duplicates": True, "floored_cosine": True}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_servers_rule_drops_no_honest_client_for_its_size(seed: int) -> None:
+    # issue 10 item 5: Multi-Krum with a fixed f dropped the f largest honest clients
+    ups, _steps = dp_like_round(seed)
+    stats = stats_from_plain(ups, list(range(12)), None)
+    decisions = screen(stats, [1] * 12, "multikrum,cosine", f=3, **RULE)
+    assert all(d.accepted for d in decisions), [d.reasons for d in decisions if not d.accepted]
+    honest = stats_from_plain(honest_round(seed, n=10, spread=1.0), list(range(10)), None)
+    assert all(d.accepted for d in screen(honest, [1] * 10, ALL, f=3, **RULE))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_servers_rule_still_drops_flipped_and_boosted_updates(seed: int) -> None:
+    ups = honest_round(seed)
+    ups += [-ups[0], 20 * ups[1]]
+    stats = stats_from_plain(ups, list(range(12)), None)
+    out = {d.client_id: d for d in screen(stats, [1] * 12, ALL, f=2, **RULE)}
+    assert {c for c, d in out.items() if not d.accepted} == {10, 11}
+    assert "norm>3.0*median" in out[11].reasons
+
+
+def test_colluders_sending_one_update_are_evidence_not_the_most_central() -> None:
+    ups = honest_round(2)
+    bad = -0.3 * ups[0] + 0.5 * np.mean(ups, axis=0)
+    ups += [bad, bad * (1 + 1e-9), bad.copy()]
+    stats = stats_from_plain(ups, list(range(13)), None)
+    out = screen(stats, [1] * 13, "multikrum", f=3, **RULE)
+    assert {d.client_id for d in out if not d.accepted} == {10, 11, 12}
+    assert all(out[i].reasons == ("collusion:near-duplicate",) for i in (10, 11, 12))
+    assert near_duplicates(stats_from_plain(honest_round(2), list(range(10)), None)) == set()
+
+
+def test_the_cosine_cut_cannot_drift_into_an_opposing_direction() -> None:
+    # non-IID honest clients whose cosines scatter: the noise-aware cut falls below 0 and
+    # admits an update that points (mildly) against the consensus
+    rng = np.random.default_rng(2)
+    sig = rng.normal(size=60)
+    honest = [0.4 * sig + rng.normal(size=60) for _ in range(9)]
+    opposing = -0.25 * sig + rng.normal(size=60)
+    stats = stats_from_plain([*honest, opposing], list(range(10)), None)
+    loose = {v.client_id: v for v in cosine_filter(stats)}
+    floored = {v.client_id: v for v in cosine_filter(stats, floor=cosine_floor(stats))}
+    assert loose[9].accepted and loose[9].scores["cosine"] < 0  # admitted before
+    assert not floored[9].accepted and floored[9].scores["cosine_cut"] == 0.0
+    assert all(floored[i].accepted for i in range(9))
+    sketched = UpdateStats(stats.client_ids, stats.sq_norms, stats.pair_sq_dists, sketch_repetitions=134)
+    assert cosine_floor(sketched) == pytest.approx(-1 / math.sqrt(134))
