@@ -48,7 +48,14 @@ from crypto.stats import (
 from federation import protocol as P
 from federation.aggregation import WEIGHT_DENOMINATOR
 from federation.config import FedConfig
-from federation.errors import CryptoError, InvalidCiphertext, KeyMismatch, ProtocolError, RejectedUpdate
+from federation.errors import (
+    ConfigError,
+    CryptoError,
+    InvalidCiphertext,
+    KeyMismatch,
+    ProtocolError,
+    RejectedUpdate,
+)
 from federation.records import bytes_record, record_bytes, vector_record
 from federation.robust import UpdateStats
 from server.loop import exchange
@@ -70,8 +77,11 @@ class CkksScheme:
         self.cfg = cfg
         # Projection screening is linear: the aggregation preset serves filtering too.
         self.preset = Preset.AGGREGATION
-        self.screen_params: ScreenParameters = screen_parameters(  # fails early on a bad bound
-            self.preset, self.dim, cfg.defense.screen_norm_bound, max_weight=WEIGHT_DENOMINATOR)
+        try:  # fails early, naming the key, when the modulus cannot certify the bound
+            self.screen_params: ScreenParameters = screen_parameters(
+                self.preset, self.dim, cfg.defense.screen_norm_bound, max_weight=WEIGHT_DENOMINATOR)
+        except ValueError as exc:
+            raise ConfigError("screen-norm-bound", str(exc)) from None
         self._seen_seeds: set[bytes] = set()
         self._nonce = os.urandom
         self.public: PublicContext | None = None

@@ -76,9 +76,10 @@ def simulate(
     secure_aggregation: Annotated[str, typer.Option("--secure-aggregation", help="none | ckks")] = "none",
     defense: Annotated[str, typer.Option("--defense", help="none or a comma list of norm, multikrum, cosine")] = "none",
     screen_quorum: Annotated[int | None, typer.Option("--screen-quorum")] = None,
+    screen_norm_bound: Annotated[float | None, typer.Option("--screen-norm-bound", help="Honest update L2 bound the encrypted screen certifies (default 50; docs/soundness.md).")] = None,
     max_malicious: Annotated[int | None, typer.Option("--max-malicious", help="Multi-Krum's f (default: the most Krum tolerates).")] = None,
     malicious: Annotated[float, typer.Option("--malicious", help="Fraction of attacking clients.")] = 0.0,
-    attack: Annotated[str | None, typer.Option("--attack", help="label-flip | sign-flip | scaling | gaussian | alie | ipm | backdoor")] = None,
+    attack: Annotated[str | None, typer.Option("--attack", help="label-flip | sign-flip | scaling | gaussian | alie | ipm | backdoor | min-max | min-sum | wrap | shift")] = None,
     min_clients: Annotated[int | None, typer.Option("--min-clients")] = None,
 ) -> None:
     """Run a local multi-client simulation and write metrics, summary and plots to --out.
@@ -94,7 +95,7 @@ def simulate(
         "out-dir": str(out_dir), "data-dir": data_dir, "dp-epsilon": dp_epsilon,
         "dp-noise": dp_noise, "dp-delta": dp_delta, "max-grad-norm": max_grad_norm,
         "dp-accountant": dp_accountant, "secure-aggregation": secure_aggregation,
-        "defense": defense, "screen-quorum": screen_quorum,
+        "defense": defense, "screen-quorum": screen_quorum, "screen-norm-bound": screen_norm_bound,
         "max-malicious": max_malicious, "malicious": malicious,
         "attack": attack, "min-clients": min_clients,
     }))
