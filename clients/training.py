@@ -421,7 +421,7 @@ class _OpacusHooks:
             p.grad = None
         loss_sum = F.cross_entropy(self.gsm(xb), yb, reduction="sum")
         with _quiet_hooks():
-            loss_sum.backward()
+            loss_sum.backward()  # type: ignore[no-untyped-call]  # torch leaves it untyped
         per_sample = [p.grad_sample for p in self.params]  # type: ignore[attr-defined]
         for p in self.params:
             p.grad_sample = None  # type: ignore[attr-defined]
@@ -453,7 +453,7 @@ class _OpacusGhost:
             p.grad = None
         losses = F.cross_entropy(self.gsm(xb), yb, reduction="none")
         with _quiet_hooks():
-            losses.sum().backward(retain_graph=True)
+            losses.sum().backward(retain_graph=True)  # type: ignore[no-untyped-call]  # torch leaves it untyped
         coef = self.gsm.get_clipping_coef()
         for p in self.params:
             p.grad = None
@@ -628,7 +628,7 @@ def _train_plain(
             xb, yb = xt[idx], yt[idx]
             opt.zero_grad(set_to_none=True)
             loss = F.cross_entropy(model(xb), yb)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]  # torch leaves it untyped
             opt.step()
             steps += 1
             loss_total += float(loss.item()) * idx.numel()

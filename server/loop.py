@@ -185,7 +185,8 @@ def exchange(
             log.warning("ignoring an unexpected or duplicate reply")
             continue
         if reply.has_error():
-            lost[node] = f"error-reply: code {reply.error.code}: {reply.error.reason[:200]}"
+            # Flower types the reason ``str | None``: a reply without one must not end the run.
+            lost[node] = f"error-reply: code {reply.error.code}: {(reply.error.reason or 'no reason')[:200]}"
         elif not reply.has_content():
             lost[node] = "empty-reply"
         else:

@@ -46,7 +46,8 @@ def asr_eval(model: torch.nn.Module, cfg: FedConfig, pid: int, num: int,
     def predict(images: npt.NDArray[np.uint8]) -> npt.NDArray[np.int64]:
         with torch.no_grad():
             model.eval()
-            return model(torch.from_numpy(normalize(images))).argmax(1).numpy()
+            predicted: npt.NDArray[np.int64] = model(torch.from_numpy(normalize(images))).argmax(1).numpy()
+            return predicted
 
     keep = ty != target
     rate = attack_success_rate(predict, tx, ty, target)

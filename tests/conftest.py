@@ -14,13 +14,14 @@ from flwr.supercore.task_identity import TaskIdentity
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FEDGUARD_TORCH_THREADS", "1")
 
-ReplyTamper = Callable[[int, Message], Message | None]
+ReplyTamper = Callable[[int, Message], Message | Error | None]
 
 
 class FakeGrid:
     """Delivers each message to a ClientApp in this process, synchronously.
 
-    ``tamper(node_id, reply)`` may replace a reply (a malicious or broken client) or return
+    ``tamper(node_id, reply)`` may replace a reply (a malicious or broken client), return an
+    :class:`~flwr.app.Error` (sent back as the error reply to the delivered message), or return
     ``None`` (the node died: an error reply comes back, as from a real SuperLink).
     """
 
@@ -53,9 +54,10 @@ class FakeGrid:
             delivered.metadata.__dict__["_message_id"] = msg.metadata.message_id
             reply = self.client_app(delivered, self.nodes[node])
             if self.tamper is not None:
-                reply = self.tamper(node, reply)
-                if reply is None:
-                    reply = Message(Error(code=5, reason="node unavailable"), reply_to=delivered)
+                tampered = self.tamper(node, reply)
+                if tampered is None:
+                    tampered = Error(code=5, reason="node unavailable")
+                reply = tampered if isinstance(tampered, Message) else Message(tampered, reply_to=delivered)
             replies.append(reply)
         return replies
 
