@@ -33,7 +33,7 @@ from simulations.attacks import (
     select_malicious,
 )
 
-__all__ = ["asr_eval", "hooks_for", "make_adversarial_client_app", "parse_attack"]
+__all__ = ["asr_eval", "check_attack", "hooks_for", "make_adversarial_client_app", "parse_attack"]
 
 BACKDOOR_TARGET = 0
 
@@ -92,6 +92,16 @@ def parse_attack(text: str) -> tuple[str, dict[str, Any]]:
                 pass
         params[key.strip().replace("-", "_")] = value
     return name, params
+
+
+def check_attack(text: str) -> None:
+    """Refuse an ``attack`` value the registry cannot build, before any process starts.
+
+    Raises :class:`~federation.errors.ConfigError` naming ``attack`` (unknown name or
+    parameter) or ``attack.<param>`` (bad value).
+    """
+    name, params = parse_attack(text)
+    make_attack(name, **params)
 
 
 def hooks_for(cfg: FedConfig, node_config: Mapping[str, Any]) -> ClientHooks:
