@@ -196,8 +196,10 @@ def handle_screen(content: RecordDict, state: RecordDict, node_config: Mapping[s
     if arrays is None or cfg is None or seen is None:
         raise ProtocolError("bad screening request")
     n = int(seen["clients"])  # type: ignore[arg-type]
-    if cfg.get("round") != seen["round"] or seen["screened"]:
-        raise ProtocolError("screening request for another round, or a second one")
+    if cfg.get("round") != seen["round"]:
+        raise ProtocolError("screening request for another round")
+    if seen["screened"]:
+        raise ProtocolError("a second screening request in this round")
     if len(arrays) > min(MAX_SCREEN_STATISTICS, n + n * (n - 1) // 2):
         raise ProtocolError("more statistics than this round can need")
     seen["screened"] = 1
