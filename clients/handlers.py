@@ -23,17 +23,17 @@ import torch
 from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
 from clients import secure
-from clients.ledger import LedgerFile, ledger_from_state, ledger_to_state
+from clients.ledger import LedgerFile, load_ledger, record_event
 from clients.training import DPPlan, evaluate, train_local
 from federation import protocol as P
 from federation.config import FLAT_KEYS, FedConfig, SecureAggregation, from_flat
 from federation.data import normalize
 from federation.errors import ConfigError, FedguardError, PrivacyBudgetExceeded
 from federation.privacy import (
+    PrivacyBudget,
     PrivacyEvent,
     PrivacyLedger,
-    calibrate_noise,
-    check_budget,
+    calibrate_for_plan,
     default_delta,
     epsilon,
     poisson_schedule,
@@ -169,14 +169,17 @@ def _set_threads() -> None:
 def _ledger(state: RecordDict, node_config: Mapping[str, Any]) -> tuple[PrivacyLedger, LedgerFile | None]:
     path = node_config.get("ledger-file") or ""
     file = LedgerFile(Path(str(path))) if path else None
-    ledger = ledger_from_state(state, LEDGER_KEY)
-    if file is not None:
-        ledger = ledger.merge(file.load())
-    return ledger, file
+    return load_ledger(state, LEDGER_KEY, file), file
 
 
-def _dp_plan(cfg: FedConfig, n: int, state: RecordDict) -> tuple[DPPlan | None, float, float]:
-    """Noise multiplier (calibrated once for the whole planned run), sample rate and delta."""
+def _dp_plan(
+    cfg: FedConfig, n: int, state: RecordDict, ledger: PrivacyLedger, run_id: int, round_: int
+) -> tuple[DPPlan | None, float, float]:
+    """Noise multiplier (calibrated once per run, for its remaining rounds), sample rate, delta.
+
+    Raises :class:`PrivacyBudgetExceeded` if the recorded history leaves no room for the rest
+    of the run.
+    """
     if not cfg.dp.enabled:
         return None, 0.0, 0.0
     q, per_epoch = poisson_schedule(n, cfg.train.batch_size)
@@ -184,16 +187,22 @@ def _dp_plan(cfg: FedConfig, n: int, state: RecordDict) -> tuple[DPPlan | None, 
     if cfg.dp.noise_multiplier > 0:
         sigma = cfg.dp.noise_multiplier
     else:
-        steps = cfg.run.rounds * cfg.train.local_epochs * per_epoch
+        # The first round this node trains in a run (or the first after a restart lost the node
+        # state) plans the rounds left, paying for the whole recorded history: a node that
+        # rejoins or resumes must not plan more ε than it has left.
+        rounds_left = max(1, cfg.run.rounds - round_ + 1)
+        steps = rounds_left * cfg.train.local_epochs * per_epoch
         # Calibration takes seconds; a deployment runs each message in a fresh process, so the
-        # result is kept in the node's state (it depends only on these public numbers).
-        key = f"{cfg.dp.epsilon!r}|{delta!r}|{q!r}|{steps}|{cfg.dp.accountant.value}"
+        # result is kept in the node's state for the rest of the run.
+        key = (f"run{run_id}|{cfg.dp.epsilon!r}|{delta!r}|{q!r}|{cfg.run.rounds}|"
+               f"{cfg.train.local_epochs}|{cfg.dp.accountant.value}")
         cache = state.config_records.get(_DP_CACHE)
         cached = cache.get(key) if cache is not None else None
         if isinstance(cached, float):
             sigma = cached
         else:
-            sigma = calibrate_noise(cfg.dp.epsilon, delta, q, steps, cfg.dp.accountant.value)
+            budget = PrivacyBudget(cfg.dp.epsilon, delta, cfg.dp.accountant)
+            sigma = calibrate_for_plan(budget, q, steps, ledger.events)
             state[_DP_CACHE] = ConfigRecord({key: sigma})
     return DPPlan(noise_multiplier=sigma, max_grad_norm=cfg.dp.max_grad_norm), q, delta
 
@@ -249,16 +258,21 @@ def handle_train(
 
         note_round(state, round_, cfg.run.clients)
 
-    plan, q, delta = _dp_plan(cfg, len(data.train_y), state)
     ledger, ledger_file = _ledger(state, node_config)
+    try:
+        plan, q, delta = _dp_plan(cfg, len(data.train_y), state, ledger, run_id, round_)
+    except PrivacyBudgetExceeded as exc:
+        return _reply(P.STATUS_BUDGET_EXHAUSTED, str(exc), metrics)
     event: PrivacyEvent | None = None
+    budget: PrivacyBudget | None = None
     if plan is not None:
         steps = cfg.train.local_epochs * poisson_schedule(len(data.train_y), cfg.train.batch_size)[1]
         event = PrivacyEvent(plan.noise_multiplier, q, steps, f"run{run_id}/round{round_}")
         metrics["epsilon"] = epsilon(ledger.events, delta, cfg.dp.accountant.value) if ledger.events else 0.0
         if cfg.dp.epsilon > 0:
-            try:
-                check_budget(ledger, event, cfg.dp.epsilon, delta, cfg.dp.accountant.value)
+            budget = PrivacyBudget(cfg.dp.epsilon, delta, cfg.dp.accountant)
+            try:  # refuse early, before spending seconds on training; re-checked under the lock
+                budget.check(ledger, event)
             except PrivacyBudgetExceeded as exc:
                 return _reply(P.STATUS_BUDGET_EXHAUSTED, str(exc), metrics)
 
@@ -277,16 +291,17 @@ def handle_train(
     if not np.all(np.isfinite(update)):
         return _reply(P.STATUS_ERROR, "training produced non-finite parameters", metrics)
 
-    if event is not None:
-        # Record what training actually did (it follows the same Poisson schedule).
-        event = PrivacyEvent(plan.noise_multiplier, result.sample_rate, result.steps,  # type: ignore[union-attr]
-                             event.label)
-        if ledger_file is not None:
-            ledger_file.append(event)
-        ledger = ledger.append(event)
-        ledger_to_state(state, LEDGER_KEY, ledger)
+    if event is not None and plan is not None:
+        # Record what training actually did (it follows the same Poisson schedule). The whole
+        # history is synced, and the budget re-checked against the file under its lock: another
+        # run on this node may have spent since the early check.
+        event = PrivacyEvent(plan.noise_multiplier, result.sample_rate, result.steps, event.label)
+        try:
+            ledger = record_event(state, LEDGER_KEY, event, ledger_file, budget=budget)
+        except PrivacyBudgetExceeded as exc:
+            return _reply(P.STATUS_BUDGET_EXHAUSTED, str(exc), metrics)
         metrics["epsilon"] = epsilon(ledger.events, delta, cfg.dp.accountant.value)
-        metrics["noise-multiplier"] = plan.noise_multiplier if plan else 0.0
+        metrics["noise-multiplier"] = plan.noise_multiplier
     metrics.update({"num-examples": result.num_examples, "steps": result.steps})
     if np.isfinite(result.mean_loss):  # NaN when every Poisson batch of a tiny client was empty
         metrics["train-loss"] = result.mean_loss

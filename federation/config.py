@@ -21,6 +21,7 @@ from typing import Any
 
 from federation.errors import ConfigError
 from federation.partition import parse_partition
+from federation.privacy import Accountant  # the accountant names live with the accounting
 
 __all__ = [
     "BUILTIN_TASKS",
@@ -72,13 +73,6 @@ class SecureAggregation(StrEnum):
 
     NONE = "none"
     CKKS = "ckks"
-
-
-class Accountant(StrEnum):
-    """Privacy accountant. GDP is deliberately absent: it under-reports epsilon here."""
-
-    PRV = "prv"
-    RDP = "rdp"
 
 
 @dataclass(frozen=True)
