@@ -106,3 +106,19 @@ def test_parse_defenses_errors_name_the_key(text: str) -> None:
     assert "allowed: none, or a comma list of norm, multikrum, cosine" in str(info.value)
     with pytest.raises(ConfigError, match="defense"):
         screen(UpdateStats((0,), np.ones(1)), [1], text, f=0)  # the screen reads the same parser
+
+
+def test_the_dp_recipe_is_applied_by_from_flat_for_unset_keys_only() -> None:
+    from federation.config import DP_RECIPE, PLAIN_DEFAULTS
+
+    plain = from_flat({"lr": "auto", "batch-size": "auto"})
+    assert (plain.train.lr, plain.train.batch_size, plain.data.task) == (
+        PLAIN_DEFAULTS["lr"], PLAIN_DEFAULTS["batch-size"], "fashion-mnist")
+    dp = from_flat({"dp-epsilon": 3.0, "lr": "auto", "task": "auto"})
+    assert (dp.train.lr, dp.train.batch_size, dp.train.momentum, dp.dp.max_grad_norm,
+            dp.data.task) == (DP_RECIPE["lr"], DP_RECIPE["batch-size"], DP_RECIPE["momentum"],
+                              DP_RECIPE["max-grad-norm"], DP_RECIPE["task"])
+    mine = from_flat({"dp-noise": 1.0, "lr": 0.2, "task": "examples.breast_cancer.task:task"})
+    assert mine.train.lr == 0.2 and mine.data.task == "examples.breast_cancer.task:task"
+    assert mine.train.batch_size == DP_RECIPE["batch-size"]
+    assert from_flat(to_flat(dp)) == dp  # the resolved tree round-trips
