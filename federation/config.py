@@ -119,8 +119,9 @@ class TrainConfig:
 class DPConfig:
     """Differential privacy. Off unless ``epsilon`` or ``noise_multiplier`` is set.
 
-    ``epsilon`` is the budget of the whole planned run; noise is calibrated once for
-    rounds x local epochs at each client's own sample rate. ``delta`` of 0 means
+    ``epsilon`` is the budget of a client's whole ledger; noise is calibrated once per run
+    for the rounds left x local epochs at each client's own sample rate, paying for the
+    history the client already spent (none for a fresh client). ``delta`` of 0 means
     ``min(1e-5, 1/n)`` for a client with n records.
     """
 
