@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from flwr.app import ConfigRecord, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, ConfigRecordValues, MetricRecord, RecordDict
 
 from crypto import Preset, SecretContext, decrypt, encrypt, wire
 from crypto.keys import WrapKeyPair, load_trainer_bundle, unwrap_secret, wrap_secret
@@ -132,7 +132,7 @@ def handle_keys_wrap(content: RecordDict, state: RecordDict, run_id: int) -> Rec
             or len(recipients) != len(publics) or len(recipients) > 10_000:
         raise ProtocolError("bad wrap request")
     secret = bytes(ckks["secret"])  # type: ignore[arg-type]
-    blobs: dict[str, Any] = {}
+    blobs: dict[str, ConfigRecordValues] = {}
     for recipient, public in zip(recipients, publics, strict=True):
         if not isinstance(recipient, str) or not isinstance(public, bytes):
             raise ProtocolError("bad wrap request entry")
@@ -199,8 +199,10 @@ def _screen_challenge(content: RecordDict, state: RecordDict) -> Challenge:
     nonce, seeds = req.get(P.SCREEN_NONCE), req.get(P.SCREEN_SEEDS)
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in (round_, reps, length)):
         raise ProtocolError("screening request: round, repetitions and length must be ints")
-    if round_ != seen["round"] or seen["screened"]:
-        raise ProtocolError("screening request for another round, or a second one")
+    if round_ != seen["round"]:
+        raise ProtocolError("screening request for another round")
+    if seen["screened"]:
+        raise ProtocolError("a second screening request in this round")
     history = state.config_records.get(_STATE_SCREENED)
     last = int(history["last-round"]) if history is not None else 0  # type: ignore[arg-type]
     if int(round_) <= last:  # type: ignore[arg-type]

@@ -10,6 +10,10 @@ from typing import Final
 
 __all__ = [
     "CFG",
+    "EVAL_EXAMPLES",
+    "EVAL_LOSS",
+    "EVAL_METRIC_PREFIX",
+    "EVAL_PRIMARY",
     "GLOBAL_CIPHER",
     "GLOBAL_PLAIN",
     "KEYS",
@@ -59,6 +63,12 @@ SCREEN_LENGTH: Final = "length"  # int: values per update
 SCREEN_NONCE: Final = "nonce"  # bytes: the server's fresh nonce, drawn after all uploads
 SCREEN_SEEDS: Final = "seeds"  # list[bytes]: the uploads' seeds, in the server's order
 SCREEN_VALUES: Final = "values"  # list[int]: the key holder's n * r residues, row-major
+
+# -- evaluation fields of a reply's METRICS record (the received global model on local test data)
+EVAL_EXAMPLES: Final = "eval-examples"  # test examples evaluated (the weight of the values below)
+EVAL_LOSS: Final = "eval-loss"  # mean of the task's per-example loss
+EVAL_PRIMARY: Final = "eval-primary"  # mean of the task's primary metric (any finite number)
+EVAL_METRIC_PREFIX: Final = "eval-m-"  # eval-m-NAME: mean of the task's metric NAME
 
 # -- reply status codes (ConfigRecord STATUS, key "code") ----------------------------------------
 STATUS_OK: Final = "ok"

@@ -26,14 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from federation.config import FedConfig, from_flat
+from simulations.attacks import ATTACKS
 from simulations.simulate import with_dp_recipe
 
 __all__ = ["MATRICES", "Scenario", "markdown_table", "run_matrix", "scenarios"]
 
-# every attack of simulations.attacks; the encoding attacks (wrap, shift) only differ from an
-# honest or boosted update under CKKS, where they tamper with the ciphertext itself
-ALL_ATTACKS = ("none", "label-flip", "sign-flip", "scaling", "gaussian", "alie", "ipm", "backdoor",
-               "min-max", "min-sum", "wrap", "shift")
+# every attack of the registry; the encoding attacks (wrap, shift) only differ from an honest
+# or boosted update under CKKS, where they tamper with the ciphertext itself
+ALL_ATTACKS = ("none", *ATTACKS)  # "none": the attack-free reference run
 GUARD = "norm,multikrum,cosine"
 
 

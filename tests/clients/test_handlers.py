@@ -80,7 +80,7 @@ def test_a_key_holder_answers_one_checked_screen_request_per_round(fake_grid, re
     reply = handle_screen(_screen_request(1, seeds[:2]), ctx.state, {}, ctx.run_id)
     values = list(reply[P.SCREEN][P.SCREEN_VALUES])
     assert len(values) == 2 * 40 and all(isinstance(v, int) for v in values)
-    with pytest.raises(ProtocolError, match="another round, or a second one"):
+    with pytest.raises(ProtocolError, match="second screening request"):
         handle_screen(_screen_request(1, seeds[2:]), ctx.state, {}, ctx.run_id)
 
 
@@ -135,3 +135,24 @@ def _exact_seed_projections(secret, challenge: Challenge) -> list[int]:
         y = np.where(y > q // 2, y - q, y)
         out.extend(int(y[row == 1].sum() - y[row == -1].sum()) % q for row in z)
     return out
+
+
+def test_a_replayed_real_screen_request_is_refused(fake_grid, recorder) -> None:
+    cfg = _cfg(**{"num-clients": 3, "secure-aggregation": "ckks", "dp-noise": 0.0, "defense": "norm"})
+    grid = fake_grid(client_app, 3)
+    rec = recorder()
+    run_federation(grid, cfg, make_scheme(cfg), observer=rec)
+    assert len(rec.rounds[0].accepted) == 3  # the quorum answered the round's screening request
+    screens = [m for m in grid.sent if m.metadata.message_type == P.MSG_SCREEN]
+    asked = {m.metadata.dst_node_id for m in screens}
+    assert len(asked) == 2 == len(screens)  # --screen-quorum 2 of 3 trainers
+    real = screens[0].content
+    holder = grid.nodes[screens[0].metadata.dst_node_id]
+    with pytest.raises(ProtocolError, match="second screening request"):
+        handle_screen(RecordDict(real), holder.state, {}, holder.run_id)
+    # The trainer that was not asked answers the real request once, then never again.
+    idle = grid.nodes[(set(grid.nodes) - asked).pop()]
+    answer = handle_screen(RecordDict(real), idle.state, {}, idle.run_id)
+    assert len(answer[P.SCREEN][P.SCREEN_VALUES]) == 3 * real[P.SCREEN][P.SCREEN_REPETITIONS]  # type: ignore[operator]
+    with pytest.raises(ProtocolError, match="second screening request"):
+        handle_screen(RecordDict(real), idle.state, {}, idle.run_id)
