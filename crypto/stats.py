@@ -96,7 +96,7 @@ MAX_REPETITIONS: Final = 512
 THETA: Final = 0.25
 """Paley-Zygmund level: a repetition rejects an over-long update when ``p^2`` exceeds
 ``THETA * E[p^2]``, which happens with probability ``>= (1 - THETA)^2 / 3``. 1/4 balances
-the repetitions needed (r = 134 for 2^-40) against the certified norm gap (~23x)."""
+the repetitions needed (r = 137 for 2^-40) against the certified norm gap (~23x)."""
 
 _Z_DOMAIN: Final = b"fedguard.screen.z.v1\x00"
 _FLOOD_INFO: Final = b"fedguard.screen.flood.v1"
@@ -191,10 +191,11 @@ def screen_parameters(
     n_deg = spec.poly_degree
     chunks = -(-length // spec.values_per_chunk)
     dim = chunks * n_deg
-    # Repetitions: 3-point lemma needs 2^-r <= 2^-s; Paley-Zygmund needs
-    # (1 - (1 - THETA)^2 / 3)^r <= 2^-s. The larger wins (PZ for THETA = 1/4).
+    # Repetitions: the 3-point lemma needs 2^-r <= 2^-s; for a long unwrapped vector the
+    # error splits in two halves, Paley-Zygmund (1 - (1 - THETA)^2 / 3)^r <= 2^-(s+1) and
+    # the event that some projection is so large that it wraps (Hoeffding, 2^-(s+1)).
     pz_pass = 1.0 - (1.0 - THETA) ** 2 / 3.0
-    r = max(soundness_bits, math.ceil(soundness_bits / -math.log2(pz_pass)))
+    r = max(soundness_bits, math.ceil((soundness_bits + 1) / -math.log2(pz_pass)))
     if r > MAX_REPETITIONS:
         raise ValueError(f"soundness_bits={soundness_bits} needs {r} > {MAX_REPETITIONS} repetitions")
     # Honest coefficient norm: Parseval for the canonical embedding, ||m||^2 = 2 Delta^2
@@ -205,10 +206,14 @@ def screen_parameters(
     flood = 2**FLOOD_BITS
     t = math.ceil(alpha * honest) + flood
     coeff_bound = 2 * t
-    # Modulus requirements: the 3-point lemma needs q > 4t; a passing vector's projections
-    # must not wrap (|<z, dec>| <= 2t * D < q / 2) for the norm argument; the aggregate of
-    # max_weight passing updates must not wrap either (max_weight * 2t < q / 2).
-    need = max(4 * t, 4 * t * dim, 4 * t * max_weight)
+    # Modulus requirements: the 3-point lemma needs q > 4t; for the norm argument a vector
+    # with every coefficient <= 2t (so ||dec|| <= 2t sqrt(D)) must not wrap its projections:
+    # by Hoeffding |<z, dec>| <= alpha_w * 2t sqrt(D) except with probability 2^-(s+1), and
+    # that plus the flood must stay below q / 2; the aggregate of max_weight passing updates
+    # must not wrap either (max_weight * 2t < q / 2).
+    alpha_w = math.sqrt(2.0 * ((soundness_bits + 1) * math.log(2.0) + math.log(2.0 * r)))
+    no_wrap = 2 * (math.ceil(alpha_w * 2 * t * math.sqrt(dim)) + flood)
+    need = max(4 * t, no_wrap, 4 * t * max_weight)
     if need >= q:
         limit = norm_bound * q / need
         raise ValueError(

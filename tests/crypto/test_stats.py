@@ -38,16 +38,18 @@ def _projections(server: PublicContext, secret: SecretContext, uploads, round_: 
 
 def test_parameters_follow_the_written_argument() -> None:
     p = S.screen_parameters(PRESET, 1_000_000, 10.0)
-    # 3-point lemma needs r >= 40; Paley-Zygmund at theta = 1/4 needs 134
-    assert p.repetitions == math.ceil(40 / -math.log2(1 - 0.75**2 / 3)) == 134
-    assert (1 - 0.75**2 / 3) ** p.repetitions <= 2.0**-40
+    # 3-point lemma needs r >= 40; Paley-Zygmund at theta = 1/4 for 2^-41 needs 137
+    assert p.repetitions == math.ceil(41 / -math.log2(1 - 0.75**2 / 3)) == 137
+    assert (1 - 0.75**2 / 3) ** p.repetitions <= 2.0**-41
     # Parseval: ||m|| = Delta sqrt(2/N) ||x|| (+ noise), Hoeffding factor for 2^-40 / r
     assert p.honest_coefficient_norm > SPEC.scale * math.sqrt(2 / N) * 10.0
-    assert 4 * p.threshold * p.dimension < Q  # passing projections cannot wrap
+    alpha_w = math.sqrt(2 * (41 * math.log(2) + math.log(2 * 137)))
+    assert 2 * (alpha_w * 2 * p.threshold * math.sqrt(p.dimension) + p.flood) < Q  # no wrap
+    assert S.screen_parameters(PRESET, 11_200_000, 50.0).repetitions == 137  # ResNet-10M fits
     assert p.certified_norm == pytest.approx(23.5 * 10.0, rel=0.1)
-    assert p.sketch_relative_error == pytest.approx(math.sqrt(2 / 134))
+    assert p.sketch_relative_error == pytest.approx(math.sqrt(2 / 137))
     with pytest.raises(ValueError, match="norm_bound"):
-        S.screen_parameters(PRESET, 1_000_000, 1e4)
+        S.screen_parameters(PRESET, 1_000_000, 1e6)
     with pytest.raises(ValueError, match="single-prime"):
         S.screen_parameters(Preset.SCREENING, 1000, 1.0)
 
