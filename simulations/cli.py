@@ -218,13 +218,14 @@ def bench_dp_cmd(
 def bench_crypto_cmd(
     out: Annotated[Path, typer.Option("--out", help="JSON file to write.")] = Path("runs/bench-crypto.json"),
     quick: Annotated[bool, typer.Option("--quick", help="Small sizes (seconds, for a smoke test).")] = False,
+    rounds: Annotated[bool, typer.Option("--rounds/--no-rounds", help="Also time plaintext vs CKKS rounds (minutes).")] = True,
 ) -> None:
     """CKKS bytes per parameter, encrypt/aggregate/decrypt throughput, screening cost, round time."""
     from simulations.bench_crypto import bench_crypto_all
 
     out = out.expanduser().resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
-    result = bench_crypto_all(quick=quick)
+    result = bench_crypto_all(quick=quick, rounds=rounds)
     out.write_text(json.dumps(result, indent=2))
     console.print_json(json.dumps(result))
     console.print(f"written: {out}")
