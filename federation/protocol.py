@@ -9,9 +9,11 @@ from __future__ import annotations
 from typing import Final
 
 __all__ = [
+    "CANDIDATES",
     "CFG",
     "GLOBAL_CIPHER",
     "GLOBAL_PLAIN",
+    "GLOBAL_ROUND",
     "KEYS",
     "METRICS",
     "MSG_EVALUATE",
@@ -19,13 +21,23 @@ __all__ = [
     "MSG_KEYS_WRAP",
     "MSG_SCREEN",
     "MSG_TRAIN",
+    "MSG_VERIFY",
+    "PROVENANCE",
+    "PROV_ROUNDS",
+    "PROV_SEEDS",
+    "PROV_WEIGHTS",
     "SCREEN",
     "STATUS",
     "STATUS_BUDGET_EXHAUSTED",
     "STATUS_ERROR",
     "STATUS_OK",
+    "STATUS_REFUSED_GLOBAL",
     "UPDATE_CIPHER",
     "UPDATE_PLAIN",
+    "VOTE",
+    "VOTE_ACCEPT",
+    "VOTE_REASON",
+    "VOTE_ROUND",
 ]
 
 # -- message types ------------------------------------------------------------------------------
@@ -34,6 +46,7 @@ MSG_EVALUATE: Final = "evaluate"  # final evaluation of the last global model
 MSG_KEYS_SETUP: Final = "query.keys"  # in-band keys: every trainer sends its wrap key; one generates
 MSG_KEYS_WRAP: Final = "query.wrap"  # in-band keys: the generator wraps the secret for each trainer
 MSG_SCREEN: Final = "query.screen"  # key holders decrypt masked scalar statistics
+MSG_VERIFY: Final = "query.verify"  # attribution: trainers check candidate globals (group sums)
 
 # -- record keys ---------------------------------------------------------------------------------
 CFG: Final = "cfg"  # ConfigRecord: round, run settings the client needs
@@ -45,8 +58,23 @@ UPDATE_PLAIN: Final = "update"  # ArrayRecord: plaintext update (float32, flat)
 UPDATE_CIPHER: Final = "update-enc"  # ArrayRecord: encrypted update (uint8 envelope)
 KEYS: Final = "keys"  # ConfigRecord: public keys, wrapped secrets, public context (bytes)
 SCREEN: Final = "screen"  # ArrayRecord / MetricRecord of the screen phase
+PROVENANCE: Final = "provenance"  # ConfigRecord: which uploads (seed, weight, round) a global sums
+CANDIDATES: Final = "candidates"  # ArrayRecord: candidate globals of an attribution request
+VOTE: Final = "vote"  # ConfigRecord: a trainer's verdict on the global(s) it received
+
+# -- provenance fields (ConfigRecord PROVENANCE; candidate i prefixes them with "c{i:03d}-") -------
+PROV_SEEDS: Final = "seeds"  # bytes: the 32-byte seeds of the summed seeded uploads, concatenated
+PROV_WEIGHTS: Final = "weights"  # list[int]: each upload's integer weight
+PROV_ROUNDS: Final = "rounds"  # list[int]: the round each upload was aggregated in
+GLOBAL_ROUND: Final = "global-round"  # int (CFG): newest round whose aggregate the global includes
+
+# -- vote fields (ConfigRecord VOTE) ---------------------------------------------------------------
+VOTE_ROUND: Final = "global-round"  # int: the global-round the verdict is about
+VOTE_ACCEPT: Final = "accept"  # bool (train/evaluate) or list[bool] (verify, one per candidate)
+VOTE_REASON: Final = "reason"  # str, or list[str] for verify
 
 # -- reply status codes (ConfigRecord STATUS, key "code") ----------------------------------------
 STATUS_OK: Final = "ok"
 STATUS_BUDGET_EXHAUSTED: Final = "budget-exhausted"
 STATUS_ERROR: Final = "error"
+STATUS_REFUSED_GLOBAL: Final = "refused-global"  # the trainer refused the global it received
