@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
 from crypto import Preset, SecretContext, decrypt, encrypt, wire
 from crypto.keys import WrapKeyPair, load_trainer_bundle, unwrap_secret, wrap_secret
-from crypto.provenance import SEED_BYTES, c1_matches
+from crypto.provenance import SEED_BYTES, SeedSum, matches, seed_sum
 from crypto.stats import decrypt_scalars
 from federation import protocol as P
 from federation.aggregation import UPDATE_VALUE_BOUND, WEIGHT_DENOMINATOR, weights_within_cap
@@ -51,6 +52,7 @@ __all__ = [
 _STATE_CKKS = "fg-ckks"  # ConfigRecord {"secret": bytes}
 _STATE_WRAP = "fg-wrap"  # ConfigRecord {"private": bytes}
 _STATE_ROUND = "fg-round"  # ConfigRecord {"round", "clients", "screened"}: limits decryptions
+_STATE_SEED_SUM = "fg-seed-sum"  # ConfigRecord {"run", "digest", "sum"}: c1 of the last global
 _STATE_ATTRIBUTED = "fg-attributed"  # ConfigRecord {"rounds": [...]}: one attribution per round
 MAX_SCREEN_STATISTICS = 100_000
 MAX_PROVENANCE = 1_000_000  # uploads one global may list (rounds x clients)
@@ -208,11 +210,50 @@ def _check_rounds(weights: list[int], rounds: list[int], global_round: int, cfg:
             raise GlobalRefused("weights", f"round {r}: a weight exceeds {cap:g} x the median")
 
 
+def _digest(seeds: list[bytes], weights: list[int], rounds: list[int]) -> str:
+    h = hashlib.sha256(b"fedguard.provenance.v1\x00")
+    for seed, w, r in zip(seeds, weights, rounds, strict=True):
+        h.update(seed + w.to_bytes(8, "little") + r.to_bytes(8, "little"))
+    return h.hexdigest()
+
+
+def _expected_c1(ctx: SecretContext, state: RecordDict, run_id: int, length: int,
+                 seeds: list[bytes], weights: list[int], rounds: list[int], global_round: int,
+                 remember: bool) -> SeedSum | None:
+    """The ``c1`` the listed uploads sum to, reusing the sum of the last global verified.
+
+    Recomputing every seed of the run would cost a trainer time linear in the rounds so far;
+    the entries before the newest round are those of a global this trainer already checked,
+    so their sum (public: made from seeds alone) is kept in its state.
+    """
+    cut = next((i for i, r in enumerate(rounds) if r == global_round), len(rounds))
+    base: SeedSum | None = None
+    rec = state.config_records.get(_STATE_SEED_SUM)
+    if cut > 0 and rec is not None and rec.get("run") == run_id \
+            and rec.get("digest") == _digest(seeds[:cut], weights[:cut], rounds[:cut]):
+        raw = rec.get("sum")
+        base = SeedSum.from_bytes(raw, ctx, length) if isinstance(raw, bytes) else None
+    if base is None:
+        cut = 0
+    total = seed_sum(ctx, length, seeds[cut:], weights[cut:], base)
+    if total is not None and base is not None and total.count != len(seeds):
+        return None
+    if remember and total is not None:
+        state[_STATE_SEED_SUM] = ConfigRecord({"run": run_id, "sum": total.to_bytes(),
+                                               "digest": _digest(seeds, weights, rounds)})
+    return total
+
+
 def _decrypt_checked(ctx: SecretContext, blob: bytes, seeds: list[bytes], weights: list[int],
                      rounds: list[int], global_round: int, cfg: FedConfig,
-                     initial: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+                     initial: npt.NDArray[np.float32], state: RecordDict, run_id: int,
+                     remember: bool = False, timings: dict[str, float] | None = None
+                     ) -> npt.NDArray[np.float32]:
+    t0 = time.perf_counter()
     dim = int(initial.shape[0])
     _check_rounds(weights, rounds, global_round, cfg)
+    if len(set(seeds)) != len(seeds):
+        raise GlobalRefused("provenance", "an upload is listed twice")
     try:
         enc = wire.decode(blob, ctx, expected_length=dim,
                           max_bytes=wire.encoded_size(ctx.preset, dim, seeded=False))
@@ -220,8 +261,11 @@ def _decrypt_checked(ctx: SecretContext, blob: bytes, seeds: list[bytes], weight
         raise GlobalRefused(f"ciphertext:{exc.reason}") from None
     except KeyMismatch:
         raise GlobalRefused("ciphertext:key-mismatch") from None
-    if not c1_matches(ctx, enc, seeds, weights):
+    if not matches(enc, _expected_c1(ctx, state, run_id, dim, seeds, weights, rounds,
+                                     global_round, remember)):
         raise GlobalRefused("provenance", "the ciphertext is not the sum of the listed uploads")
+    if timings is not None:  # the cost of verification (metadata, decode, provenance)
+        timings["verify-seconds"] = timings.get("verify-seconds", 0.0) + time.perf_counter() - t0
     vec = initial.astype(np.float64) + decrypt(ctx, enc).astype(np.float64) / WEIGHT_DENOMINATOR
     return vec.astype(np.float32)
 
@@ -241,7 +285,8 @@ def _cfg_of(content: RecordDict) -> tuple[FedConfig, int, int]:
 
 
 def decrypt_global(content: RecordDict, state: RecordDict, node_config: Mapping[str, Any],
-                   run_id: int, initial: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+                   run_id: int, initial: npt.NDArray[np.float32],
+                   timings: dict[str, float] | None = None) -> npt.NDArray[np.float32]:
     """``G = G0 + S / K``: validate the metadata and provenance of ``S``, then decrypt it.
 
     Raises
@@ -264,7 +309,8 @@ def decrypt_global(content: RecordDict, state: RecordDict, node_config: Mapping[
         blob = record_bytes(content.array_records[P.GLOBAL_CIPHER], "g", max_bytes)
     except RejectedUpdate as exc:
         raise GlobalRefused(f"ciphertext:{exc.reason}") from None
-    return _decrypt_checked(ctx, blob, seeds, weights, rounds, global_round, cfg, initial)
+    return _decrypt_checked(ctx, blob, seeds, weights, rounds, global_round, cfg, initial, state,
+                            run_id, remember=True, timings=timings)
 
 
 def check_plain_global(content: RecordDict, state: RecordDict, vec: npt.NDArray[np.float32],
@@ -321,7 +367,7 @@ def decrypt_candidates(content: RecordDict, state: RecordDict, node_config: Mapp
         try:
             blob = record_bytes(arrays, key, max_bytes)
             out.append(_decrypt_checked(ctx, blob, seeds, weights, rounds, global_round, cfg,
-                                        initial))
+                                        initial, state, run_id))
         except GlobalRefused as exc:
             out.append(exc)
         except RejectedUpdate as exc:

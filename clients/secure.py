@@ -47,7 +47,7 @@ def read_global(
         from clients import encrypted
 
         t = time.perf_counter()
-        vec = encrypted.decrypt_global(content, state, node_config, run_id, initial)
+        vec = encrypted.decrypt_global(content, state, node_config, run_id, initial, timings)
         timings["decrypt-seconds"] = time.perf_counter() - t
         return vec
     raise ProtocolError("message carries no global model")

@@ -685,7 +685,7 @@ def _mean(values: Iterable[float | None]) -> float | None:
 
 
 def _sum_client_timings(results: Sequence[ClientResult]) -> dict[str, float]:
-    keys = ("train-seconds", "encrypt-seconds", "decrypt-seconds", "eval-seconds")
+    keys = ("train-seconds", "encrypt-seconds", "decrypt-seconds", "verify-seconds", "eval-seconds")
     out = {}
     for k in keys:
         vals = [r.metrics[k] for r in results if k in r.metrics]
