@@ -11,6 +11,10 @@ from typing import Final
 __all__ = [
     "CANDIDATES",
     "CFG",
+    "EVAL_EXAMPLES",
+    "EVAL_LOSS",
+    "EVAL_METRIC_PREFIX",
+    "EVAL_PRIMARY",
     "GLOBAL_CIPHER",
     "GLOBAL_PLAIN",
     "GLOBAL_ROUND",
@@ -72,6 +76,12 @@ GLOBAL_ROUND: Final = "global-round"  # int (CFG): newest round whose aggregate 
 VOTE_ROUND: Final = "global-round"  # int: the global-round the verdict is about
 VOTE_ACCEPT: Final = "accept"  # bool (train/evaluate) or list[bool] (verify, one per candidate)
 VOTE_REASON: Final = "reason"  # str, or list[str] for verify
+
+# -- evaluation fields of a reply's METRICS record (the received global model on local test data)
+EVAL_EXAMPLES: Final = "eval-examples"  # test examples evaluated (the weight of the values below)
+EVAL_LOSS: Final = "eval-loss"  # mean of the task's per-example loss
+EVAL_PRIMARY: Final = "eval-primary"  # mean of the task's primary metric (any finite number)
+EVAL_METRIC_PREFIX: Final = "eval-m-"  # eval-m-NAME: mean of the task's metric NAME
 
 # -- reply status codes (ConfigRecord STATUS, key "code") ----------------------------------------
 STATUS_OK: Final = "ok"

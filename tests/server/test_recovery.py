@@ -60,8 +60,7 @@ def test_a_deviating_server_is_refused_with_a_reason(fake_grid, recorder) -> Non
     assert scheme.global_round == 1 and scheme.global_enc is not None
     public = scheme.public
     assert public is not None
-    secret = secret_context(RecordDict(), grid.nodes[100].state, {}, grid.run_id
-                            if hasattr(grid, "run_id") else 7)
+    secret = secret_context(RecordDict(), grid.nodes[100].state, {}, grid.nodes[100].run_id)
     honest = scheme.global_records(100, 2)
     prov = honest.config_records[P.PROVENANCE]
 
