@@ -395,13 +395,15 @@ def _reference_loss(state: RecordDict, global_round: int, run_id: int) -> float 
 
 def check_global(vec: npt.NDArray[np.float32], model: torch.nn.Module, data: LocalData,
                  cfg: FedConfig, state: RecordDict, global_round: int,
-                 *, run_id: int = 0, remember: bool = True) -> dict[str, float]:
+                 *, run_id: int = 0, remember: bool = True,
+                 loss_ratio: float | None = None) -> dict[str, float]:
     """Check a received global model before it is used; return its evaluation metrics.
 
     The model must be finite with ``|value| <= verify-value-bound``, and its loss on the local
     evaluation split (in nats) at most ``verify-max-loss-ratio`` times the loss of the newest
-    global this trainer accepted before (rounds before ``global_round``). An accepted global's
-    loss is remembered (``remember``) as the reference for the next one.
+    global this trainer accepted before (rounds before ``global_round``); ``loss_ratio``
+    replaces that bound (attribution candidates use ``verify-group-loss-ratio``). An accepted
+    global's loss is remembered (``remember``) as the reference for the next one.
 
     Raises
     ------
@@ -416,8 +418,9 @@ def check_global(vec: npt.NDArray[np.float32], model: torch.nn.Module, data: Loc
     loss, ref = metrics[P.EVAL_LOSS], _reference_loss(state, global_round, run_id)
     if not np.isfinite(loss):
         raise GlobalRefused("loss-regression", "the loss is not finite")
-    if ref is not None and loss > cfg.recover.max_loss_ratio * ref:
-        raise GlobalRefused("loss-regression", f"loss {loss:.4f} > {cfg.recover.max_loss_ratio:g} "
+    ratio = cfg.recover.max_loss_ratio if loss_ratio is None else loss_ratio
+    if ref is not None and loss > ratio * ref:
+        raise GlobalRefused("loss-regression", f"loss {loss:.4f} > {ratio:g} "
                             f"x {ref:.4f} of the previous global")
     if remember:
         kept = {**_kept_losses(state, run_id), global_round: float(loss)}
@@ -480,7 +483,7 @@ def handle_verify(content: RecordDict, state: RecordDict, node_config: Mapping[s
             if isinstance(cand, GlobalRefused):
                 raise cand
             check_global(cand, model, data, cfg, state, global_round, run_id=run_id,
-                         remember=False)
+                         remember=False, loss_ratio=cfg.recover.group_loss_ratio)
             accept.append(True)
             reasons.append("")
         except GlobalRefused as exc:
