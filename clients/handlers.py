@@ -24,7 +24,8 @@ from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
 from clients import secure
 from clients.ledger import LedgerFile, ledger_from_state, ledger_to_state
-from clients.training import DPPlan, evaluate, train_local
+from clients.private import dp_plan
+from clients.training import evaluate, train_local
 from federation import protocol as P
 from federation.config import FLAT_KEYS, FedConfig, SecureAggregation, from_flat
 from federation.data import normalize
@@ -32,7 +33,6 @@ from federation.errors import ConfigError, FedguardError, PrivacyBudgetExceeded
 from federation.privacy import (
     PrivacyEvent,
     PrivacyLedger,
-    calibrate_noise,
     check_budget,
     default_delta,
     epsilon,
@@ -56,7 +56,6 @@ __all__ = ["NO_HOOKS", "ClientHooks", "LocalData", "handle_evaluate", "handle_tr
 
 log = logging.getLogger("fedguard.client")
 LEDGER_KEY = "privacy-ledger"
-_DP_CACHE = "fg-dp-calibration"
 
 
 @dataclass(frozen=True)
@@ -175,29 +174,6 @@ def _ledger(state: RecordDict, node_config: Mapping[str, Any]) -> tuple[PrivacyL
     return ledger, file
 
 
-def _dp_plan(cfg: FedConfig, n: int, state: RecordDict) -> tuple[DPPlan | None, float, float]:
-    """Noise multiplier (calibrated once for the whole planned run), sample rate and delta."""
-    if not cfg.dp.enabled:
-        return None, 0.0, 0.0
-    q, per_epoch = poisson_schedule(n, cfg.train.batch_size)
-    delta = cfg.dp.delta or default_delta(n)
-    if cfg.dp.noise_multiplier > 0:
-        sigma = cfg.dp.noise_multiplier
-    else:
-        steps = cfg.run.rounds * cfg.train.local_epochs * per_epoch
-        # Calibration takes seconds; a deployment runs each message in a fresh process, so the
-        # result is kept in the node's state (it depends only on these public numbers).
-        key = f"{cfg.dp.epsilon!r}|{delta!r}|{q!r}|{steps}|{cfg.dp.accountant.value}"
-        cache = state.config_records.get(_DP_CACHE)
-        cached = cache.get(key) if cache is not None else None
-        if isinstance(cached, float):
-            sigma = cached
-        else:
-            sigma = calibrate_noise(cfg.dp.epsilon, delta, q, steps, cfg.dp.accountant.value)
-            state[_DP_CACHE] = ConfigRecord({key: sigma})
-    return DPPlan(noise_multiplier=sigma, max_grad_norm=cfg.dp.max_grad_norm), q, delta
-
-
 def _reply(
     status: str, reason: str, metrics: dict[str, float], arrays: dict[str, Any] | None = None
 ) -> RecordDict:
@@ -249,7 +225,7 @@ def handle_train(
 
         note_round(state, round_, cfg.run.clients)
 
-    plan, q, delta = _dp_plan(cfg, len(data.train_y), state)
+    plan, q, delta = dp_plan(cfg, len(data.train_y), state)
     ledger, ledger_file = _ledger(state, node_config)
     event: PrivacyEvent | None = None
     if plan is not None:

@@ -34,6 +34,7 @@ from federation.aggregation import integer_weights
 from federation.config import FedConfig, to_flat
 from federation.errors import ProtocolError, RejectedUpdate
 from federation.robust import Decision, screen
+from server.replies import describe_error_reply
 from server.schemes import Scheme
 
 __all__ = [
@@ -185,7 +186,7 @@ def exchange(
             log.warning("ignoring an unexpected or duplicate reply")
             continue
         if reply.has_error():
-            lost[node] = f"error-reply: code {reply.error.code}: {reply.error.reason[:200]}"
+            lost[node] = describe_error_reply(reply.error.code, reply.error.reason)
         elif not reply.has_content():
             lost[node] = "empty-reply"
         else:

@@ -110,10 +110,18 @@ def _pct(v: float | None) -> str:
 def run_simulation_cli(cfg: FedConfig) -> dict[str, Any]:
     """Run a simulation with a header and per-round progress; exit non-zero on failure."""
     from federation.data import load_fashion_mnist
+    from federation.tasks import FASHION_MNIST, FASHION_MNIST_TANH, build_model, resolve_task
     from simulations.simulate import simulate as run_sim
 
+    try:  # the same resolution every Ray worker will do: fail here, naming the key
+        task = resolve_task(cfg.data.task)
+        build_model(task, cfg.run.seed)
+    except ConfigError as exc:
+        _fail(f"--{exc.key}: {str(exc).split(': ', 1)[1]}")
+    source = f"the task's own ({task.name})"
     try:
-        source = load_fashion_mnist(cfg.data.data_dir or None).source
+        if task in (FASHION_MNIST, FASHION_MNIST_TANH):
+            source = load_fashion_mnist(cfg.data.data_dir or None).source
     except FedguardError as exc:
         _fail(str(exc))
     console.print(
