@@ -216,6 +216,23 @@ def bench_dp_cmd(
     console.print(f"written: {out}")
 
 
+@bench_app.command("models")
+def bench_models_cmd(
+    out: Annotated[Path, typer.Option("--out", help="JSON file to write.")] = Path("runs/bench-models.json"),
+    task: Annotated[list[str] | None, typer.Option("--task", help="Model size(s): resnet-1m, resnet-10m.")] = None,
+    clients: Annotated[int, typer.Option("--clients")] = 3,
+    rounds: Annotated[int, typer.Option("--rounds", help="Rounds per simulation (resnet-10m: 1, CKKS only).")] = 3,
+) -> None:
+    """Per model size: DP/plain epoch, fused-engine coverage, encrypted/plaintext round, memory."""
+    from simulations.bench_dp import bench_models
+
+    out = out.expanduser().resolve()
+    result = bench_models(out, tasks=tuple(task or ("resnet-1m", "resnet-10m")), clients=clients,
+                          rounds=rounds)
+    console.print_json(json.dumps(result))
+    console.print(f"written: {out}")
+
+
 @bench_app.command("crypto")
 def bench_crypto_cmd(
     out: Annotated[Path, typer.Option("--out", help="JSON file to write.")] = Path("runs/bench-crypto.json"),
