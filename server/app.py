@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -200,7 +201,11 @@ def make_server_app(overrides: Mapping[str, Any] | None = None,
     def main(grid: Grid, context: Context) -> None:
         flat = {**dict(context.run_config), **dict(overrides or {})}
         resume_flag = bool(flat.pop("resume", False)) or resume
-        cfg = resolve_for_run(from_flat(flat), grid)
+        try:
+            cfg = resolve_for_run(from_flat(flat), grid)
+        except ConfigError as exc:  # one line naming the key, not a traceback
+            print(f"fedguard: bad setting: {exc}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
         run_server(fast_polling(grid), cfg, resume=resume_flag, progress=progress)
 
     return server_app
