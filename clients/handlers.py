@@ -23,17 +23,17 @@ import torch
 from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
 from clients import secure
-from clients.ledger import LedgerFile, ledger_from_state, ledger_to_state
-from clients.private import dp_plan
+from clients.ledger import LedgerFile, load_ledger, record_event
+from clients.private import LEDGER_KEY, dp_plan
 from clients.training import evaluate, train_local
 from federation import protocol as P
 from federation.config import FLAT_KEYS, FedConfig, SecureAggregation, from_flat
 from federation.data import normalize
 from federation.errors import ConfigError, FedguardError, PrivacyBudgetExceeded
 from federation.privacy import (
+    PrivacyBudget,
     PrivacyEvent,
     PrivacyLedger,
-    check_budget,
     default_delta,
     epsilon,
     poisson_schedule,
@@ -55,7 +55,6 @@ __all__ = ["NO_HOOKS", "ClientHooks", "LocalData", "handle_evaluate", "handle_tr
            "raw_partition"]
 
 log = logging.getLogger("fedguard.client")
-LEDGER_KEY = "privacy-ledger"
 
 
 @dataclass(frozen=True)
@@ -168,10 +167,7 @@ def _set_threads() -> None:
 def _ledger(state: RecordDict, node_config: Mapping[str, Any]) -> tuple[PrivacyLedger, LedgerFile | None]:
     path = node_config.get("ledger-file") or ""
     file = LedgerFile(Path(str(path))) if path else None
-    ledger = ledger_from_state(state, LEDGER_KEY)
-    if file is not None:
-        ledger = ledger.merge(file.load())
-    return ledger, file
+    return load_ledger(state, LEDGER_KEY, file), file
 
 
 def _reply(
@@ -225,16 +221,21 @@ def handle_train(
 
         note_round(state, round_, cfg.run.clients)
 
-    plan, q, delta = dp_plan(cfg, len(data.train_y), state)
     ledger, ledger_file = _ledger(state, node_config)
+    try:
+        plan, q, delta = dp_plan(cfg, len(data.train_y), state, ledger, run_id, round_)
+    except PrivacyBudgetExceeded as exc:
+        return _reply(P.STATUS_BUDGET_EXHAUSTED, str(exc), metrics)
     event: PrivacyEvent | None = None
+    budget: PrivacyBudget | None = None
     if plan is not None:
         steps = cfg.train.local_epochs * poisson_schedule(len(data.train_y), cfg.train.batch_size)[1]
         event = PrivacyEvent(plan.noise_multiplier, q, steps, f"run{run_id}/round{round_}")
         metrics["epsilon"] = epsilon(ledger.events, delta, cfg.dp.accountant.value) if ledger.events else 0.0
         if cfg.dp.epsilon > 0:
-            try:
-                check_budget(ledger, event, cfg.dp.epsilon, delta, cfg.dp.accountant.value)
+            budget = PrivacyBudget(cfg.dp.epsilon, delta, cfg.dp.accountant)
+            try:  # refuse early, before spending seconds on training; re-checked under the lock
+                budget.check(ledger, event)
             except PrivacyBudgetExceeded as exc:
                 return _reply(P.STATUS_BUDGET_EXHAUSTED, str(exc), metrics)
 
@@ -253,16 +254,17 @@ def handle_train(
     if not np.all(np.isfinite(update)):
         return _reply(P.STATUS_ERROR, "training produced non-finite parameters", metrics)
 
-    if event is not None:
-        # Record what training actually did (it follows the same Poisson schedule).
-        event = PrivacyEvent(plan.noise_multiplier, result.sample_rate, result.steps,  # type: ignore[union-attr]
-                             event.label)
-        if ledger_file is not None:
-            ledger_file.append(event)
-        ledger = ledger.append(event)
-        ledger_to_state(state, LEDGER_KEY, ledger)
+    if event is not None and plan is not None:
+        # Record what training actually did (it follows the same Poisson schedule). The whole
+        # history is synced, and the budget re-checked against the file under its lock: another
+        # run on this node may have spent since the early check.
+        event = PrivacyEvent(plan.noise_multiplier, result.sample_rate, result.steps, event.label)
+        try:
+            ledger = record_event(state, LEDGER_KEY, event, ledger_file, budget=budget)
+        except PrivacyBudgetExceeded as exc:
+            return _reply(P.STATUS_BUDGET_EXHAUSTED, str(exc), metrics)
         metrics["epsilon"] = epsilon(ledger.events, delta, cfg.dp.accountant.value)
-        metrics["noise-multiplier"] = plan.noise_multiplier if plan else 0.0
+        metrics["noise-multiplier"] = plan.noise_multiplier
     metrics.update({"num-examples": result.num_examples, "steps": result.steps})
     if np.isfinite(result.mean_loss):  # NaN when every Poisson batch of a tiny client was empty
         metrics["train-loss"] = result.mean_loss

@@ -45,14 +45,10 @@ from federation.arrays import ArrayLayout
 from federation.config import SecureAggregation
 from federation.errors import FedguardError, PrivacyBudgetExceeded, RejectedUpdate
 
-__all__ = ["ARRAYS", "CONFIG", "NUM_EXAMPLES", "enable_fedguard", "fedguard_mod"]
+__all__ = ["enable_fedguard", "fedguard_mod"]
 
 log = logging.getLogger("fedguard.client")
 
-# Flower's standard record names and the sample-count key its strategies weight by.
-ARRAYS = "arrays"
-CONFIG = "config"
-NUM_EXAMPLES = "num-examples"
 _STATE_INITIAL = "fg-initial-arrays"  # ArrayRecord: the public initial model (its layout too)
 
 CallNext = Callable[[Message, Context], Message]
@@ -70,7 +66,7 @@ def _reply(msg: Message, code: str, reason: str, metrics: dict[str, float],
 
 
 def _initial(content: RecordDict, state: RecordDict) -> ArrayRecord:
-    rec = content.array_records.get(ARRAYS)
+    rec = content.array_records.get(P.ARRAYS)
     if rec is not None:  # the node's first message from this run carries the public G0
         state[_STATE_INITIAL] = rec
         return rec
@@ -99,9 +95,9 @@ def _global(msg: Message, context: Context, timings: dict[str, float]) -> tuple[
 
 
 def _for_user(msg: Message, layout: ArrayLayout, vec: np.ndarray) -> Message:
-    rd = RecordDict({ARRAYS: layout.unflatten(vec)})
-    user_cfg = msg.content.config_records.get(CONFIG)
-    rd[CONFIG] = user_cfg if user_cfg is not None else ConfigRecord({})
+    rd = RecordDict({P.ARRAYS: layout.unflatten(vec)})
+    user_cfg = msg.content.config_records.get(P.CONFIG)
+    rd[P.CONFIG] = user_cfg if user_cfg is not None else ConfigRecord({})
     rd[P.CFG] = msg.content.config_records[P.CFG]  # read by clients.private.dp_train
     msg.content = rd  # same metadata: the partner's reply still answers the server's message
     return msg
@@ -119,24 +115,24 @@ def _train(msg: Message, context: Context, call_next: CallNext) -> Message:
     if out.has_error():
         return _reply(msg, P.STATUS_ERROR, "the partner's train function failed", {})
     content = out.content
-    if ARRAYS not in content.array_records:
+    if P.ARRAYS not in content.array_records:
         return _reply(msg, P.STATUS_ERROR, "the train function returned no 'arrays' record", {})
     metrics: dict[str, float] = {}
     for rec in content.metric_records.values():
         for k, v in rec.items():
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 metrics[k] = float(v)
-    if NUM_EXAMPLES not in metrics:
+    if P.NUM_EXAMPLES not in metrics:
         return _reply(msg, P.STATUS_ERROR, "the train function's metrics have no 'num-examples'",
                       {})
-    new_vec = layout.flatten(content.array_records[ARRAYS])  # RejectedUpdate if it changed shape
+    new_vec = layout.flatten(content.array_records[P.ARRAYS])  # RejectedUpdate if it changed shape
     update = (new_vec - global_vec).astype(np.float32)
     if not np.all(np.isfinite(update)):
         return _reply(msg, P.STATUS_ERROR, "training produced non-finite parameters", metrics)
     metrics.update(timings)
     metrics["train-seconds"] = train_seconds
     if cfg.dp.enabled:
-        metrics["epsilon"] = spent_epsilon(context, cfg, int(metrics[NUM_EXAMPLES]))
+        metrics["epsilon"] = spent_epsilon(context, cfg, int(metrics[P.NUM_EXAMPLES]))
     arrays = secure.encode_update(update, context.state, cfg, metrics)
     return _reply(msg, P.STATUS_OK, "", metrics, arrays)
 

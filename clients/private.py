@@ -29,9 +29,10 @@ from federation import protocol as P
 from federation.config import FLAT_KEYS, FedConfig, from_flat
 from federation.errors import ConfigError
 from federation.privacy import (
+    PrivacyBudget,
     PrivacyEvent,
-    calibrate_noise,
-    check_budget,
+    PrivacyLedger,
+    calibrate_for_plan,
     default_delta,
     epsilon,
     poisson_schedule,
@@ -58,12 +59,16 @@ def config_of(content: RecordDict) -> tuple[FedConfig, int]:
     return from_flat({k: v for k, v in rec.items() if k in FLAT_KEYS}), round_
 
 
-def dp_plan(cfg: FedConfig, n: int, state: RecordDict) -> tuple[DPPlan | None, float, float]:
-    """Noise multiplier (calibrated once for the whole planned run), sample rate and delta.
+def dp_plan(
+    cfg: FedConfig, n: int, state: RecordDict, ledger: PrivacyLedger, run_id: int, round_: int
+) -> tuple[DPPlan | None, float, float]:
+    """Noise multiplier (calibrated once per run, for its remaining rounds), sample rate, delta.
 
-    ``(None, 0, 0)`` when DP is off. The calibration targets ``dp-epsilon`` over
-    ``rounds x local-epochs`` epochs of ``ceil(n / batch-size)`` Poisson steps at rate
-    ``batch-size / n``; it is cached in node state (it depends only on public numbers).
+    ``(None, 0, 0)`` when DP is off. The calibration targets ``dp-epsilon`` over the rounds
+    left (``rounds - round + 1``) x ``local-epochs`` epochs of ``ceil(n / batch-size)``
+    Poisson steps at rate ``batch-size / n``, paying for the recorded ``ledger`` history; it is
+    cached in node state for the rest of the run. Raises :class:`PrivacyBudgetExceeded` if
+    the history leaves no room for the rest of the run.
     """
     if not cfg.dp.enabled:
         return None, 0.0, 0.0
@@ -72,15 +77,22 @@ def dp_plan(cfg: FedConfig, n: int, state: RecordDict) -> tuple[DPPlan | None, f
     if cfg.dp.noise_multiplier > 0:
         sigma = cfg.dp.noise_multiplier
     else:
-        steps = cfg.run.rounds * cfg.train.local_epochs * per_epoch
-        # Calibration takes seconds; a deployment runs each message in a fresh process.
-        key = f"{cfg.dp.epsilon!r}|{delta!r}|{q!r}|{steps}|{cfg.dp.accountant.value}"
+        # The first round this node trains in a run (or the first after a restart lost the node
+        # state) plans the rounds left, paying for the whole recorded history: a node that
+        # rejoins or resumes must not plan more ε than it has left.
+        rounds_left = max(1, cfg.run.rounds - round_ + 1)
+        steps = rounds_left * cfg.train.local_epochs * per_epoch
+        # Calibration takes seconds; a deployment runs each message in a fresh process, so the
+        # result is kept in the node's state for the rest of the run.
+        key = (f"run{run_id}|{cfg.dp.epsilon!r}|{delta!r}|{q!r}|{cfg.run.rounds}|"
+               f"{cfg.train.local_epochs}|{cfg.dp.accountant.value}")
         cache = state.config_records.get(_DP_CACHE)
         cached = cache.get(key) if cache is not None else None
         if isinstance(cached, float):
             sigma = cached
         else:
-            sigma = calibrate_noise(cfg.dp.epsilon, delta, q, steps, cfg.dp.accountant.value)
+            budget = PrivacyBudget(cfg.dp.epsilon, delta, cfg.dp.accountant)
+            sigma = calibrate_for_plan(budget, q, steps, ledger.events)
             state[_DP_CACHE] = ConfigRecord({key: sigma})
     return DPPlan(noise_multiplier=sigma, max_grad_norm=cfg.dp.max_grad_norm), q, delta
 
@@ -176,16 +188,18 @@ def dp_train(
         lr=lr if lr is not None else cfg.train.lr,
         momentum=momentum if momentum is not None else cfg.train.momentum))
     task = Task("partner", lambda: model, _no_data, loss=loss or cross_entropy_loss)
-    plan, q, delta = dp_plan(cfg_batch, n, context.state)
     file = _ledger_file(context.node_config)
+    ledger = load_ledger(context.state, LEDGER_KEY, file)
+    round_ = round_ or len(ledger.events) + 1
+    plan, q, delta = dp_plan(cfg_batch, n, context.state, ledger, context.run_id, round_)
     event: PrivacyEvent | None = None
+    budget: PrivacyBudget | None = None
     if plan is not None:
-        ledger = load_ledger(context.state, LEDGER_KEY, file)
         steps = cfg_batch.train.local_epochs * poisson_schedule(n, batch_size)[1]
-        label = f"run{context.run_id}/round{round_ or len(ledger.events) + 1}"
-        event = PrivacyEvent(plan.noise_multiplier, q, steps, label)
+        event = PrivacyEvent(plan.noise_multiplier, q, steps, f"run{context.run_id}/round{round_}")
         if cfg.dp.epsilon > 0:
-            check_budget(ledger, event, cfg.dp.epsilon, delta, cfg.dp.accountant.value)
+            budget = PrivacyBudget(cfg.dp.epsilon, delta, cfg.dp.accountant)
+            budget.check(ledger, event)  # refuse before training; re-checked under the lock
     result = train_local(
         model, x, y, epochs=cfg_batch.train.local_epochs, batch_size=batch_size,
         lr=cfg_batch.train.lr, momentum=cfg_batch.train.momentum,
@@ -194,6 +208,6 @@ def dp_train(
     if event is not None and plan is not None:
         record_event(context.state, LEDGER_KEY,
                      PrivacyEvent(plan.noise_multiplier, result.sample_rate, result.steps,
-                                  event.label), file)
+                                  event.label), file, budget=budget)
     return result
 

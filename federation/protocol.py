@@ -9,7 +9,9 @@ from __future__ import annotations
 from typing import Final
 
 __all__ = [
+    "ARRAYS",
     "CFG",
+    "CONFIG",
     "EVAL_EXAMPLES",
     "EVAL_LOSS",
     "EVAL_METRIC_PREFIX",
@@ -23,6 +25,7 @@ __all__ = [
     "MSG_KEYS_WRAP",
     "MSG_SCREEN",
     "MSG_TRAIN",
+    "NUM_EXAMPLES",
     "SCREEN",
     "STATUS",
     "STATUS_BUDGET_EXHAUSTED",
@@ -49,6 +52,12 @@ UPDATE_PLAIN: Final = "update"  # ArrayRecord: plaintext update (float32, flat)
 UPDATE_CIPHER: Final = "update-enc"  # ArrayRecord: encrypted update (uint8 envelope)
 KEYS: Final = "keys"  # ConfigRecord: public keys, wrapped secrets, public context (bytes)
 SCREEN: Final = "screen"  # ArrayRecord / MetricRecord of the screen phase
+
+# -- Flower's standard record names and sample-count key (what its strategies and mods use); the
+# partner-app building blocks (clients/mods.py, server/strategy.py) speak them to user code
+ARRAYS: Final = "arrays"  # ArrayRecord: the model as named arrays (a state_dict)
+CONFIG: Final = "config"  # ConfigRecord: the user strategy's train / evaluate config
+NUM_EXAMPLES: Final = "num-examples"  # MetricRecord key: examples a reply is weighted by
 
 # -- evaluation fields of a reply's METRICS record (the received global model on local test data)
 EVAL_EXAMPLES: Final = "eval-examples"  # test examples evaluated (the weight of the values below)

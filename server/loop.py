@@ -33,7 +33,7 @@ from federation import protocol as P
 from federation.aggregation import integer_weights
 from federation.config import FedConfig, to_flat
 from federation.errors import ProtocolError, RejectedUpdate
-from federation.robust import Decision, screen
+from federation.robust import Decision, max_krum_f, screen
 from server.replies import describe_error_reply
 from server.schemes import Scheme
 
@@ -186,6 +186,8 @@ def exchange(
             log.warning("ignoring an unexpected or duplicate reply")
             continue
         if reply.has_error():
+            # Flower types the reason ``str | None`` and a Ray failure sends a whole coloured
+            # traceback: one readable line either way (a reply without one must not end the run).
             lost[node] = describe_error_reply(reply.error.code, reply.error.reason)
         elif not reply.has_content():
             lost[node] = "empty-reply"
@@ -423,7 +425,7 @@ def _decide(grid: GridLike, cfg: FedConfig, scheme: Scheme, candidates: list[Cli
     if not cfg.defense.defenses or not candidates:
         return {i: Decision(i, True, c, (), {}) for i, c in zip(ids, counts, strict=True)}
     n = len(candidates)
-    f = cfg.defense.max_malicious if cfg.defense.max_malicious >= 0 else max((n - 3) // 2, 0)
+    f = cfg.defense.max_malicious if cfg.defense.max_malicious >= 0 else max_krum_f(n)
     stats = scheme.statistics(grid, {r.node_id: r.payload for r in candidates}, rnd)
     # under DP an update's size is mostly its noise, so Multi-Krum compares directions
     decisions = screen(stats, dict(zip(ids, counts, strict=True)), cfg.defense.defenses, f=f,

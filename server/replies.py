@@ -44,7 +44,7 @@ def describe_error_reply(code: int | None, reason: str | None) -> str:
         if m and name not in _WRAPPERS:  # ...once Flower's and Ray's wrappers are peeled off
             found = f"{name}: {m.group(3)}".rstrip(": ")
             break
-    detail = found or (lines[-1] if lines else "no reason given")
+    detail = found or (lines[-1] if lines else "no reason")
     if found.startswith("KeyError"):
         detail += f" ({NOT_FEDGUARD_CAPABLE}?)"
     detail = " ".join(detail.split())

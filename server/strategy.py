@@ -45,7 +45,7 @@ from federation.aggregation import integer_weights
 from federation.arrays import ArrayLayout
 from federation.config import FLAT_KEYS, FedConfig, SecureAggregation, from_flat, to_flat
 from federation.errors import ConfigError, ProtocolError, RejectedUpdate
-from federation.robust import Decision, screen
+from federation.robust import Decision, max_krum_f, screen
 from server.loop import RoundReport, RunResult
 from server.replies import NOT_FEDGUARD_CAPABLE, describe_error_reply
 from server.schemes import PlaintextScheme, Scheme
@@ -54,9 +54,6 @@ __all__ = ["FedguardStrategy", "fedguard_config"]
 
 log = logging.getLogger("fedguard.server")
 
-ARRAYS = "arrays"  # Flower's standard record names
-CONFIG = "config"
-NUM_EXAMPLES = "num-examples"
 
 
 def fedguard_config(run_config: Mapping[str, Any]) -> dict[str, Any]:
@@ -173,10 +170,10 @@ class FedguardStrategy(Strategy):
             rd = self.scheme.global_records(node, server_round)
             rd.array_records.pop(P.GLOBAL_PLAIN, None)  # the first message carries `arrays`
             if node not in self._has_initial:
-                rd[ARRAYS] = self._initial
+                rd[P.ARRAYS] = self._initial
                 self._has_initial.add(node)
-            user_cfg = msg.content.config_records.get(CONFIG)
-            rd[CONFIG] = user_cfg if user_cfg is not None else ConfigRecord({})
+            user_cfg = msg.content.config_records.get(P.CONFIG)
+            rd[P.CONFIG] = user_cfg if user_cfg is not None else ConfigRecord({})
             rd[P.CFG] = ConfigRecord({**flat, "round": server_round, "node-id": node})
             out.append(Message(rd, dst_node_id=node, message_type=msg.metadata.message_type,
                                group_id=str(server_round)))
@@ -277,7 +274,7 @@ class FedguardStrategy(Strategy):
             raise RejectedUpdate("malformed", "reply has no metrics record")
         metrics = {k: float(v) for k, v in rec.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        n = metrics.get(NUM_EXAMPLES)
+        n = metrics.get(P.NUM_EXAMPLES)
         if n is None or not (1 <= n <= 1e9) or n != int(n):
             raise RejectedUpdate("bad-sample-count", f"{n!r}")
         payload = self.scheme.parse_update(self._node_of(reply), content)
@@ -291,7 +288,7 @@ class FedguardStrategy(Strategy):
             return {i: Decision(i, True, counts[i], (), {}) for i in ids}
         f = self.cfg.defense.max_malicious
         if f < 0:
-            f = max((len(ids) - 3) // 2, 0)
+            f = max_krum_f(len(ids))
         stats = self.scheme.statistics(self._grid, payloads, rnd)
         decisions = screen(stats, {i: counts[i] for i in ids}, self.cfg.defense.defenses, f=f,
                            angular_krum=self.cfg.dp.enabled)
@@ -310,7 +307,7 @@ class FedguardStrategy(Strategy):
             elif P.STATUS in reply.content.config_records:
                 status = reply.content.config_records[P.STATUS]
                 why = f"{status.get('code')!s:.40}: {str(status.get('reason', ''))[:300]}"
-            elif NUM_EXAMPLES not in next(iter(reply.content.metric_records.values()), {}):
+            elif P.NUM_EXAMPLES not in next(iter(reply.content.metric_records.values()), {}):
                 why = "evaluation reply has no metrics with 'num-examples'"
             if why:
                 self._audit([{"round": server_round, "node": node, "event": "eval-refused",
@@ -357,10 +354,10 @@ class _Refused(Exception):
 
 def _weighted_metrics(rows: list[dict[str, float]], weights: list[int]) -> dict[str, float]:
     total = float(sum(weights))
-    keys = sorted({k for r in rows for k in r if k != NUM_EXAMPLES})
+    keys = sorted({k for r in rows for k in r if k != P.NUM_EXAMPLES})
     out = {k: sum(r.get(k, 0.0) * w for r, w in zip(rows, weights, strict=True)) / total
            for k in keys}
     if any("epsilon" in r for r in rows):
         out["epsilon"] = max(r.get("epsilon", 0.0) for r in rows)  # the worst client's ε
-    out[NUM_EXAMPLES] = total
+    out[P.NUM_EXAMPLES] = total
     return out

@@ -86,6 +86,10 @@ def simulate(
 
 
 def _client_app_for(cfg: FedConfig) -> Any:
+    if cfg.attack.attack:
+        from simulations.adversary import check_attack
+
+        check_attack(cfg.attack.attack)  # the registry is the one list of attack names
     if cfg.attack.attack and cfg.attack.malicious > 0:
         from simulations.adversary import make_adversarial_client_app
 

@@ -30,6 +30,6 @@ def test_an_unregistered_fedguard_message_type_names_the_missing_handler() -> No
 
 
 def test_a_reply_without_a_reason_and_a_plain_reason() -> None:
-    assert describe_error_reply(5, None) == "error-reply: code 5: no reason given"
+    assert describe_error_reply(5, None) == "error-reply: code 5: no reason"
     assert describe_error_reply(3, "node lost") == "error-reply: code 3: node lost"
     assert len(describe_error_reply(1, "x" * 5000)) < 340
