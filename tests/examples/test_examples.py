@@ -49,13 +49,15 @@ def test_breast_cancer_four_hospitals_dp_ckks_filter(tmp_path: Path) -> None:
 
 
 def test_a_bad_task_import_string_fails_the_command_naming_the_key(tmp_path: Path) -> None:
-    cmd = [sys.executable, "-m", "simulations.cli", "simulate", "--task", "examples.nope:task",
-           "--out", str(tmp_path / "run")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=_env(tmp_path),
-                          cwd=ROOT)
-    assert proc.returncode == 2
-    assert "--task: cannot import module 'examples.nope'" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    from typer.testing import CliRunner
+
+    from simulations.cli import app
+
+    result = CliRunner().invoke(app, ["simulate", "--task", "examples.nope:task", "--out",
+                                      str(tmp_path / "run")])
+    assert result.exit_code == 2
+    assert "--task: cannot import module 'examples.nope'" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "run").exists()
 
 
 def test_quickstart_app_converted_by_mod_and_strategy(tmp_path: Path) -> None:
