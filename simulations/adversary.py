@@ -29,10 +29,11 @@ from federation import protocol as P
 from federation.config import FedConfig
 from federation.data import normalize
 from federation.errors import ConfigError
-from federation.records import bytes_record, record_bytes
+from federation.records import bytes_record, record_bytes, vector_record
 from federation.tasks import build_model, flatten_params, load_flat_params
 from simulations.attacks import (
     AttackContext,
+    Garbage,
     UploadAttack,
     attack_success_rate,
     make_attack,
@@ -121,6 +122,9 @@ def hooks_for(cfg: FedConfig, node_config: Mapping[str, Any]) -> ClientHooks:
     if pid not in select_malicious(num, cfg.attack.malicious, cfg.run.seed):
         return ClientHooks(extra_eval=extra)
     attack = make_attack(name, **params)
+    if isinstance(attack, Garbage):  # replaces the upload itself, after encryption
+        return ClientHooks(poison_upload=functools.partial(_garbage_upload, attack, cfg.run.seed, pid),
+                           extra_eval=extra)
     if name == "label-flip":  # pure data poisoning: the update is left as trained
         return ClientHooks(poison_data=attack.poison_data, extra_eval=extra)
     poisons_data = backdoor
@@ -161,6 +165,16 @@ def _tamper_ciphertext(arrays: dict[str, Any], state: Any, attack: UploadAttack,
     blob = record_bytes(arrays[P.UPDATE_CIPHER], "u", 1 << 31)
     enc = wire.decode(blob, secret, expected_length=None, max_bytes=len(blob))
     return {**arrays, P.UPDATE_CIPHER: bytes_record({"u": wire.encode(attack.poison_upload(enc, ctx))})}
+
+
+def _garbage_upload(attack: Garbage, seed: int, pid: int, arrays: dict[str, Any],
+                    info: dict[str, Any]) -> dict[str, Any]:
+    rng = np.random.default_rng([seed, pid, int(info["round"]), 7])
+    if P.UPDATE_CIPHER in arrays:
+        honest = bytes(arrays[P.UPDATE_CIPHER]["u"].data)
+        return {**arrays, P.UPDATE_CIPHER: bytes_record({"u": attack.garbage_envelope(honest, rng)})}
+    dim = int(arrays[P.UPDATE_PLAIN]["v"].shape[0])
+    return {**arrays, P.UPDATE_PLAIN: vector_record(attack.garbage_update(dim, rng))}
 
 
 def make_adversarial_client_app(cfg: FedConfig) -> Any:
