@@ -14,7 +14,7 @@ from typing import Any
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from clients.handlers import NO_HOOKS, ClientHooks, handle_evaluate, handle_train
+from clients.handlers import NO_HOOKS, ClientHooks, handle_evaluate, handle_train, handle_verify
 from federation import protocol as P
 from federation.errors import FedguardError
 
@@ -73,6 +73,8 @@ def make_client_app(hooks_factory: HooksFactory | None = None) -> ClientApp:
         c, ctx.state, ctx.node_config, ctx.run_id)))
     client_app.query("wrap")(_guarded(lambda c, ctx: encrypted.handle_keys_wrap(
         c, ctx.state, ctx.run_id)))
+    client_app.query("verify")(_guarded(lambda c, ctx: handle_verify(
+        c, ctx.state, ctx.node_config, ctx.run_id)))
     client_app.query("screen")(_guarded(lambda c, ctx: encrypted.handle_screen(
         c, ctx.state, ctx.node_config, ctx.run_id)))
     return client_app

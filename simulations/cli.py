@@ -28,6 +28,8 @@ bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (JSON output).")
 keys_app = typer.Typer(no_args_is_help=True, help="Key material for real deployments.")
 app.add_typer(bench_app, name="bench")
 app.add_typer(keys_app, name="keys")
+audit_app = typer.Typer(no_args_is_help=True, help="Run folders' tamper-evident audit logs.")
+app.add_typer(audit_app, name="audit")
 console = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -312,6 +314,29 @@ def scenarios(
         _fail(str(e))
     console.print((out_dir / "results.md").read_text())
     console.print(f"{len(rows)} scenario(s); results in {out_dir}")
+
+
+@audit_app.command("verify")
+def audit_verify(run_dir: Annotated[Path, typer.Argument(help="A run folder (holds audit.jsonl).")]) -> None:
+    """Check the hash chain of RUN_DIR/audit.jsonl; report the first broken link (exit 1)."""
+    from server.audit import verify_log
+
+    log_path = run_dir / "audit.jsonl"
+    if not log_path.is_file():
+        _fail(f"RUN_DIR: no audit.jsonl in {run_dir}")
+    summary_path = run_dir / "summary.json"
+    expected = None
+    if summary_path.is_file():
+        try:
+            expected = json.loads(summary_path.read_text())
+        except ValueError:
+            _fail(f"RUN_DIR: {summary_path} is not JSON")
+    report = verify_log(log_path, expected if isinstance(expected, dict) else None)
+    if report.ok:
+        console.print(f"audit chain intact: {report.entries} entries, head {report.head[:16]}")
+        return
+    console.print(f"audit chain broken at line {report.line}: {report.reason}")
+    raise typer.Exit(1)
 
 
 def _register_deploy_commands() -> None:
