@@ -151,8 +151,14 @@ def fast_polling(grid: Grid) -> Grid:
 
 def make_server_app(overrides: Mapping[str, Any] | None = None,
                     progress: Callable[[str], None] | None = None,
-                    resume: bool = False) -> ServerApp:
-    """A ServerApp whose run config is ``context.run_config`` updated with ``overrides``."""
+                    resume: bool = False,
+                    grid_hook: Callable[[Grid], Any] | None = None) -> ServerApp:
+    """A ServerApp whose run config is ``context.run_config`` updated with ``overrides``.
+
+    ``grid_hook`` wraps the Flower grid before the round loop sees it (e.g.
+    :meth:`server.progress.RoundProgress.watch` for a live progress line); it replaces the
+    fast reply polling of :func:`fast_polling`, so it must poll replies itself.
+    """
     server_app = ServerApp()
 
     @server_app.main()
@@ -160,7 +166,8 @@ def make_server_app(overrides: Mapping[str, Any] | None = None,
         flat = {**dict(context.run_config), **dict(overrides or {})}
         resume_flag = bool(flat.pop("resume", False)) or resume
         cfg = from_flat(flat)
-        run_server(fast_polling(grid), cfg, resume=resume_flag, progress=progress)
+        watched = grid_hook(grid) if grid_hook is not None else fast_polling(grid)
+        run_server(watched, cfg, resume=resume_flag, progress=progress)
 
     return server_app
 

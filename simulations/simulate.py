@@ -15,9 +15,12 @@ import tempfile
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from federation.config import FedConfig, to_flat
+
+if TYPE_CHECKING:
+    from server.progress import RoundProgress
 
 # DP-SGD settings found by sweeping on the Fashion-MNIST task (docs/evidence/README.md): large
 # Poisson batches, a large step without momentum, tight clipping, and tanh activations (bounded
@@ -45,6 +48,10 @@ def quiet_flower() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_TMPDIR", str(Path(tempfile.gettempdir()) / "fedguard-ray"))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Flower's own logger reads this at import, in this process and in every Ray worker (they
+    # inherit the environment): without it each ClientAppActor logs a coloured "Manually
+    # terminating" warning at shutdown, which Ray forwards into our console.
+    os.environ.setdefault("FLWR_LOG_LEVEL", "ERROR")
     logging.getLogger("flwr").setLevel(logging.ERROR)
 
 
@@ -54,11 +61,14 @@ def simulate(
     progress: Callable[[str], None] | None = None,
     cpus: int | None = None,
     client_app: Any = None,
+    display: RoundProgress | None = None,
 ) -> dict[str, Any]:
     """Run ``cfg`` with ``cfg.run.clients`` simulated SuperNodes and return the run summary.
 
     ``cfg.run.out_dir`` must be absolute. ``cpus`` caps the Ray workers (default: all cores,
-    one client per core, one torch thread per client).
+    one client per core, one torch thread per client). With ``display``, every message phase
+    shows on its live line and the round lines go through :meth:`RoundProgress.line`
+    (``progress`` is then ignored); the caller starts and stops the display.
     """
     quiet_flower()
     from flwr.simulation import run_simulation
@@ -69,7 +79,10 @@ def simulate(
 
     if client_app is None:
         client_app = _client_app_for(cfg)
-    server_app = make_server_app(to_flat(cfg), progress=progress)
+    if display is not None:
+        server_app = make_server_app(to_flat(cfg), progress=display.line, grid_hook=display.watch)
+    else:
+        server_app = make_server_app(to_flat(cfg), progress=progress)
     ncpu = cpus or os.cpu_count() or 1
     backend: Mapping[str, Any] = {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
