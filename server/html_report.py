@@ -174,7 +174,8 @@ def clients_figure(run: RunData) -> str:
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("clients")
     ax.set_title("Who counted in each round")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.set_ylim(0, max([a + b + c for a, b, c in zip(acc, rej, ref, strict=True)], default=1) * 1.35)
+    ax.legend(fontsize=8, loc="upper left", ncol=3)
     return _png(fig)
 
 
@@ -212,7 +213,8 @@ def cost_figure(run: RunData) -> str:
 def comparison_figure(runs: Sequence[tuple[str, RunData]]) -> str:
     """The accuracy of several runs in one plot (the same rounds axis)."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 3.8))
+    many = len(runs) > 6
+    fig, ax = plt.subplots(figsize=(11 if many else 7, 4.2 if many else 3.8))
     every: list[int] = []
     for label, run in runs:
         ax.plot(run.rounds, [_num(r.get("accuracy")) for r in run.rows], "o-", label=label)
@@ -220,7 +222,10 @@ def comparison_figure(runs: Sequence[tuple[str, RunData]]) -> str:
     integer_rounds(ax, sorted(set(every)))
     ax.set_ylabel("test accuracy")
     ax.set_title("Compared runs")
-    ax.legend(fontsize=8)
+    if runs and many:
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=1 + len(runs) // 20)
+    elif runs:
+        ax.legend(fontsize=8)
     return _png(fig)
 
 

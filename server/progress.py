@@ -70,19 +70,23 @@ class RoundProgress:
         Force the live line on or off (default: on exactly when ``console.is_terminal``).
     clock:
         Monotonic seconds (a parameter so tests can drive time).
+    prefix:
+        Put before every finished line and the live line (e.g. an indent under a heading).
 
     Thread safety: the ServerApp of a simulation runs in a thread of its own; every update
     goes through one lock, and rich's ``Live`` redraws from its own thread.
     """
 
     def __init__(self, total_rounds: int, *, console: Console | None = None,
-                 live: bool | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 live: bool | None = None, clock: Callable[[], float] = time.monotonic,
+                 prefix: str = "") -> None:
         if total_rounds < 1:
             raise ValueError(f"total_rounds must be >= 1, got {total_rounds}")
         self.total_rounds = total_rounds
         self.console = console or Console(highlight=False, soft_wrap=True)
         self.enabled = self.console.is_terminal if live is None else live
         self._clock = clock
+        self.prefix = prefix
         self._lock = threading.Lock()
         self._live: Live | None = None
         self._status = ""
@@ -121,7 +125,7 @@ class RoundProgress:
         """Print a finished line (a round, a note) above the live line, as plain text."""
         with self._lock:
             self.lines.append(text)
-            self.console.print(Text(text))
+            self.console.print(Text(self.prefix + text))
 
     def status(self) -> str:
         """The live line's current text ('' before the first phase)."""
@@ -132,7 +136,7 @@ class RoundProgress:
                 seconds: float) -> None:
         where = (f"round {round_}/{self.total_rounds}" if round_.isdigit()
                  and int(round_) <= self.total_rounds else "after the last round")
-        text = (f"{where} · {phase_name(message_type)} · {replied}/{expected} replied · "
+        text = (f"{self.prefix}{where} · {phase_name(message_type)} · {replied}/{expected} replied · "
                 f"{seconds:.1f} s")
         with self._lock:
             self._status = text

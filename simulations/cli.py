@@ -220,7 +220,8 @@ def bench_dp_cmd(
                 "num-clients": 10, "num-server-rounds": rounds, "partition": "dirichlet:0.5",
                 "dp-epsilon": eps, "out-dir": str(out.parent / f"{out.stem}-federated-eps{eps:g}")}))
             err.print(f"[bench dp] federated ε={eps:g}: {cfg.run.clients} clients, {rounds} rounds")
-            summary = run_sim(cfg, progress=lambda line: err.print("  " + line))
+            with RoundProgress(rounds, console=err, prefix="  ") as display:
+                summary = run_sim(cfg, display=display)
             runs.append({"target_epsilon": eps, "max_epsilon": summary["max_epsilon"],
                          "final_accuracy": summary["final_accuracy"],
                          "accuracy_by_round": summary["accuracy_by_round"],
@@ -301,11 +302,19 @@ def scenarios(
 
     quiet_flower()
     try:
-        rows = run_matrix(matrix, out_dir, progress=lambda line: console.print(line), only=only,
-                          fresh=fresh)
+        rows = run_matrix(matrix, out_dir, progress=lambda line: console.print(line, markup=False),
+                          only=only, fresh=fresh, console=console)
     except ValueError as e:
         _fail(str(e))
-    console.print((out_dir / "results.md").read_text())
+    from server.html_report import write_comparison
+
+    page = write_comparison(out_dir / "report.html",
+                            [(r["scenario"], Path(r["run_folder"])) for r in rows
+                             if (Path(r["run_folder"]) / "metrics.jsonl").is_file()],
+                            title=f"fedguard scenarios ({matrix})",
+                            table=(out_dir / "results.md").read_text())
+    console.print((out_dir / "results.md").read_text(), markup=False)
+    console.print(f"report: {page}")
     console.print(f"{len(rows)} scenario(s); results in {out_dir}")
 
 

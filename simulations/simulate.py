@@ -48,10 +48,6 @@ def quiet_flower() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_TMPDIR", str(Path(tempfile.gettempdir()) / "fedguard-ray"))
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # Flower's own logger reads this at import, in this process and in every Ray worker (they
-    # inherit the environment): without it each ClientAppActor logs a coloured "Manually
-    # terminating" warning at shutdown, which Ray forwards into our console.
-    os.environ.setdefault("FLWR_LOG_LEVEL", "ERROR")
     logging.getLogger("flwr").setLevel(logging.ERROR)
 
 
@@ -87,7 +83,11 @@ def simulate(
     backend: Mapping[str, Any] = {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
         "init_args": {"num_cpus": ncpu, "num_gpus": 0, "include_dashboard": False,
-                      "log_to_driver": True, "logging_level": logging.ERROR},
+                      # Worker output stays in Ray's log files ($RAY_TMPDIR/session_latest/logs):
+                      # forwarded, every ClientAppActor adds a coloured "Manually terminating"
+                      # warning at shutdown (Flower logs it, Opacus' root handler prints it).
+                      # A failing client is still seen: its error reply is recorded with a reason.
+                      "log_to_driver": False, "logging_level": logging.ERROR},
     }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
