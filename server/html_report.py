@@ -203,7 +203,7 @@ def cost_figure(run: RunData) -> str:
     ax2.set_ylabel("seconds")
     ax2.set_title("Crypto and screening time")
     if drew:
-        ax2.legend(fontsize=7)
+        ax2.legend(fontsize=7, loc="best")
     else:
         ax2.text(0.5, 0.5, "no encryption or screening in this run", ha="center",
                  transform=ax2.transAxes)
@@ -301,7 +301,8 @@ def _rounds_table(run: RunData) -> str:
     rolled = set(run.rolled_back)
     for r in run.rows:
         k = int(r["round"])
-        accepted = ", ".join(run.label(r, str(n)) for n in r.get("accepted") or [])
+        accepted = ", ".join(sorted((run.label(r, str(n)) for n in r.get("accepted") or []),
+                                    key=_natural))
         rejected = "<br>".join(f"{_e(run.label(r, n))}: {_e(why)}"
                                for n, why in (r.get("rejected") or {}).items())
         refused = "<br>".join(f"{_e(run.label(r, n))}: {_e(why)}"
@@ -315,7 +316,8 @@ def _rounds_table(run: RunData) -> str:
             f"<td>{_e(format(r['loss'], '.4f') if isinstance(r.get('loss'), (int, float)) else 'n/a')}</td>"
             f"<td>{_e(format(eps, '.3f') if isinstance(eps, (int, float)) else '')}</td>"
             f"<td>{_e(accepted)}</td><td class=\"bad\">{rejected}</td><td>{refused}</td>"
-            f"<td>{_e(r.get('seconds', ''))}</td></tr>")
+            f"<td>{_e(format(r['seconds'], '.1f') if isinstance(r.get('seconds'), (int, float)) else '')}"
+            "</td></tr>")
     return f"<table>{head}{''.join(body)}</table>"
 
 

@@ -107,8 +107,9 @@ class RoundProgress:
     def start(self) -> None:
         """Start drawing the live line (nothing happens when it is disabled)."""
         with self._lock:
+            self._status = f"{self.prefix}starting: clients, data and models load before the first phase"
             if self.enabled and self._live is None:
-                self._live = Live(Text(""), console=self.console, transient=True,
+                self._live = Live(Text(self._status, style="dim"), console=self.console, transient=True,
                                   refresh_per_second=4, redirect_stdout=False,
                                   redirect_stderr=False)
                 self._live.start()
@@ -134,18 +135,26 @@ class RoundProgress:
 
     def _update(self, round_: str, message_type: str, replied: int, expected: int,
                 seconds: float) -> None:
-        where = (f"round {round_}/{self.total_rounds}" if round_.isdigit()
-                 and int(round_) <= self.total_rounds else "after the last round")
+        if not round_.isdigit() or int(round_) > self.total_rounds:
+            where = "after the last round"
+        elif int(round_) == 0:  # setup phases (keys) come before round 1
+            where = "before round 1"
+        else:
+            where = f"round {round_}/{self.total_rounds}"
         text = (f"{self.prefix}{where} · {phase_name(message_type)} · {replied}/{expected} replied · "
                 f"{seconds:.1f} s")
         with self._lock:
             self._status = text
             if self._live is not None:
-                self._live.update(Text(text, style="dim"))
+                self._live.update(Text(text, style="dim"), refresh=True)
 
     def _phase_done(self, round_: str, message_type: str, replied: int, expected: int) -> None:
         with self._lock:
             self.phases.append((round_, phase_name(message_type), replied, expected))
+            if message_type == P.MSG_EVALUATE:  # the last phase: what remains is shutdown
+                self._status = f"{self.prefix}finishing: writing the run folder, stopping the clients"
+                if self._live is not None:
+                    self._live.update(Text(self._status, style="dim"))
 
     def watch(self, grid: Any) -> Any:
         """``grid`` with its message phases reported on the live line (everything else as is)."""
