@@ -35,13 +35,19 @@ from federation.data import DEBIAN_DIR, load_fashion_mnist
 from simulations.simulate import with_dp_recipe
 
 __all__ = [
+    "ARMS",
+    "ATTACK",
     "DEBIAN_PACKAGE",
     "PROFILES",
     "DemoRun",
+    "attackers",
     "demo_configs",
     "ensure_full_dataset",
+    "pick_profile",
+    "rejected_clients",
     "render_table",
     "run_demo",
+    "verdict",
 ]
 
 DEBIAN_PACKAGE = "dataset-fashion-mnist"
@@ -146,7 +152,8 @@ def run_demo(profile: str, parent: Path, *, seed: int = 0, rounds: int | None = 
     return runs
 
 
-def _attackers(cfg: FedConfig) -> list[str]:
+def attackers(cfg: FedConfig) -> list[str]:
+    """The labels of the clients that attack under ``cfg`` (empty without an attack)."""
     from simulations.attacks import select_malicious
 
     if not cfg.attack.attack:
@@ -182,7 +189,7 @@ def render_table(runs: list[DemoRun]) -> str:
         lines.append((
             r.label,
             "n/a" if r.accuracy is None else f"{100 * r.accuracy:.1f} %",
-            ", ".join(_attackers(r.cfg)) or "none",
+            ", ".join(attackers(r.cfg)) or "none",
             rej_s,
             f"{eps:.2f}" if isinstance(eps, (int, float)) else "n/a",
             f"{bpp:.1f}" if isinstance(bpp, (int, float)) else "n/a",
