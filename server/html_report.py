@@ -241,7 +241,7 @@ body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em a
 color:#222;padding:0 1em}h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.8em;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;font-size:.88em;margin:.5em 0}td,th{border:1px solid #ccc;padding:.25em .5em;
 text-align:left;vertical-align:top}th{background:#f4f4f4}img{max-width:100%;display:block;margin:.5em 0}
-.bad{color:#b00}.muted{color:#777}.kv td:first-child{font-weight:600}
+.bad{color:#b00}.muted{color:#777}.kv td:first-child{font-weight:600}pre{overflow-x:auto;font-size:.8em}
 """
 
 
