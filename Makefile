@@ -28,18 +28,18 @@ $(STAMP): pyproject.toml
 	@echo "installed; later runs skip this step until pyproject.toml changes"
 
 demo: $(STAMP)
-	@echo "running the demo: three federations (attack-free, attacked, attacked + encrypted filter), about 3 minutes"
+	@echo "running the demo: three federations (attack-free, attacked, attacked + encrypted filter), a few minutes"
 	@$(BIN)/fedguard demo
 
 test: $(STAMP)
 	@echo "lint (ruff), types (mypy), then the test suite"
 	$(BIN)/ruff check federation clients server crypto simulations tests
-	$(BIN)/mypy federation crypto
+	$(BIN)/mypy federation crypto clients server simulations
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check federation clients server crypto simulations tests
-	$(BIN)/mypy federation crypto
+	$(BIN)/mypy federation crypto clients server simulations
 
 bench: $(STAMP)
 	$(BIN)/fedguard bench crypto --out runs/bench-crypto.json

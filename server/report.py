@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -19,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from server.audit import AuditLog
 from server.loop import RoundReport, RunResult
 
 __all__ = ["RunWriter", "atomic_write", "checkpoint_files", "format_round", "integer_rounds",
@@ -81,11 +83,6 @@ def _json_default(o: Any) -> Any:
     raise TypeError(type(o).__name__)
 
 
-def _nan(v: Any) -> float:
-    """A plottable number: missing or non-numeric values become NaN (a gap in the line)."""
-    return float(v) if isinstance(v, (int, float)) else float("nan")
-
-
 def _fmt(v: float | None, spec: str) -> str:
     return "  n/a " if v is None else format(v, spec)
 
@@ -108,6 +105,7 @@ class RunWriter:
         self.metrics_path = out_dir / "metrics.jsonl"
         self.audit_path = out_dir / "audit.jsonl"
         self.started = time.time()
+        self.audit = AuditLog(self.audit_path, {"run": out_dir.name, "time": round(self.started, 3)})
 
     def on_round(self, report: RoundReport) -> None:
         row = report.to_json()
@@ -116,14 +114,14 @@ class RunWriter:
         self.progress(format_round(row, self.total_rounds))
 
     def on_audit(self, entry: dict[str, Any]) -> None:
-        _append_line(self.audit_path, {"time": round(time.time(), 3), **entry})
+        self.audit.append({"time": round(time.time(), 3), **entry})
 
     def on_checkpoint(self, round_: int, state: dict[str, Any]) -> None:
         buf = io.BytesIO()
         arrays: dict[str, Any] = {
             k: (np.frombuffer(v, dtype=np.uint8) if isinstance(v, bytes) else np.asarray(v))
             for k, v in state.items()}
-        np.savez(buf, **arrays)
+        np.savez(buf, allow_pickle=False, **arrays)
         atomic_write(self.out_dir / "checkpoints" / f"round-{round_:04d}.npz", buf.getvalue())
         # Keep the two newest checkpoints: enough to resume, bounded on disk.
         olds = checkpoint_files(self.out_dir)[:-2]
@@ -156,6 +154,10 @@ class RunWriter:
             "attack_success_rate_by_round": [r.get("eval_asr") for r in rows],
             "wall_seconds": round(time.time() - self.started, 2),
             "seconds_per_round": [r.get("seconds") for r in rows],
+            "rolled_back_rounds": sorted({int(r["round"]) for r in rows if r.get("rolled_back")}
+                                         | set(result.rolled_back_rounds)),
+            "audit_entries": self.audit.entries,
+            "audit_head": self.audit.head,
             **extra,
         }
         atomic_write(self.out_dir / "summary.json",
@@ -218,6 +220,11 @@ def load_checkpoint(out_dir: Path) -> dict[str, Any] | None:
         return {k: z[k] for k in z.files}
 
 
+def _gap(v: Any) -> float:
+    # A round without a value (no evaluation yet, a client that did not report) is a gap in the line.
+    return float(v) if isinstance(v, (int, float)) else math.nan
+
+
 def plot_run(out_dir: Path, rows: list[dict[str, Any]]) -> None:
     """accuracy.png (accuracy and loss per round) and, if any client reported ε, epsilon.png."""
     import matplotlib
@@ -227,11 +234,11 @@ def plot_run(out_dir: Path, rows: list[dict[str, Any]]) -> None:
 
     rounds = [r["round"] for r in rows]
     fig, ax1 = plt.subplots(figsize=(6, 4))
-    ax1.plot(rounds, [_nan(r.get("accuracy")) for r in rows], "o-", color="tab:blue", label="accuracy")
+    ax1.plot(rounds, [_gap(r.get("accuracy")) for r in rows], "o-", color="tab:blue", label="accuracy")
     integer_rounds(ax1, rounds)
     ax1.set_ylabel("test accuracy", color="tab:blue")
     ax2 = ax1.twinx()
-    ax2.plot(rounds, [_nan(r.get("loss")) for r in rows], "s--", color="tab:red", label="loss")
+    ax2.plot(rounds, [_gap(r.get("loss")) for r in rows], "s--", color="tab:red", label="loss")
     ax2.set_ylabel("test loss", color="tab:red")
     ax1.set_title("Global model on the clients' test splits")
     fig.tight_layout()
@@ -243,7 +250,7 @@ def plot_run(out_dir: Path, rows: list[dict[str, Any]]) -> None:
     if clients:
         fig, ax = plt.subplots(figsize=(6, 4))
         for c in clients:
-            ax.plot(rounds, [_nan(e.get(c)) for e in eps], marker=".", label=c)
+            ax.plot(rounds, [_gap(e.get(c)) for e in eps], marker=".", label=c)
         integer_rounds(ax, rounds)
         ax.set_ylabel("ε spent (cumulative)")
         ax.set_title("Privacy spent per client")

@@ -24,14 +24,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from federation.config import FedConfig, from_flat
+from simulations.attacks import ATTACKS
+from simulations.simulate import with_dp_recipe
 
 if TYPE_CHECKING:
     from rich.console import Console
-from simulations.simulate import with_dp_recipe
 
 __all__ = ["MATRICES", "Scenario", "markdown_table", "run_matrix", "scenarios"]
 
-ALL_ATTACKS = ("none", "label-flip", "sign-flip", "scaling", "gaussian", "alie", "ipm", "backdoor")
+ALL_ATTACKS = ("none", *ATTACKS)  # "none": the attack-free reference run
 GUARD = "norm,multikrum,cosine"
 
 
