@@ -130,7 +130,7 @@ def accuracy_figure(run: RunData) -> str:
     ax2.plot(rounds, [_num(r.get("loss")) for r in run.rows], "s--", color="tab:red", label="loss")
     ax2.set_ylabel("test loss", color="tab:red")
     for k in run.rolled_back:
-        ax1.axvspan(k - 0.5, k + 0.5, color="tab:orange", alpha=0.25, lw=0)
+        ax1.axvspan(k - 0.5, k + 0.5, color="tab:orange", alpha=0.15, lw=0)
     integer_rounds(ax1, rounds)
     ax1.set_title("Global model after each round" + ("  (shaded: rolled back)" if run.rolled_back else ""))
     return _png(fig)
@@ -309,6 +309,11 @@ def _rounds_table(run: RunData) -> str:
                               for n, why in (r.get("refused") or {}).items())
         eps = r.get("max_epsilon")
         note = " <span class=\"bad\">rolled back</span>" if k in rolled else ""
+        excluded = (r.get("recovery") or {}).get("excluded") or []
+        if k in rolled and excluded:  # the round was redone without the suspected group
+            note += (' <span class="muted">(redone without '
+                     + _e(", ".join(sorted((run.label(r, str(n)) for n in excluded), key=_natural)))
+                     + ")</span>")
         if r.get("note"):
             note += f' <span class="muted">{_e(r["note"])}</span>'
         body.append(

@@ -116,12 +116,14 @@ def test_peer_text_is_escaped_and_rollbacks_are_shown(attacked_run: Path, tmp_pa
     node = str(rows[-1]["accepted"][0])
     rows[-1]["rejected"][node] = '<script>alert("x")</script><img src=http://evil/>'
     rows[-1]["rolled_back"] = True
+    rows[-1]["recovery"] = {"excluded": [int(node)]}
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"round": ')
     write_report(run)  # a torn last line is skipped, not fatal
     text, page = _parse(run / REPORT_FILE)
     assert page.scripts == 0 and page.refs == []
     assert "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;" in text
     assert "rolled back" in text and "rolled back rounds</td><td>2<" in text
+    assert f"(redone without {rows[-1]['clients'][node]})" in text
 
 
 def test_report_command_rewrites_the_page_and_names_a_bad_folder(attacked_run: Path, tmp_path: Path) -> None:
