@@ -29,11 +29,13 @@ from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
+from rich.console import Console
 
 from crypto import ckks, stats, wire
 from crypto.ckks import Preset, PublicContext, SecretContext
 from federation.aggregation import WEIGHT_DENOMINATOR
 from federation.config import DefenseConfig, from_flat
+from server.progress import RoundProgress
 
 __all__ = ["bench_crypto", "bench_crypto_all", "bench_rounds"]
 
@@ -50,6 +52,9 @@ def _timed(fn: Callable[[], T]) -> tuple[T, float, float]:
 
 def _rate(values: int, seconds: float) -> float:
     return values / seconds if seconds > 0 else math.inf
+
+
+_stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _say(message: str) -> None:
@@ -227,7 +232,10 @@ def bench_crypto(
 
 def bench_rounds(*, clients: int, rounds: int, data_dir: str, dp_epsilon: float,
                  defense: str = "none") -> dict[str, Any]:
-    """Median seconds per round (rounds 2..R), plaintext vs CKKS, DP on in both."""
+    """Median seconds per round (rounds 2..R), plaintext vs CKKS, DP on in both.
+
+    Rounds print on stderr under a live progress line (none when stderr is not a terminal).
+    """
     from simulations.simulate import simulate
 
     out: dict[str, Any] = {"clients": clients, "rounds": rounds, "dp_epsilon": dp_epsilon,
@@ -240,7 +248,8 @@ def bench_rounds(*, clients: int, rounds: int, data_dir: str, dp_epsilon: float,
                              "defense": defense, "out-dir": str(Path(tmp) / mode)})
             _say(f"round timing: secure-aggregation {mode}")
             t = time.perf_counter()
-            summary = simulate(cfg, progress=lambda line: _say("  " + line))
+            with RoundProgress(rounds, console=_stderr, prefix="[bench crypto]   ") as display:
+                summary = simulate(cfg, display=display)
             per_round = summary["seconds_per_round"]
             out[mode] = {
                 "wall_seconds": round(time.perf_counter() - t, 2),
