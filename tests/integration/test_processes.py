@@ -26,15 +26,10 @@ from pathlib import Path
 
 import pytest
 
+from clients.deploy import CLIENT_EXIT_REFUSED
 from crypto.keys import provision_federation
 from crypto.tls import make_supernode_auth_keypair
-from simulations.deploy import (
-    CLIENT_EXIT_REFUSED,
-    ManagedProcess,
-    free_port,
-    process_tree,
-    stop_tree,
-)
+from federation.processes import ManagedProcess, free_port, process_tree, stop_tree
 
 PASSPHRASE = "integration-test-passphrase"
 SECURE = "ckks"  # provisioned keys: the server bundle's public context, sealed trainer secrets
