@@ -18,10 +18,12 @@ note. Every argument is passed through unchanged.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
 from pathlib import Path
+from typing import TextIO
 
 from federation.flower_internals import (
     SUPERNODE_STATUS_ENV,
@@ -30,6 +32,9 @@ from federation.flower_internals import (
 )
 
 __all__: list[str] = []
+
+SUPERNODE_LOG_ENV = "FEDGUARD_SUPERNODE_LOG"
+"""Where the SuperNode writes its output itself once ``fedguard client`` is gone."""
 
 
 def _env_float(name: str, default: float, low: float, high: float) -> float:
@@ -53,7 +58,48 @@ def _mark_ended(path: Path | None) -> None:
         pass
 
 
+class _Output(io.TextIOBase):
+    """stdout/stderr that outlive the reader: once the pipe to ``fedguard client`` breaks
+    (it died), lines go straight to the SuperNode log, so Flower's shutdown (which deactivates
+    the node) never trips over a broken pipe and its last lines are kept."""
+
+    def __init__(self, stream: TextIO, fallback: Path | None) -> None:
+        self._stream = stream
+        self._fallback = fallback
+        self._broken = False
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        if not self._broken:
+            try:
+                self._stream.write(text)
+                self._stream.flush()
+                return len(text)
+            except (OSError, ValueError):
+                self._broken = True
+        if self._fallback is not None:
+            try:
+                with open(self._fallback, "a", encoding="utf-8") as fh:
+                    fh.write(text)
+            except OSError:
+                pass
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._broken:
+            try:
+                self._stream.flush()
+            except (OSError, ValueError):
+                self._broken = True
+
+
 def main(argv: list[str]) -> None:
+    log = os.environ.get(SUPERNODE_LOG_ENV)
+    # Before Flower is imported: its log handler keeps the stream it finds at import.
+    sys.stdout = _Output(sys.stdout, Path(log) if log else None)
+    sys.stderr = _Output(sys.stderr, Path(log) if log else None)
     low = _env_float("FEDGUARD_SUPERNODE_POLL_MIN", 0.05, 0.01, 3.0)
     high = max(low, _env_float("FEDGUARD_SUPERNODE_POLL_MAX", 0.5, 0.01, 3.0))
     beat = _env_float("FEDGUARD_SUPERNODE_HEARTBEAT", 10.0, 10.0, 1800.0)

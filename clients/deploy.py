@@ -252,6 +252,7 @@ def _supervise(opts: ClientOptions, b: Any, node_config: list[str], extra_env: d
     if opts.fast_polling:
         extra_env["FEDGUARD_SUPERNODE_HEARTBEAT"] = str(opts.heartbeat)
     extra_env[SUPERNODE_STATUS_ENV] = str(status_file)
+    extra_env["FEDGUARD_SUPERNODE_LOG"] = str(state / "supernode.log")
     env = flower_env(state / "flwr", extra_env)
     port = opts.port or free_port()
     argv_base = ([sys.executable, "-m", "clients._supernode"] if opts.fast_polling
@@ -279,6 +280,8 @@ def _supervise(opts: ClientOptions, b: Any, node_config: list[str], extra_env: d
             new_session=opts.new_session)
 
     lease = _Lease(state / "supernode.lease", opts.heartbeat if opts.fast_polling else 30.0)
+    if opts.warm_start:  # its imports take longest: they run while the lease is waited out
+        launcher = start_launcher()
     lease.claim(say, stop, clean_exit=_clean_exit(status_file))
     refusals = 0
     restart_wait = 1.0

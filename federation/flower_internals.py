@@ -17,6 +17,8 @@ warm ClientApp launcher       ``flwr.proto.runtime_pb2.AcquireTaskRequest``,   a
                               ``run_clientapp``                                SuperExec)
 key registration in one       ``flwr.cli.app.app`` (the typer app)             one ``flwr``
 interpreter                                                                    process per key
+helpers die with their parent  Flower starts SuperExec / ServerApp /            (still on: a shim on
+                              ClientApp processes by name from ``PATH``        PATH is harmless)
 ============================  ==============================================  ===================
 
 :func:`features_off` names the rows that are off for the installed Flower; both commands print
@@ -44,6 +46,7 @@ from typing import Any
 
 __all__ = [
     "API_CODE_ACTIVATION_FAILED",
+    "FLOWER_HELPERS",
     "FLOWER_SERIES",
     "SUPERLINK_PATTERNS",
     "SUPERNODE_PATTERNS",
@@ -60,6 +63,11 @@ __all__ = [
     "run_clientapp_task",
     "supported",
 ]
+
+FLOWER_HELPERS = ("flower-superexec", "flwr-serverapp", "flwr-clientapp")
+"""Flower's helper processes that the SuperLink, SuperExec and SuperNode start *by name* from
+``PATH`` (Flower 1.42). :func:`federation.processes.flower_env` puts a shim of each first on
+``PATH`` so that they, too, die with their parent."""
 
 FLOWER_SERIES = "1.42."
 """The Flower release series every private touch below was written and tested against."""
@@ -103,6 +111,14 @@ SUPERLINK_PATTERNS: dict[str, tuple[re.Pattern[str], str]] = {
                   "INFO :      [Fleet.ActivateNode] Activated node_id=123"),
     "deactivated": (re.compile(r"Deactivated node_id=(\d+)"),
                     "INFO :      [Fleet.DeactivateNode] Deactivated node_id=123"),
+    "refused-unknown-key": (
+        re.compile(r"\[ApiError:2004\].*No SuperNode found with the given public key"),
+        "ERROR :     [/v1/fleet/activate-node][ApiError:2004] Attempted to register SuperNode "
+        "with public key: b'x', exception: No SuperNode found with the given public key."),
+    "refused-online": (
+        re.compile(r"\[ApiError:2004\].*SuperNode with node ID (\d+) could not be activated"),
+        "ERROR :     [/v1/fleet/activate-node][ApiError:2004] Attempted to register SuperNode "
+        "with public key: b'x', exception: SuperNode with node ID 77 could not be activated."),
     "run-started": (re.compile(r"started run (\d+)"),
                     "🎊 Successfully started run 1234567"),
 }

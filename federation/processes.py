@@ -8,7 +8,8 @@ the one set of rules for owning processes lives here, in the layer below both:
   parent-death signal (``prctl(PR_SET_PDEATHSIG, SIGTERM)``, set in the child between fork and
   exec) so it is told to stop the moment its fedguard process dies, however it dies, SIGKILL
   included. Flower's own helpers (SuperExec, ``flwr-serverapp``, ``flwr-clientapp``) are
-  started with ``--parent-pid`` and stop when their parent goes, so the chain ends with them.
+  started by name from ``PATH``; a shim of each (:func:`helper_shims`) asks for SIGKILL on its
+  parent's death before it executes the real one, so the chain holds down to the ServerApp.
   SIGTERM rather than SIGKILL: a SuperNode that is told to stop deactivates its node at the
   SuperLink, which frees the node for a restarted client at once.
 * **A restart cleans up after a crash.** :class:`Incarnation` keeps ``<name>.pid`` (JSON: the
@@ -50,6 +51,7 @@ __all__ = [
     "flower_bin",
     "flower_env",
     "free_port",
+    "helper_shims",
     "parent_death_preexec",
     "port_free",
     "port_holders",
@@ -234,15 +236,58 @@ def flower_bin(name: str) -> str:
     return found
 
 
+_SHIM = """#!{python}
+# fedguard: {name} that dies with its parent (written by federation.processes.helper_shims)
+import ctypes, os, signal, sys
+parent = os.getppid()
+try:
+    ctypes.CDLL(None).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+except (OSError, AttributeError):
+    pass
+if os.getppid() != parent:
+    sys.exit(1)
+os.execv({real!r}, [{real!r}, *sys.argv[1:]])
+"""
+
+
+def helper_shims(dest: Path) -> Path:
+    """Write a shim for each Flower helper (:data:`~federation.flower_internals.FLOWER_HELPERS`).
+
+    Flower's own helpers watch their parent and stop when it goes, but only cooperatively
+    (a signal to themselves, then a graceful shutdown that may wait on a SuperLink that is
+    gone). A shim asks for SIGKILL on its parent's death, then executes the real helper (the
+    request survives ``exec``), so the chain from a fedguard command down to every ServerApp or
+    ClientApp process holds even then. Returns ``dest``, to put first on ``PATH``.
+    """
+    from federation.flower_internals import FLOWER_HELPERS
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in FLOWER_HELPERS:
+        real = Path(sys.executable).parent / name
+        if not real.is_file():
+            found = shutil.which(name)
+            if found is None:
+                continue
+            real = Path(found)
+        shim = dest / name
+        shim.write_text(_SHIM.format(python=sys.executable, name=name, real=str(real)),
+                        encoding="utf-8")
+        shim.chmod(0o755)
+    return dest
+
+
 def flower_env(flwr_home: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """Environment for Flower processes: our FLWR_HOME, no telemetry, no dependency installs.
 
-    The interpreter's directory goes first on PATH because the SuperLink and SuperNode start
-    ``flower-superexec`` by name. ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL`` (Flower's default: 1 s)
-    is set to 0.1 s unless the caller's environment sets it.
+    ``PATH`` starts with the helper shims (:func:`helper_shims`, in ``FLWR_HOME/bin``) and the
+    interpreter's directory, because the SuperLink and SuperNode start their helpers by name.
+    ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL`` (Flower's default: 1 s) is set to 0.1 s unless the
+    caller's environment sets it.
     """
     env = dict(os.environ)
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    shims = helper_shims(flwr_home / "bin")
+    env["PATH"] = os.pathsep.join([str(shims), str(Path(sys.executable).parent),
+                                   env.get("PATH", "")])
     env["FLWR_HOME"] = str(flwr_home)
     env["FLWR_TELEMETRY_ENABLED"] = "0"
     env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"

@@ -392,6 +392,8 @@ def _serve(opts: ServerOptions, bundle: Any, home: Path, owner: Incarnation,
     write_connection(home, address, bundle.ca_cert_path)
     online: set[str] = set()
     activated, deactivated = SUPERLINK_PATTERNS["activated"][0], SUPERLINK_PATTERNS["deactivated"][0]
+    unknown = SUPERLINK_PATTERNS["refused-unknown-key"][0]
+    duplicate = SUPERLINK_PATTERNS["refused-online"][0]
 
     def on_superlink(line: str) -> None:
         if m := activated.search(line):
@@ -400,6 +402,13 @@ def _serve(opts: ServerOptions, bundle: Any, home: Path, owner: Incarnation,
         elif m := deactivated.search(line):
             online.discard(m.group(1))
             say(f"client node {m.group(1)} left ({len(online)} online)")
+        elif unknown.search(line):
+            say("refused a SuperNode whose key is not registered (not one of the "
+                f"{bundle.trainers} trainer keys in --keys)")
+        elif m := duplicate.search(line):
+            say(f"refused a second SuperNode for node {m.group(1)}: that node is still online "
+                "(one trainer bundle used by two clients, or a client restarted within two "
+                "heartbeats of a crash that left its SuperNode no time to leave)")
 
     superlink = ManagedProcess(
         "superlink",

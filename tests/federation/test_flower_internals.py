@@ -39,7 +39,8 @@ def test_the_log_patterns_exist_in_the_installed_flower_source() -> None:
                      "Receiving: %s message", "Sending: %s message", "Sent successfully",
                      "SSL/TLS handshake error", "Giving up reconnection",
                      "Failed to activate SuperNode.", "Activated node_id=%s",
-                     "Deactivated node_id=%s", "Connection successful after"):
+                     "Deactivated node_id=%s", "Connection successful after", "][ApiError:",
+                     "No SuperNode found with the given public key.", "could not be activated."):
         assert fragment in source, fragment
 
 
