@@ -48,12 +48,17 @@ PRELOAD = (
 )
 """Imported once in the parent; a module that is missing is simply skipped."""
 
-_running = True
+_children: set[int] = set()  # forked ClientApp tasks still running
 
 
 def _stop(signum: int, frame: FrameType | None) -> None:
-    global _running
-    _running = False
+    """SIGTERM/SIGINT (also the parent-death signal): stop the tasks and leave at once.
+
+    Nothing here needs a graceful exit (the Runtime API client holds no state), and a prompt
+    one matters: a ``fedguard client`` that died must not leave this process behind.
+    """
+    _terminate(_children)
+    os._exit(0)
 
 
 def _run_task(address: str, token: str) -> None:
@@ -107,10 +112,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"fedguard: warm ClientApp launcher ready in {time.monotonic() - started:.1f}s "
           f"(runtime API {args.runtime_api_address})", flush=True)
-    children: set[int] = set()
+    children = _children
     failures = 0
     try:
-        while _running and _alive(args.parent_pid):
+        while _alive(args.parent_pid):
             for pid in list(children):
                 try:
                     done, _status = os.waitpid(pid, os.WNOHANG)

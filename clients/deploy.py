@@ -280,7 +280,11 @@ def _supervise(opts: ClientOptions, b: Any, node_config: list[str], extra_env: d
             new_session=opts.new_session)
 
     lease = _Lease(state / "supernode.lease", opts.heartbeat if opts.fast_polling else 30.0)
-    if opts.warm_start:  # its imports take longest: they run while the lease is waited out
+    # The launcher's imports (torch, Opacus, TenSEAL) take longest; they compete for the CPU
+    # with the SuperNode's start, and a node that connects sooner joins a round sooner (a
+    # message waits at the SuperNode for the launcher). So the launcher starts during a lease
+    # wait, or else once the SuperNode is connected.
+    if opts.warm_start and lease.will_wait(clean_exit=_clean_exit(status_file)):
         launcher = start_launcher()
     lease.claim(say, stop, clean_exit=_clean_exit(status_file))
     refusals = 0
@@ -288,10 +292,9 @@ def _supervise(opts: ClientOptions, b: Any, node_config: list[str], extra_env: d
     ever_connected = False
     try:
         while not stop.is_set():
-            if opts.warm_start and (launcher is None or launcher.poll() is not None):
-                if launcher is not None:
-                    say(f"the ClientApp launcher exited (code {launcher.poll()}); restarting it")
-                    launcher.stop(grace=1.0)
+            if opts.warm_start and launcher is not None and launcher.poll() is not None:
+                say(f"the ClientApp launcher exited (code {launcher.poll()}); restarting it")
+                launcher.stop(grace=1.0)
                 launcher = start_launcher()
             attempt = NodeAttempt(on_busy=lease.beat)
             status_file.unlink(missing_ok=True)
@@ -304,6 +307,8 @@ def _supervise(opts: ClientOptions, b: Any, node_config: list[str], extra_env: d
                                   on_line=on_line, new_session=opts.new_session)
             try:
                 while proc.poll() is None and not stop.is_set():
+                    if opts.warm_start and launcher is None and attempt.connected:
+                        launcher = start_launcher()
                     lease.beat(attempt.busy)
                     owner.refresh()
                     time.sleep(0.1)
@@ -402,18 +407,26 @@ class _Lease:
         self._busy = False
         self._lock = threading.Lock()  # the main loop and the output reader both write
 
-    def claim(self, say: Say, stop: threading.Event, *, superlink_restarted: bool = False,
-              clean_exit: bool = False) -> None:
+    def _read(self) -> tuple[bool, float]:
         try:
             info = json.loads(self.path.read_text(encoding="utf-8"))
             age = time.time() - self.path.stat().st_mtime
         except (OSError, ValueError):
-            info, age = {}, float("inf")
-        self.predecessor_recent = age < self.window
+            return False, float("inf")
+        return isinstance(info, dict) and bool(info.get("busy")), age
+
+    def will_wait(self, *, superlink_restarted: bool = False, clean_exit: bool = False) -> bool:
+        """Whether :meth:`claim` would wait (the predecessor died busy, without leaving)."""
+        busy, age = self._read()
         # After a SuperLink restart the message died with the old SuperLink, and a SuperNode
         # that shut down cleanly deactivated its node: nothing to wait for.
-        if (isinstance(info, dict) and info.get("busy") and age < self.window
-                and not superlink_restarted and not clean_exit):
+        return busy and age < self.window and not superlink_restarted and not clean_exit
+
+    def claim(self, say: Say, stop: threading.Event, *, superlink_restarted: bool = False,
+              clean_exit: bool = False) -> None:
+        _busy, age = self._read()
+        self.predecessor_recent = age < self.window
+        if self.will_wait(superlink_restarted=superlink_restarted, clean_exit=clean_exit):
             wait = self.window - age
             say(f"the previous SuperNode of this client stopped {age:.0f}s ago while handling a "
                 f"message; waiting {wait:.0f}s until the SuperLink reports that message as lost "
