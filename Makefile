@@ -29,12 +29,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check federation clients server crypto simulations tests
-	$(BIN)/mypy federation crypto
+	$(BIN)/mypy federation crypto clients server simulations
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check federation clients server crypto simulations tests
-	$(BIN)/mypy federation crypto
+	$(BIN)/mypy federation crypto clients server simulations
 
 bench: $(STAMP)
 	$(BIN)/fedguard bench crypto --out runs/bench-crypto.json

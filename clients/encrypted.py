@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from flwr.app import ConfigRecord, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, ConfigRecordValues, MetricRecord, RecordDict
 
 from crypto import Preset, SecretContext, decrypt, encrypt, wire
 from crypto.keys import WrapKeyPair, load_trainer_bundle, unwrap_secret, wrap_secret
@@ -131,7 +131,7 @@ def handle_keys_wrap(content: RecordDict, state: RecordDict, run_id: int) -> Rec
             or len(recipients) != len(publics) or len(recipients) > 10_000:
         raise ProtocolError("bad wrap request")
     secret = bytes(ckks["secret"])  # type: ignore[arg-type]
-    blobs = {}
+    blobs: dict[str, ConfigRecordValues] = {}
     for recipient, public in zip(recipients, publics, strict=True):
         if not isinstance(recipient, str) or not isinstance(public, bytes):
             raise ProtocolError("bad wrap request entry")
@@ -196,8 +196,10 @@ def handle_screen(content: RecordDict, state: RecordDict, node_config: Mapping[s
     if arrays is None or cfg is None or seen is None:
         raise ProtocolError("bad screening request")
     n = int(seen["clients"])  # type: ignore[arg-type]
-    if cfg.get("round") != seen["round"] or seen["screened"]:
-        raise ProtocolError("screening request for another round, or a second one")
+    if cfg.get("round") != seen["round"]:
+        raise ProtocolError("screening request for another round")
+    if seen["screened"]:
+        raise ProtocolError("a second screening request in this round")
     if len(arrays) > min(MAX_SCREEN_STATISTICS, n + n * (n - 1) // 2):
         raise ProtocolError("more statistics than this round can need")
     seen["screened"] = 1

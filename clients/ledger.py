@@ -7,15 +7,18 @@ module only stores it.
   ``ConfigRecord`` under a caller-chosen key (field ``"json"``). This survives across rounds in
   one SuperNode / simulation, where client objects are re-created every round.
 * **Ledger file** (real deployments): a JSON-lines file on the node — a header line, then one
-  event per line. Every append rewrites the whole file to a temporary sibling, fsyncs it,
+  event per line. Every write rewrites the whole file to a temporary sibling, fsyncs it,
   atomically renames it over the old one and fsyncs the directory, all *before* the caller
   releases the update. A crash leaves either the old or the new file, never a torn line, so any
   parse failure is real corruption and raises :class:`LedgerError` naming the file and line;
-  the ledger is never silently reset to zero. Appends are serialised by an ``flock`` on a
-  ``.lock`` sibling, so two processes on one node cannot lose each other's events.
+  the ledger is never silently reset to zero.
 
-Merging (:func:`load_ledger`) is a union by event label that never drops an event and refuses
-two different events under one label.
+:func:`record_event` is the only writer. Under one ``flock`` on a ``.lock`` sibling of the file
+it reads the union of node state and file (by event label; never dropping an event, refusing
+two different events under one label), checks the budget against that union, appends the
+event and writes the *whole* union back to both places. So events that only the node state
+held reach the file, a restarted client (empty state) counts everything it ever spent, and two
+runs on one node cannot both pass the budget check on a stale view.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from typing import Any
 
 from flwr.app import ConfigRecord, RecordDict
 
-from federation.privacy import LedgerError, PrivacyEvent, PrivacyLedger
+from federation.privacy import LedgerError, PrivacyBudget, PrivacyEvent, PrivacyLedger
 
 __all__ = [
     "FILE_FORMAT",
@@ -151,27 +154,6 @@ class LedgerFile:
         except LedgerError as exc:
             raise LedgerError(f"{where}: {exc}") from None
 
-    def append(self, event: PrivacyEvent) -> PrivacyLedger:
-        """Durably add ``event``; returns the ledger now on disk.
-
-        Returns only after the new file and its directory entry are fsynced: call it
-        *before* releasing the update the event pays for. Raises :class:`LedgerError` if
-        the label is already recorded.
-        """
-        with self._locked():
-            ledger = self.load().append(event)
-            self._write(ledger)
-            return ledger
-
-    def sync(self, ledger: PrivacyLedger) -> PrivacyLedger:
-        """Durably merge ``ledger`` into the file (union by label); returns the union."""
-        with self._locked():
-            on_disk = self.load()
-            merged = on_disk.merge(ledger)
-            if merged is not on_disk or not self.path.exists():
-                self._write(merged)
-            return merged
-
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         lock_path = self.path.with_name(self.path.name + ".lock")
@@ -249,7 +231,10 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def load_ledger(state: RecordDict, key: str, file: LedgerFile | None = None) -> PrivacyLedger:
-    """The full ledger: union of node state and file by label, never dropping an event."""
+    """The full ledger: union of node state and file by label, never dropping an event.
+
+    Read-only: use it to report ε or to plan; only :func:`record_event` writes.
+    """
     ledger = ledger_from_state(state, key)
     if file is not None:
         ledger = ledger.merge(file.load())
@@ -257,15 +242,36 @@ def load_ledger(state: RecordDict, key: str, file: LedgerFile | None = None) -> 
 
 
 def record_event(
-    state: RecordDict, key: str, event: PrivacyEvent, file: LedgerFile | None = None
+    state: RecordDict,
+    key: str,
+    event: PrivacyEvent,
+    file: LedgerFile | None = None,
+    *,
+    budget: PrivacyBudget | None = None,
 ) -> PrivacyLedger:
     """Record ``event`` durably — file first (fsynced), then node state — and return the ledger.
 
-    Call after training and *before* releasing the update. Events the state had but the file
-    lacked (or vice versa) are carried over, so both end up holding the same union.
+    Call after training and *before* releasing the update. Under the file's lock: the union of
+    node state and file is read, ``budget`` (if given) is checked against that union plus
+    ``event``, and the whole union plus ``event`` is written to the file and to the state, so
+    both end up holding the same history.
+
+    Raises
+    ------
+    PrivacyBudgetExceeded
+        If ``event`` would take the whole history past ``budget``; nothing is written, and the
+        update the event would have paid for must not be released.
+    LedgerError
+        If the label is already recorded, the two histories conflict, or the file cannot be
+        read or written.
     """
-    ledger = load_ledger(state, key, file).append(event)
-    if file is not None:
-        ledger = file.sync(ledger)
-    ledger_to_state(state, key, ledger)
+    lock = file._locked() if file is not None else contextlib.nullcontext()
+    with lock:
+        ledger = load_ledger(state, key, file)
+        if budget is not None:
+            budget.check(ledger, event)
+        ledger = ledger.append(event)
+        if file is not None:
+            file._write(ledger)
+        ledger_to_state(state, key, ledger)
     return ledger

@@ -15,7 +15,7 @@ extensions itself.
   ``--auth-supernode-private-key`` and ``flwr supernode register`` read.
 
 Who holds what: the CA private key is needed only to sign; fedguard's
-provisioning (:func:`crypto.keys.provision_federation`) discards it after
+provisioning (:func:`crypto.provisioning.provision_federation`) discards it after
 signing the server certificate. The server private key stays on the SuperLink
 host; each SuperNode private key stays on its trainer's host. Private keys are
 returned as unencrypted PEM / OpenSSH bytes: write them with mode ``0600``.

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from enum import Enum, StrEnum
@@ -20,8 +21,12 @@ from typing import Any
 
 from federation.errors import ConfigError
 from federation.partition import parse_partition
+from federation.privacy import Accountant  # the accountant names live with the accounting
 
 __all__ = [
+    "BUILTIN_TASKS",
+    "DEFENSES",
+    "DP_RECIPE",
     "FLAT_KEYS",
     "TASK_NAMES",
     "Accountant",
@@ -35,13 +40,39 @@ __all__ = [
     "SecureConfig",
     "TrainConfig",
     "from_flat",
+    "parse_defenses",
     "to_flat",
 ]
 
-# the names in federation.tasks.TASKS (kept here so the config needs no torch; a test checks both)
-TASK_NAMES = ("fashion-mnist", "fashion-mnist-tanh")
-DEFENSES = ("norm", "multikrum", "cosine")
-ATTACKS = ("label-flip", "sign-flip", "scaling", "gaussian", "alie", "ipm", "backdoor")
+# Short names of the bundled tasks -> their import strings (federation.tasks resolves them; kept
+# here so the config needs no torch). Any other task is named by "package.module:attribute".
+BUILTIN_TASKS: dict[str, str] = {
+    "fashion-mnist": "federation.tasks:FASHION_MNIST",
+    "fashion-mnist-tanh": "federation.tasks:FASHION_MNIST_TANH",
+    "resnet-1m": "federation.resnet:RESNET_1M",
+    "resnet-10m": "federation.resnet:RESNET_10M",
+}
+TASK_NAMES = tuple(BUILTIN_TASKS)
+_IMPORT_STRING = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
+
+# DP-SGD settings found by sweeping on the Fashion-MNIST task (docs/evidence/README.md): large
+# Poisson batches, a large step without momentum, tight clipping, and tanh activations (bounded
+# activations keep more signal after clipping: 82.4 % against 81.6 % with ReLU at ε = 3, 40
+# rounds). With DP on, every key here that the caller did not set (absent, None or "auto")
+# takes this value; without DP it takes PLAIN_DEFAULTS. One rule for the CLI, `flwr run` and
+# the library API: it is applied by from_flat.
+DP_RECIPE: dict[str, Any] = {"task": "fashion-mnist-tanh", "batch-size": 512, "lr": 4.0,
+                             "momentum": 0.0, "max-grad-norm": 0.5}
+PLAIN_DEFAULTS: dict[str, Any] = {"task": "fashion-mnist", "batch-size": 64, "lr": 0.05,
+                                  "momentum": 0.9, "max-grad-norm": 1.0}
+AUTO = "auto"
+DEFENSES: tuple[str, ...] = ("norm", "multikrum", "cosine")
+"""Every defence name, in canonical order; ``none`` (no filter) is the empty selection.
+
+The one list: ``--defense``, the flat key ``defense`` and :func:`federation.robust.screen` all
+read it through :func:`parse_defenses`. Attack names live with the attacks
+(``simulations.attacks.ATTACKS``): they are a simulation's concern, checked where one starts.
+"""
 
 
 class SecureAggregation(StrEnum):
@@ -49,13 +80,6 @@ class SecureAggregation(StrEnum):
 
     NONE = "none"
     CKKS = "ckks"
-
-
-class Accountant(StrEnum):
-    """Privacy accountant. GDP is deliberately absent: it under-reports epsilon here."""
-
-    PRV = "prv"
-    RDP = "rdp"
 
 
 @dataclass(frozen=True)
@@ -95,8 +119,9 @@ class TrainConfig:
 class DPConfig:
     """Differential privacy. Off unless ``epsilon`` or ``noise_multiplier`` is set.
 
-    ``epsilon`` is the budget of the whole planned run; noise is calibrated once for
-    rounds x local epochs at each client's own sample rate. ``delta`` of 0 means
+    ``epsilon`` is the budget of a client's whole ledger; noise is calibrated once per run
+    for the rounds left x local epochs at each client's own sample rate, paying for the
+    history the client already spent (none for a fresh client). ``delta`` of 0 means
     ``min(1e-5, 1/n)`` for a client with n records.
     """
 
@@ -125,7 +150,7 @@ class DefenseConfig:
 
     defenses: tuple[str, ...] = ()
     screen_quorum: int = 2
-    max_malicious: int = -1  # -1: assume up to floor((n - 3) / 2), the most Krum tolerates
+    max_malicious: int = -1  # -1: automatic, federation.robust.max_krum_f (the most Krum tolerates)
 
 
 @dataclass(frozen=True)
@@ -193,8 +218,13 @@ def from_flat(flat: Mapping[str, Any], base: FedConfig | None = None) -> FedConf
     """Read a flat mapping (Flower run config, CLI options) into a validated :class:`FedConfig`.
 
     Unknown keys are errors (with a suggestion); values are converted and range-checked.
-    Keys absent from ``flat`` keep their value from ``base`` (defaults if ``base`` is None).
+    Keys absent from ``flat`` keep their value from ``base``. Without a ``base``, the keys of
+    :data:`DP_RECIPE` that ``flat`` does not set (absent, ``None`` or ``"auto"``) take the DP
+    recipe when DP is on (``dp-epsilon`` or ``dp-noise`` > 0) and :data:`PLAIN_DEFAULTS`
+    otherwise.
     """
+    if base is None:
+        flat = _with_recipe(flat)
     cfg = base or FedConfig()
     updates: dict[str, dict[str, Any]] = {}
     for key, raw in flat.items():
@@ -208,6 +238,33 @@ def from_flat(flat: Mapping[str, Any], base: FedConfig | None = None) -> FedConf
         cfg = replace(cfg, **{section: replace(getattr(cfg, section), **values)})
     _validate(cfg)
     return cfg
+
+
+def _unset(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and value.strip().lower() in ("", AUTO))
+
+
+def _dp_requested(flat: Mapping[str, Any]) -> bool:
+    for key in ("dp-epsilon", "dp-noise"):
+        raw = flat.get(key)
+        if raw is None or _unset(raw):
+            continue
+        try:
+            if float(raw) > 0:
+                return True
+        except (TypeError, ValueError):
+            return False  # from_flat reports the bad value under its key
+    return False
+
+
+def _with_recipe(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """``flat`` with unset recipe keys filled (DP recipe or plain defaults); None values dropped."""
+    recipe = DP_RECIPE if _dp_requested(flat) else PLAIN_DEFAULTS
+    out = {k: v for k, v in flat.items() if v is not None}
+    for key, value in recipe.items():
+        if _unset(flat.get(key)):
+            out[key] = value
+    return out
 
 
 def to_flat(cfg: FedConfig) -> dict[str, bool | int | float | str]:
@@ -232,7 +289,7 @@ def _convert(key: str, current: Any, raw: Any) -> Any:
             raise ConfigError(key, f"got {raw!r}; allowed: {' | '.join(allowed)}")
         return type(current)(text)
     if isinstance(current, tuple):  # the defence list
-        return _parse_defenses(key, raw)
+        return parse_defenses(raw, key)
     if isinstance(current, bool):
         if isinstance(raw, bool):
             return raw
@@ -259,7 +316,18 @@ def _convert(key: str, current: Any, raw: Any) -> Any:
     return str(raw)
 
 
-def _parse_defenses(key: str, raw: Any) -> tuple[str, ...]:
+def parse_defenses(raw: Any, key: str = "defense") -> tuple[str, ...]:
+    """Read a defence selection into names of :data:`DEFENSES`, in canonical order.
+
+    ``"none"`` or ``""`` gives ``()``; ``"cosine, norm"`` (any order, spaces and case ignored)
+    gives ``("norm", "cosine")``. The order does not matter because the screen composes the
+    filters side by side.
+
+    Raises
+    ------
+    ConfigError
+        Naming ``key``: an unknown, empty or repeated name, or ``none`` combined with others.
+    """
     text = str(raw).strip().lower()
     if text in ("", "none"):
         return ()
@@ -288,7 +356,12 @@ def _validate(cfg: FedConfig) -> None:
         f"got {r.min_clients}; allowed: 0..num-clients ({r.clients})",
     )
     _check(r.round_timeout > 0, "round-timeout", f"got {r.round_timeout}; allowed: > 0 seconds")
-    _check(d.task in TASK_NAMES, "task", f"got {d.task!r}; allowed: {', '.join(TASK_NAMES)}")
+    _check(
+        d.task in BUILTIN_TASKS or bool(_IMPORT_STRING.match(d.task)),
+        "task",
+        f"got {d.task!r}; allowed: {', '.join(BUILTIN_TASKS)}, or an import string "
+        "'package.module:attribute' naming a federation.tasks.Task",
+    )
     parse_partition(d.partition)  # raises ConfigError("partition", ...)
     _check(1 <= t.local_epochs <= 1000, "local-epochs", f"got {t.local_epochs}; allowed: 1..1000")
     _check(1 <= t.batch_size <= 65536, "batch-size", f"got {t.batch_size}; allowed: 1..65536")
@@ -313,17 +386,11 @@ def _validate(cfg: FedConfig) -> None:
         "max-malicious",
         f"got {f.max_malicious}; allowed: -1 (automatic) or 0..num-clients-1",
     )
-    _check(
-        a.attack == "" or a.attack.split(":")[0] in ATTACKS,
-        "attack",
-        f"got {a.attack!r}; allowed: {' | '.join(ATTACKS)}, optionally with parameters "
-        "as NAME:KEY=VALUE[,KEY=VALUE] (e.g. scaling:boost=50)",
-    )
     _check(0 <= a.malicious < 1, "malicious", f"got {a.malicious}; allowed: 0 <= fraction < 1")
     _check(
         not (a.malicious > 0 and a.attack == ""),
         "attack",
-        "malicious > 0 needs an attack: " + " | ".join(ATTACKS),
+        "malicious > 0 needs an attack (NAME[:KEY=VALUE,...], e.g. scaling:boost=50)",
     )
     _check(
         s.mode is SecureAggregation.CKKS or not s.key_dir,

@@ -10,6 +10,10 @@ from typing import Final
 
 __all__ = [
     "CFG",
+    "EVAL_EXAMPLES",
+    "EVAL_LOSS",
+    "EVAL_METRIC_PREFIX",
+    "EVAL_PRIMARY",
     "GLOBAL_CIPHER",
     "GLOBAL_PLAIN",
     "KEYS",
@@ -45,6 +49,12 @@ UPDATE_PLAIN: Final = "update"  # ArrayRecord: plaintext update (float32, flat)
 UPDATE_CIPHER: Final = "update-enc"  # ArrayRecord: encrypted update (uint8 envelope)
 KEYS: Final = "keys"  # ConfigRecord: public keys, wrapped secrets, public context (bytes)
 SCREEN: Final = "screen"  # ArrayRecord / MetricRecord of the screen phase
+
+# -- evaluation fields of a reply's METRICS record (the received global model on local test data)
+EVAL_EXAMPLES: Final = "eval-examples"  # test examples evaluated (the weight of the values below)
+EVAL_LOSS: Final = "eval-loss"  # mean of the task's per-example loss
+EVAL_PRIMARY: Final = "eval-primary"  # mean of the task's primary metric (any finite number)
+EVAL_METRIC_PREFIX: Final = "eval-m-"  # eval-m-NAME: mean of the task's metric NAME
 
 # -- reply status codes (ConfigRecord STATUS, key "code") ----------------------------------------
 STATUS_OK: Final = "ok"

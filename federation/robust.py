@@ -39,9 +39,8 @@ Every filter rejects a client whose statistics are not finite (NaN/Inf). Client 
 changes any client's decision: all reductions are over sorted multisets and ties are broken by
 client id, not by position.
 
-Plaintext-only aggregation rules (for comparisons; they need the updates themselves) wrap
-Flower's implementations: :func:`trimmed_mean`, :func:`coordinate_median`, :func:`bulyan`;
-:func:`fedavg` is the weighted mean every mode uses.
+Defence names and their parser live in :mod:`federation.config` (``DEFENSES``,
+``parse_defenses``); the aggregation rule is :mod:`federation.aggregation`.
 
 Nothing in this module mutates its inputs, does I/O, or imports Flower at import time.
 """
@@ -49,7 +48,6 @@ Nothing in this module mutates its inputs, does I/O, or imports Flower at import
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -58,41 +56,32 @@ from typing import Final, TypeAlias
 import numpy as np
 import numpy.typing as npt
 
-from federation.errors import ConfigError
+from federation.config import parse_defenses  # the one home of defence names and their parser
 
 __all__ = [
     "DEFAULT_COSINE_THRESHOLD",
     "DEFAULT_NORM_K",
-    "DEFENSES",
     "ClientId",
     "Decision",
     "UpdateStats",
     "Verdict",
     "angular_sq_dists",
-    "bulyan",
-    "coordinate_median",
     "cosine_filter",
-    "fedavg",
     "gram_matrix",
     "krum_scores",
+    "max_krum_f",
     "multikrum_filter",
     "no_filter",
     "norm_filter",
     "pairwise_cosines",
-    "parse_defenses",
-    "required_stats",
     "screen",
     "stats_from_plain",
-    "trimmed_mean",
 ]
 
 ClientId: TypeAlias = int | str
 """A client's identity in a round (Flower node id or partition id)."""
 
 FloatArray: TypeAlias = npt.NDArray[np.float64]
-
-DEFENSES: Final[tuple[str, ...]] = ("none", "norm", "multikrum", "cosine")
-"""Every defence name ``--defense`` accepts, in the canonical order used for output."""
 
 DEFAULT_NORM_K: Final[float] = 3.0
 """Norm filter threshold, as a multiple of the median update norm.
@@ -113,8 +102,6 @@ have small positive cosines to each other, so a positive threshold would reject 
 clients; 0 only rejects updates that actively oppose the majority.
 """
 
-_CANONICAL: Final[dict[str, int]] = {name: i for i, name in enumerate(DEFENSES)}
-_ALLOWED_MSG: Final[str] = "allowed: none or a comma list of norm, multikrum, cosine"
 
 
 # --------------------------------------------------------------------------- statistics
@@ -437,11 +424,19 @@ def norm_filter(stats: UpdateStats, *, k: float = DEFAULT_NORM_K) -> tuple[Verdi
     return tuple(out)
 
 
+def max_krum_f(n: int) -> int:
+    """The most attackers Krum tolerates among ``n`` updates: largest ``f`` with ``n > 2f + 2``.
+
+    0 when ``n < 5``. It is also the default ``f`` when ``max-malicious`` is -1 (automatic).
+    """
+    return max(0, (n - 3) // 2)
+
+
 def _effective_f(n: int, f: int) -> int:
     """Largest ``f' <= f`` with ``n > 2 f' + 2`` (0 when even ``f' = 0`` fails)."""
     if n > 2 * f + 2:
         return f
-    return max(0, (n - 3) // 2)
+    return max_krum_f(n)
 
 
 def multikrum_filter(stats: UpdateStats, *, f: int, angular: bool = False) -> tuple[Verdict, ...]:
@@ -611,53 +606,8 @@ def cosine_filter(
 # --------------------------------------------------------------------------- composition
 
 
-def parse_defenses(text: str) -> tuple[str, ...]:
-    """Read the ``--defense`` value into a tuple of defence names in canonical order.
-
-    ``"none"`` gives ``("none",)``; ``"norm,multikrum,cosine"`` (any order, spaces and case
-    ignored) gives ``("norm", "multikrum", "cosine")``. The order does not matter because
-    :func:`screen` composes filters side by side.
-
-    Raises
-    ------
-    ConfigError
-        Key ``defense``: empty, unknown or repeated names, or ``none`` combined with others.
-    """
-    if not isinstance(text, str):
-        raise ConfigError("defense", f"expected text, got {type(text).__name__}; {_ALLOWED_MSG}")
-    names = [part.strip().lower() for part in text.split(",")]
-    if not text.strip() or any(not name for name in names):
-        raise ConfigError("defense", f"empty name in {text!r}; {_ALLOWED_MSG}")
-    unknown = [name for name in names if name not in _CANONICAL]
-    if unknown:
-        raise ConfigError("defense", f"unknown {', '.join(map(repr, unknown))}; {_ALLOWED_MSG}")
-    if len(set(names)) != len(names):
-        raise ConfigError("defense", f"a name is repeated in {text!r}; {_ALLOWED_MSG}")
-    if "none" in names and len(names) > 1:
-        raise ConfigError("defense", f"none cannot be combined with others; {_ALLOWED_MSG}")
-    return tuple(sorted(names, key=_CANONICAL.__getitem__))
-
-
-def required_stats(defenses: Sequence[str] | str) -> frozenset[str]:
-    """Which :class:`UpdateStats` fields the screen phase must compute for ``defenses``.
-
-    ``norm`` needs ``sq_norms``; ``multikrum`` and ``cosine`` need ``sq_norms`` and
-    ``pair_sq_dists`` (n(n-1)/2 ciphertext products; the cosine filter uses the robust
-    median-peer cosine). ``none`` needs nothing. ``inner_with_ref`` is never required.
-    """
-    chosen = _normalise_defenses(defenses)
-    needed: set[str] = set()
-    if any(d in chosen for d in ("norm", "multikrum", "cosine")):
-        needed.add("sq_norms")
-    if any(d in chosen for d in ("multikrum", "cosine")):
-        needed.add("pair_sq_dists")
-    return frozenset(needed)
-
-
 def _normalise_defenses(defenses: Sequence[str] | str) -> tuple[str, ...]:
-    if isinstance(defenses, str):
-        return parse_defenses(defenses)
-    return parse_defenses(",".join(defenses))
+    return parse_defenses(defenses if isinstance(defenses, str) else ",".join(defenses))
 
 
 def _sample_count_list(
@@ -698,13 +648,15 @@ def screen(
     Parameters
     ----------
     stats:
-        The round's statistics (see :func:`required_stats`).
+        The round's statistics: ``sq_norms`` for ``norm``, also ``pair_sq_dists`` for
+        ``multikrum`` and ``cosine``.
     sample_counts:
         Client-reported sample counts, aligned with ``stats.client_ids`` or keyed by id.
         They become the integer aggregation weights of accepted clients; they are not
         verified here (the screen does not bound a lying count).
     defenses:
-        Defence names (or the raw ``--defense`` text); see :func:`parse_defenses`.
+        Defence names (or the raw ``--defense`` text); see
+        :func:`federation.config.parse_defenses`.
     f:
         Assumed number of attackers (Multi-Krum's ``f``), ``>= 0``.
     norm_k, cosine_threshold:
@@ -738,111 +690,3 @@ def screen(
             scores.update(v.scores)
         decisions.append(Decision(cid, accepted, counts[i] if accepted else 0, reasons, scores))
     return decisions
-
-
-# --------------------------------------------------------------------------- aggregation
-
-
-def _stack(updates: Sequence[npt.ArrayLike], what: str) -> list[npt.NDArray[np.generic]]:
-    arrays = [np.asarray(u) for u in updates]
-    if not arrays:
-        raise ValueError(f"{what} needs at least one update")
-    shapes = {a.shape for a in arrays}
-    if len(shapes) > 1:
-        raise ValueError(f"{what}: updates differ in shape: {sorted(shapes)}")
-    return arrays
-
-
-def fedavg(updates: Sequence[npt.ArrayLike], weights: Sequence[int]) -> npt.NDArray[np.floating]:
-    """Weighted mean ``sum_i w_i u_i / sum_i w_i`` (FedAvg), accumulated in float64.
-
-    Mirrors the encrypted path: integer weights, one division by the plaintext denominator.
-    Inputs are not modified; the result has the updates' float dtype (at least float32).
-
-    Raises
-    ------
-    ValueError
-        On mismatched lengths/shapes, negative weights, or a zero total weight (nobody
-        accepted).
-    """
-    arrays = _stack(updates, "fedavg")
-    if len(weights) != len(arrays):
-        raise ValueError(f"{len(arrays)} updates but {len(weights)} weights")
-    if any(isinstance(w, bool) or not isinstance(w, (int, np.integer)) or w < 0 for w in weights):
-        raise ValueError("weights must be ints >= 0")
-    total = int(sum(int(w) for w in weights))
-    if total == 0:
-        raise ValueError("fedavg: total weight is 0 (no accepted update)")
-    out_dtype = np.result_type(*arrays, np.float32)
-    if not np.issubdtype(out_dtype, np.floating):
-        out_dtype = np.dtype(np.float64)
-    acc = np.zeros(arrays[0].shape, dtype=np.float64)
-    for a, w in zip(arrays, weights, strict=True):
-        if w:
-            acc += int(w) * a.astype(np.float64)
-    result: npt.NDArray[np.floating] = (acc / total).astype(out_dtype)
-    return result
-
-
-def _as_results(
-    updates: Sequence[npt.ArrayLike],
-) -> list[tuple[list[npt.NDArray[np.generic]], int]]:
-    """Flower's legacy ``list[(NDArrays, num_examples)]`` shape; fresh copies, count 1."""
-    return [([np.array(a, copy=True)], 1) for a in _stack(updates, "aggregation")]
-
-
-def _load_flower_aggregate() -> None:
-    """Import ``flwr.server.strategy.aggregate`` once, lazily.
-
-    Lazily, so that importing this module (and every decision above) never loads Flower.
-    Importing Flower 1.42 triggers a DeprecationWarning inside its dependency ``click``
-    (via ``typer``); it is not ours to fix and is ignored for the import only.
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        import flwr.server.strategy.aggregate  # noqa: F401
-
-
-def trimmed_mean(updates: Sequence[npt.ArrayLike], beta: float) -> npt.NDArray[np.floating]:
-    """Coordinate-wise trimmed mean: drop the ``beta`` fraction at each end, average the rest.
-
-    Plaintext only. Wraps Flower's ``aggregate_trimmed_avg`` (cut ``int(beta * n)`` per end).
-
-    Parameters
-    ----------
-    beta:
-        Fraction cut from each end, in ``[0, 0.5)``.
-    """
-    if not (0.0 <= beta < 0.5):
-        raise ValueError(f"beta must be in [0, 0.5), got {beta}")
-    results = _as_results(updates)
-    _load_flower_aggregate()
-    from flwr.server.strategy.aggregate import aggregate_trimmed_avg
-
-    return aggregate_trimmed_avg(results, proportiontocut=beta)[0]
-
-
-def coordinate_median(updates: Sequence[npt.ArrayLike]) -> npt.NDArray[np.floating]:
-    """Coordinate-wise median. Plaintext only; wraps Flower's ``aggregate_median``."""
-    results = _as_results(updates)
-    _load_flower_aggregate()
-    from flwr.server.strategy.aggregate import aggregate_median
-
-    return aggregate_median(results)[0]
-
-
-def bulyan(updates: Sequence[npt.ArrayLike], f: int) -> npt.NDArray[np.floating]:
-    """Bulyan (El Mhamdi et al., 2018) with Krum as the selection rule.
-
-    Plaintext only; wraps Flower's ``aggregate_bulyan`` with ``aggregate_krum`` (on a copy:
-    Flower's version pops from the list it is given). Needs ``n >= 4f + 3``.
-    """
-    if isinstance(f, bool) or not isinstance(f, int) or f < 0:
-        raise ValueError(f"f must be an int >= 0, got {f!r}")
-    results = _as_results(updates)
-    if len(results) < 4 * f + 3:
-        raise ValueError(f"bulyan needs n >= 4f + 3; got n={len(results)}, f={f}")
-    _load_flower_aggregate()
-    from flwr.server.strategy.aggregate import aggregate_bulyan, aggregate_krum
-
-    return aggregate_bulyan(results, f, aggregate_krum, to_keep=0)[0]

@@ -33,7 +33,7 @@ from federation import protocol as P
 from federation.aggregation import integer_weights
 from federation.config import FedConfig, to_flat
 from federation.errors import ProtocolError, RejectedUpdate
-from federation.robust import Decision, screen
+from federation.robust import Decision, max_krum_f, screen
 from server.schemes import Scheme
 
 __all__ = [
@@ -185,7 +185,8 @@ def exchange(
             log.warning("ignoring an unexpected or duplicate reply")
             continue
         if reply.has_error():
-            lost[node] = f"error-reply: code {reply.error.code}: {reply.error.reason[:200]}"
+            # Flower types the reason ``str | None``: a reply without one must not end the run.
+            lost[node] = f"error-reply: code {reply.error.code}: {(reply.error.reason or 'no reason')[:200]}"
         elif not reply.has_content():
             lost[node] = "empty-reply"
         else:
@@ -230,25 +231,36 @@ def _weighted_extra(results: Sequence[ClientResult]) -> dict[str, float]:
     return out
 
 
+# Bound on a reported loss or metric: a task's honest values are far inside it, so anything
+# beyond is tampering (never clamped).
+_EVAL_BOUND = 1e9
+
+
 def _weighted_eval(results: Sequence[ClientResult]) -> tuple[float | None, float | None]:
-    """Sample-weighted accuracy and loss of the evaluation the replies carry."""
-    num = sum(r.metrics.get("eval-examples", 0.0) for r in results)
+    """Sample-weighted means of the primary metric and the loss of the evaluation the replies carry.
+
+    The primary metric is the task's (``eval-primary``): accuracy for the bundled classifiers,
+    whatever the task names otherwise (e.g. mse); :class:`RoundReport` keeps it as ``accuracy``.
+    """
+    weighted = [r for r in results if r.metrics.get(P.EVAL_EXAMPLES, 0) > 0]
+    num = sum(r.metrics[P.EVAL_EXAMPLES] for r in weighted)
     if num <= 0:
         return None, None
-    acc = sum(r.metrics["eval-accuracy"] * r.metrics["eval-examples"] for r in results
-              if r.metrics.get("eval-examples", 0) > 0) / num
-    loss = sum(r.metrics["eval-loss"] * r.metrics["eval-examples"] for r in results
-               if r.metrics.get("eval-examples", 0) > 0) / num
-    return acc, loss
+    primary = sum(r.metrics[P.EVAL_PRIMARY] * r.metrics[P.EVAL_EXAMPLES] for r in weighted) / num
+    loss = sum(r.metrics[P.EVAL_LOSS] * r.metrics[P.EVAL_EXAMPLES] for r in weighted) / num
+    return primary, loss
 
 
 def _parse_eval(content: RecordDict) -> dict[str, float]:
+    """The reply's metrics; its evaluation fields must be present, finite and bounded."""
     m = _metrics_of(content)
-    n, acc, loss = m.get("eval-examples", 0.0), m.get("eval-accuracy"), m.get("eval-loss")
-    if n < 0 or n > 1e9 or (n > 0 and (acc is None or loss is None)):
+    n, primary, loss = m.get(P.EVAL_EXAMPLES, 0.0), m.get(P.EVAL_PRIMARY), m.get(P.EVAL_LOSS)
+    if not (0 <= n <= 1e9) or n != int(n) or (n > 0 and (primary is None or loss is None)):
         raise ProtocolError("bad evaluation metrics")
-    if n > 0 and not (0.0 <= acc <= 1.0 and loss >= 0 and loss < 1e6):  # type: ignore[operator]
-        raise ProtocolError("evaluation metrics out of range")
+    if n > 0:
+        values = [primary, loss, *(v for k, v in m.items() if k.startswith(P.EVAL_METRIC_PREFIX))]
+        if not all(v is not None and abs(v) < _EVAL_BOUND for v in values):  # NaN fails too
+            raise ProtocolError("evaluation metrics out of range")
     return m
 
 
@@ -411,7 +423,7 @@ def _decide(grid: GridLike, cfg: FedConfig, scheme: Scheme, candidates: list[Cli
     if not cfg.defense.defenses or not candidates:
         return {i: Decision(i, True, c, (), {}) for i, c in zip(ids, counts, strict=True)}
     n = len(candidates)
-    f = cfg.defense.max_malicious if cfg.defense.max_malicious >= 0 else max((n - 3) // 2, 0)
+    f = cfg.defense.max_malicious if cfg.defense.max_malicious >= 0 else max_krum_f(n)
     stats = scheme.statistics(grid, {r.node_id: r.payload for r in candidates}, rnd)
     # under DP an update's size is mostly its noise, so Multi-Krum compares directions
     decisions = screen(stats, dict(zip(ids, counts, strict=True)), cfg.defense.defenses, f=f,

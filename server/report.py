@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -116,7 +117,7 @@ class RunWriter:
         buf = io.BytesIO()
         arrays = {k: (np.frombuffer(v, dtype=np.uint8) if isinstance(v, bytes) else np.asarray(v))
                   for k, v in state.items()}
-        np.savez(buf, **arrays)
+        np.savez(buf, allow_pickle=False, **arrays)
         atomic_write(self.out_dir / "checkpoints" / f"round-{round_:04d}.npz", buf.getvalue())
         # Keep the two newest checkpoints: enough to resume, bounded on disk.
         olds = checkpoint_files(self.out_dir)[:-2]
@@ -181,6 +182,11 @@ def load_checkpoint(out_dir: Path) -> dict[str, Any] | None:
         return {k: z[k] for k in z.files}
 
 
+def _gap(v: Any) -> float:
+    # A round without a value (no evaluation yet, a client that did not report) is a gap in the line.
+    return float(v) if v is not None else math.nan
+
+
 def plot_run(out_dir: Path, rows: list[dict[str, Any]]) -> None:
     """accuracy.png (accuracy and loss per round) and, if any client reported ε, epsilon.png."""
     import matplotlib
@@ -190,11 +196,11 @@ def plot_run(out_dir: Path, rows: list[dict[str, Any]]) -> None:
 
     rounds = [r["round"] for r in rows]
     fig, ax1 = plt.subplots(figsize=(6, 4))
-    ax1.plot(rounds, [r.get("accuracy") for r in rows], "o-", color="tab:blue", label="accuracy")
+    ax1.plot(rounds, [_gap(r.get("accuracy")) for r in rows], "o-", color="tab:blue", label="accuracy")
     ax1.set_xlabel("round")
     ax1.set_ylabel("test accuracy", color="tab:blue")
     ax2 = ax1.twinx()
-    ax2.plot(rounds, [r.get("loss") for r in rows], "s--", color="tab:red", label="loss")
+    ax2.plot(rounds, [_gap(r.get("loss")) for r in rows], "s--", color="tab:red", label="loss")
     ax2.set_ylabel("test loss", color="tab:red")
     ax1.set_title("Global model on the clients' test splits")
     fig.tight_layout()
@@ -206,7 +212,7 @@ def plot_run(out_dir: Path, rows: list[dict[str, Any]]) -> None:
     if clients:
         fig, ax = plt.subplots(figsize=(6, 4))
         for c in clients:
-            ax.plot(rounds, [e.get(c) for e in eps], marker=".", label=c)
+            ax.plot(rounds, [_gap(e.get(c)) for e in eps], marker=".", label=c)
         ax.set_xlabel("round")
         ax.set_ylabel("ε spent (cumulative)")
         ax.set_title("Privacy spent per client")

@@ -33,7 +33,7 @@ from simulations.attacks import (
     select_malicious,
 )
 
-__all__ = ["asr_eval", "hooks_for", "make_adversarial_client_app", "parse_attack"]
+__all__ = ["asr_eval", "check_attack", "hooks_for", "make_adversarial_client_app", "parse_attack"]
 
 BACKDOOR_TARGET = 0
 
@@ -46,7 +46,8 @@ def asr_eval(model: torch.nn.Module, cfg: FedConfig, pid: int, num: int,
     def predict(images: npt.NDArray[np.uint8]) -> npt.NDArray[np.int64]:
         with torch.no_grad():
             model.eval()
-            return model(torch.from_numpy(normalize(images))).argmax(1).numpy()
+            predicted: npt.NDArray[np.int64] = model(torch.from_numpy(normalize(images))).argmax(1).numpy()
+            return predicted
 
     keep = ty != target
     rate = attack_success_rate(predict, tx, ty, target)
@@ -91,6 +92,16 @@ def parse_attack(text: str) -> tuple[str, dict[str, Any]]:
                 pass
         params[key.strip().replace("-", "_")] = value
     return name, params
+
+
+def check_attack(text: str) -> None:
+    """Refuse an ``attack`` value the registry cannot build, before any process starts.
+
+    Raises :class:`~federation.errors.ConfigError` naming ``attack`` (unknown name or
+    parameter) or ``attack.<param>`` (bad value).
+    """
+    name, params = parse_attack(text)
+    make_attack(name, **params)
 
 
 def hooks_for(cfg: FedConfig, node_config: Mapping[str, Any]) -> ClientHooks:

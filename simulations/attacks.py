@@ -67,17 +67,6 @@ F32 = npt.NDArray[np.float32]
 Images = npt.NDArray[np.uint8]
 Labels = npt.NDArray[np.int64]
 
-ATTACKS: Final[tuple[str, ...]] = (
-    "label-flip",
-    "sign-flip",
-    "scaling",
-    "gaussian",
-    "alie",
-    "ipm",
-    "backdoor",
-)
-"""Every name ``--attack`` accepts."""
-
 TRIGGER_SIZE: Final[int] = 4
 """Side of the white square stamped in the bottom-right corner of a triggered image."""
 
@@ -485,6 +474,10 @@ _FACTORIES: Final[dict[str, Callable[..., Attack]]] = {
     "ipm": IPM,
     "backdoor": Backdoor,
 }
+"""The attack registry: every attack is registered here, and only here."""
+
+ATTACKS: Final[tuple[str, ...]] = tuple(_FACTORIES)
+"""Every name ``--attack`` accepts (the registry's keys, in registration order)."""
 
 
 def make_attack(name: str, **params: Any) -> Attack:

@@ -41,7 +41,12 @@ def _fail(message: str, code: int = 2) -> None:
 def build_config(flat: dict[str, Any]) -> FedConfig:
     """Flat CLI values (None = not given) into a validated config, or exit with the key named."""
     try:
-        return from_flat({k: v for k, v in flat.items() if v is not None})
+        cfg = from_flat({k: v for k, v in flat.items() if v is not None})
+        if cfg.attack.attack:  # attack names live in the registry, not in the config tree
+            from simulations.adversary import check_attack
+
+            check_attack(cfg.attack.attack)
+        return cfg
     except ConfigError as exc:
         _fail(f"{opt.flag_for(exc.key)}: {str(exc).split(': ', 1)[1]}")
         raise  # unreachable

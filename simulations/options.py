@@ -132,8 +132,8 @@ DataDir = Annotated[str | None, typer.Option(
     "--data-dir", help="Fashion-MNIST IDX folder, or 'subset' (the vendored subset); server: "
     "the data set every client loads (unset: each client's own).")]
 DpEpsilon = Annotated[float | None, typer.Option(
-    "--dp-epsilon", help="ε budget of the whole run, per client (ε spent earlier by a client, "
-    "recorded in its ledger, counts against it).")]
+    "--dp-epsilon", help="ε budget of each client's whole privacy ledger (all runs; noise is "
+    "calibrated for the rounds left).")]
 DpNoise = Annotated[float | None, typer.Option(
     "--dp-noise", help="Noise multiplier (instead of --dp-epsilon).")]
 DpDelta = Annotated[float | None, typer.Option("--dp-delta", help="δ (default min(1e-5, 1/n)).")]

@@ -24,11 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from federation.config import FedConfig, from_flat
+from simulations.attacks import ATTACKS
 from simulations.simulate import with_dp_recipe
 
 __all__ = ["MATRICES", "Scenario", "markdown_table", "run_matrix", "scenarios"]
 
-ALL_ATTACKS = ("none", "label-flip", "sign-flip", "scaling", "gaussian", "alie", "ipm", "backdoor")
+ALL_ATTACKS = ("none", *ATTACKS)  # "none": the attack-free reference run
 GUARD = "norm,multikrum,cosine"
 
 

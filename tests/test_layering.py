@@ -67,7 +67,8 @@ def test_only_crypto_touches_cryptography_primitives() -> None:
     "module",
     ["federation.config", "federation.errors", "federation.protocol", "federation.aggregation",
      "federation.robust", "federation.data", "federation.partition", "federation.privacy",
-     "federation.tasks", "federation.records", "crypto.keys", "crypto.tls", "server.loop",
+     "federation.tasks", "federation.records", "crypto.keys", "crypto.wrapping", "crypto.at_rest",
+     "crypto.provisioning", "crypto.passphrase", "crypto.tls", "server.loop",
      "server.schemes", "clients.handlers", "simulations.attacks"],
 )
 def test_public_surface_is_explicit(module: str) -> None:

@@ -46,16 +46,33 @@ def test_a_restarted_client_keeps_its_privacy_ledger(fake_grid, tmp_path: Path, 
 
 
 def test_a_key_holder_answers_one_bounded_screen_request_per_round(fake_grid, recorder) -> None:
-    cfg = _cfg(**{"secure-aggregation": "ckks", "dp-noise": 0.0})
-    grid = fake_grid(client_app, 2)
-    run_federation(grid, cfg, make_scheme(cfg), observer=recorder())
-    ctx = next(iter(grid.nodes.values()))
-    # The state remembers round 1 with 2 clients: at most 2 + 1 statistics, once.
-    too_many = RecordDict({P.SCREEN: bytes_record({f"s{k:06d}": b"x" for k in range(4)}),
+    cfg = _cfg(**{"num-clients": 3, "secure-aggregation": "ckks", "dp-noise": 0.0, "defense": "norm"})
+    grid = fake_grid(client_app, 3)
+    rec = recorder()
+    run_federation(grid, cfg, make_scheme(cfg), observer=rec)
+    assert len(rec.rounds[0].accepted) == 3  # the quorum answered the round's screening request
+    screens = [m for m in grid.sent if m.metadata.message_type == P.MSG_SCREEN]
+    asked = {m.metadata.dst_node_id for m in screens}
+    assert len(asked) == 2 == len(screens)  # --screen-quorum 2 of 3 trainers
+    real = screens[0].content
+
+    # A key holder that answered refuses the same well-formed request again.
+    holder = grid.nodes[screens[0].metadata.dst_node_id]
+    with pytest.raises(ProtocolError, match="second screening request"):
+        handle_screen(RecordDict(real), holder.state, {}, holder.run_id)
+
+    # The trainer that was not asked: its state remembers round 1 with 3 clients, so at most
+    # 3 + 3 statistics, for round 1 only, once.
+    idle = grid.nodes[(set(grid.nodes) - asked).pop()]
+    too_many = RecordDict({P.SCREEN: bytes_record({f"s{k:06d}": b"x" for k in range(7)}),
                            P.CFG: ConfigRecord({"round": 1})})
     with pytest.raises(ProtocolError, match="more statistics"):
-        handle_screen(too_many, ctx.state, {}, ctx.run_id)
+        handle_screen(too_many, idle.state, {}, idle.run_id)
     other_round = RecordDict({P.SCREEN: bytes_record({"s000000": b"x"}),
                               P.CFG: ConfigRecord({"round": 5})})
     with pytest.raises(ProtocolError, match="another round"):
-        handle_screen(other_round, ctx.state, {}, ctx.run_id)
+        handle_screen(other_round, idle.state, {}, idle.run_id)
+    answer = handle_screen(RecordDict(real), idle.state, {}, idle.run_id)
+    assert len(answer[P.SCREEN]["values"]) == len(real[P.SCREEN])  # type: ignore[arg-type]
+    with pytest.raises(ProtocolError, match="second screening request"):
+        handle_screen(RecordDict(real), idle.state, {}, idle.run_id)

@@ -4,6 +4,7 @@ reported, never papered over with an empty ledger."""
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -17,13 +18,18 @@ from clients.ledger import (
     record_event,
 )
 from federation.errors import PrivacyBudgetExceeded
-from federation.privacy import LedgerError, PrivacyEvent, PrivacyLedger, check_budget
+from federation.privacy import LedgerError, PrivacyBudget, PrivacyEvent, PrivacyLedger
 
 KEY = "privacy-ledger"
 
 
 def _ev(i: int, sigma: float = 1.0) -> PrivacyEvent:
     return PrivacyEvent(sigma, 0.02, 50, f"run1/round{i}")
+
+
+def _record_alone(path: Path, event: PrivacyEvent) -> PrivacyLedger:
+    """What a freshly started process does: an empty node state, the node's file."""
+    return record_event(RecordDict(), KEY, event, LedgerFile(path))
 
 
 def test_state_round_trip_survives_a_new_client_object() -> None:
@@ -66,9 +72,8 @@ def test_state_with_something_else_under_the_key_is_an_error(record: object) -> 
 def test_file_survives_a_restart(tmp_path: Path) -> None:
     path = tmp_path / "ledger.jsonl"
     assert LedgerFile(path).load() == PrivacyLedger()  # a new node
-    f = LedgerFile(path)
-    f.append(_ev(1))
-    on_disk = f.append(_ev(2))
+    _record_alone(path, _ev(1))
+    on_disk = _record_alone(path, _ev(2))
     # A fresh process: new objects, same path.
     again = LedgerFile(path).load()
     assert again == on_disk and again.labels == ("run1/round1", "run1/round2")
@@ -76,20 +81,20 @@ def test_file_survives_a_restart(tmp_path: Path) -> None:
     assert json.loads(lines[0]) == {"format": "fedguard.privacy-ledger-log", "version": 1}
     assert len(lines) == 3
     with pytest.raises(LedgerError, match="already"):
-        LedgerFile(path).append(_ev(2))
+        _record_alone(path, _ev(2))
     assert not list(tmp_path.glob("*.tmp"))  # no temporary files left behind
     assert (path.stat().st_mode & 0o077) == 0  # private to the node's user
 
 
 def test_unwritable_location_is_a_ledger_error(tmp_path: Path) -> None:
-    f = LedgerFile(tmp_path / "missing-dir" / "ledger.jsonl")
-    assert f.load() == PrivacyLedger()
+    path = tmp_path / "missing-dir" / "ledger.jsonl"
+    assert LedgerFile(path).load() == PrivacyLedger()
     with pytest.raises(LedgerError, match="privacy ledger"):
-        f.append(_ev(1))
+        _record_alone(path, _ev(1))
 
 
 def _valid_file(path: Path) -> str:
-    LedgerFile(path).append(_ev(1))
+    _record_alone(path, _ev(1))
     return path.read_text()
 
 
@@ -115,7 +120,7 @@ def test_corrupt_file_is_a_clear_error_never_an_empty_ledger(tmp_path: Path, dam
     with pytest.raises(LedgerError, match=str(path.name)):
         LedgerFile(path).load()
     with pytest.raises(LedgerError):
-        LedgerFile(path).append(_ev(2))  # and nothing is appended on top of damage
+        _record_alone(path, _ev(2))  # and nothing is appended on top of damage
 
 
 def test_record_event_keeps_state_and_file_in_step(tmp_path: Path) -> None:
@@ -143,22 +148,155 @@ def test_record_event_keeps_state_and_file_in_step(tmp_path: Path) -> None:
         load_ledger(state3, KEY, LedgerFile(path))
 
 
-def test_a_restarted_client_still_refuses_at_its_budget(tmp_path: Path) -> None:
+def test_events_held_only_in_node_state_reach_the_file(tmp_path: Path) -> None:
+    # The measured bug: the node state held 3 events, the file 1 (it was configured later), and
+    # each round appended only its own event to the file; after a restart the client counted
+    # the file's ε (4.55 instead of 7.77) and would train past its budget.
     path = tmp_path / "ledger.jsonl"
-    budget = 3.0
-    spent = PrivacyLedger()
+    state = RecordDict()
+    ledger_to_state(state, KEY, PrivacyLedger((_ev(1), _ev(2), _ev(3))))
+    _record_alone(path, _ev(3))
+    assert len(LedgerFile(path).load()) == 1
+    full = record_event(state, KEY, _ev(4), LedgerFile(path))
+    assert full.labels == ("run1/round1", "run1/round2", "run1/round3", "run1/round4")
+    restarted = load_ledger(RecordDict(), KEY, LedgerFile(path))
+    assert restarted == full == ledger_from_state(state, KEY)
+    assert restarted.epsilon(1e-5) == full.epsilon(1e-5) > PrivacyLedger((_ev(3), _ev(4))).epsilon(1e-5)
+
+
+def _fill(budget: PrivacyBudget, record: object) -> int:
+    """Record events until the budget refuses one; returns how many were recorded."""
     i = 0
     while True:
-        nxt = _ev(i)
         try:
-            check_budget(spent, nxt, budget, 1e-5)
+            record(_ev(i))  # type: ignore[operator]
         except PrivacyBudgetExceeded:
-            break
-        spent = LedgerFile(path).append(nxt)
+            return i
         i += 1
-    assert i >= 1
+
+
+def test_a_restarted_client_still_refuses_at_its_budget(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.jsonl"
+    budget = PrivacyBudget(3.0, 1e-5, "rdp")
+    state = RecordDict()
+    recorded = _fill(budget, lambda ev: record_event(state, KEY, ev, LedgerFile(path), budget=budget))
+    assert recorded >= 1
     # "Restart": all in-memory state is gone, only the file remains.
-    reloaded = LedgerFile(path).load()
-    assert reloaded.epsilon(1e-5) <= budget
+    reloaded = load_ledger(RecordDict(), KEY, LedgerFile(path))
+    assert len(reloaded) == recorded and reloaded.epsilon(1e-5, "rdp") <= budget.epsilon
     with pytest.raises(PrivacyBudgetExceeded):
-        check_budget(reloaded, _ev(i), budget, 1e-5)
+        record_event(RecordDict(), KEY, _ev(recorded), LedgerFile(path), budget=budget)
+    assert LedgerFile(path).load() == reloaded  # a refused event is not written
+
+
+def test_the_budget_is_checked_against_the_file_not_a_stale_view(tmp_path: Path) -> None:
+    # Two runs on one node, each with its own node state: run A read the ledger before run B
+    # spent; A's release must still be checked against what B wrote.
+    path = tmp_path / "ledger.jsonl"
+    budget = PrivacyBudget(3.0, 1e-5, "rdp")
+    state_a, state_b = RecordDict(), RecordDict()
+    record_event(state_a, KEY, PrivacyEvent(1.0, 0.02, 50, "a/round0"), LedgerFile(path), budget=budget)
+    recorded_b = _fill(budget, lambda ev: record_event(state_b, KEY, PrivacyEvent(
+        1.0, 0.02, 50, f"b/{ev.label}"), LedgerFile(path), budget=budget))
+    assert recorded_b >= 1
+    assert budget.check(ledger_from_state(state_a, KEY), PrivacyEvent(1.0, 0.02, 50, "a/round1")) <= 3.0
+    with pytest.raises(PrivacyBudgetExceeded):
+        record_event(state_a, KEY, PrivacyEvent(1.0, 0.02, 50, "a/round1"), LedgerFile(path), budget=budget)
+    assert LedgerFile(path).load().epsilon(1e-5, "rdp") <= budget.epsilon
+
+
+def test_two_concurrent_runs_on_one_node_never_exceed_the_budget(tmp_path: Path) -> None:
+    # Two runs, each with its own node state and its own open file; flock excludes separate
+    # open files exactly as it excludes separate processes. fsync releases the GIL, so the
+    # two writers interleave between each other's read, check and write.
+    path = tmp_path / "ledger.jsonl"
+    budget = PrivacyBudget(3.0, 1e-5, "rdp")
+    budget.check(PrivacyLedger(), _ev(0))  # warm the accountant so both start together
+    go = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def run(name: str) -> None:
+        state = RecordDict()
+        go.wait()
+        for i in range(30):
+            try:
+                record_event(state, KEY, PrivacyEvent(1.0, 0.02, 50, f"{name}/round{i}"),
+                             LedgerFile(path), budget=budget)
+            except PrivacyBudgetExceeded:
+                pass
+            except BaseException as exc:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in ("run-a", "run-b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not errors
+    ledger = LedgerFile(path).load()
+    assert ledger.epsilon(budget.delta, "rdp") <= budget.epsilon
+    # Both runs spent: the file holds the union of their events, and no room is left.
+    assert {label.split("/")[0] for label in ledger.labels} == {"run-a", "run-b"}
+    with pytest.raises(PrivacyBudgetExceeded):
+        budget.check(ledger, PrivacyEvent(1.0, 0.02, 50, "run-c/round0"))
+
+
+# --------------------------------------------------------------------------------------------
+# through the real ClientApp and round loop
+
+
+def _fed(**flat: object):  # type: ignore[no-untyped-def]
+    from federation.config import from_flat
+
+    return from_flat({"num-clients": 2, "num-server-rounds": 1, "partition": "iid",
+                      "data-dir": "subset", "batch-size": 32, "dp-accountant": "rdp", **flat})
+
+
+def _run(grid, cfg, rec) -> None:  # type: ignore[no-untyped-def]
+    from server.app import make_scheme
+    from server.loop import run_federation
+
+    run_federation(grid, cfg, make_scheme(cfg), observer=rec)
+
+
+def test_a_trainer_writes_its_whole_history_to_a_file_configured_later(
+        fake_grid, recorder, tmp_path: Path) -> None:
+    from clients.app import app as client_app
+
+    grid = fake_grid(client_app, 2, run_id=1)
+    _run(grid, _fed(**{"dp-noise": 1.0}), recorder())  # node state only: no ledger file yet
+    for i, ctx in enumerate(grid.nodes.values()):
+        ctx.node_config["ledger-file"] = str(tmp_path / f"l{i}.jsonl")
+        ctx.run_id = 2
+    _run(grid, _fed(**{"dp-noise": 1.0}), recorder())
+    for i, ctx in enumerate(grid.nodes.values()):
+        in_state = ledger_from_state(ctx.state, KEY)
+        assert in_state.labels == ("run1/round1", "run2/round1")
+        assert LedgerFile(tmp_path / f"l{i}.jsonl").load() == in_state
+
+
+def test_calibration_after_a_restart_pays_for_the_recorded_history(
+        fake_grid, recorder, tmp_path: Path) -> None:
+    from clients.app import app as client_app
+
+    # The node spent part of its budget in an earlier run; it now joins a two-round run with
+    # the same budget. Planning both rounds as if fresh would refuse round 2; planning what is
+    # left trains both rounds and ends within, and close to, the budget.
+    budget = 3.0
+    prior = PrivacyEvent(1.2, 32 / 900, 29, "run1/round1")
+    spent = PrivacyLedger((prior,)).epsilon(1e-5, "rdp")
+    assert 0.3 * budget < spent < 0.7 * budget
+    for i in range(2):
+        _record_alone(tmp_path / f"l{i}.jsonl", prior)
+    grid = fake_grid(client_app, 2, run_id=2, node_config=lambda i: {
+        "partition-id": i, "num-partitions": 2, "ledger-file": str(tmp_path / f"l{i}.jsonl")})
+    rec = recorder()
+    _run(grid, _fed(**{"dp-epsilon": budget, "num-server-rounds": 2}), rec)
+    assert [len(r.accepted) for r in rec.rounds] == [2, 2]
+    assert all(not r.refused for r in rec.rounds)
+    final = rec.rounds[-1].epsilon_by_client
+    assert len(final) == 2
+    for i in range(2):
+        on_disk = LedgerFile(tmp_path / f"l{i}.jsonl").load()
+        assert on_disk.labels == ("run1/round1", "run2/round1", "run2/round2")
+        assert 0.95 * budget <= on_disk.epsilon(1e-5, "rdp") <= budget

@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clients.grad_sample import make_clipper
 from clients.training import (
     DPPlan,
     EvalResult,
     TrainResult,
-    _make_clipper,
     evaluate,
     make_dp_compatible,
     resolve_grad_sample_mode,
@@ -91,7 +91,8 @@ def test_every_grad_sample_mode_gives_the_exact_clipped_sum(mode: str, net: str)
         x, y = torch.randn(24, 1, 28, 28), torch.randint(0, 10, (24,))
     c = 0.3  # small enough that most samples are clipped
     params = list(model.parameters())
-    _, clip, close = _make_clipper(model, params, DPPlan(1.0, c, mode))  # type: ignore[arg-type]
+    loss = lambda m, xb, yb: F.cross_entropy(m(xb), yb, reduction="none")  # noqa: E731
+    _, clip, close = make_clipper(model, params, mode, c, loss)
     try:
         sums, loss_sum = clip(x, y)
     finally:

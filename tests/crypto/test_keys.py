@@ -18,7 +18,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from crypto import keys, tls
+from crypto import at_rest, keys, passphrase, tls
 from crypto.keys import (
     WrapKeyPair,
     load_server_bundle,
@@ -43,7 +43,7 @@ RUN, TO = "run-42", "node-7"
 @pytest.fixture
 def fast_kdf(monkeypatch: pytest.MonkeyPatch) -> None:
     """Seal with the cheapest accepted scrypt cost so that tests stay fast."""
-    monkeypatch.setattr(keys, "_SCRYPT_LOG2_N", 14)
+    monkeypatch.setattr(at_rest, "_SCRYPT_LOG2_N", 14)
 
 
 def _no_leak(exc: BaseException, *secrets: bytes | str) -> None:
@@ -216,13 +216,13 @@ def test_every_byte_flip_of_a_sealed_blob_fails(
 ) -> None:
     blob = seal_at_rest(b"sealed-payload", PASSPHRASE)
     costs: list[tuple[int, int, int]] = []
-    real = keys._scrypt
+    real = at_rest._scrypt
 
     def spy(salt: bytes, log2_n: int, r: int, p: int, pw: bytes) -> bytes:
         costs.append((log2_n, r, p))
         return real(salt, log2_n, r, p, pw)
 
-    monkeypatch.setattr(keys, "_scrypt", spy)
+    monkeypatch.setattr(at_rest, "_scrypt", spy)
     # Every header byte (magic, KDF id and parameters, salt, nonce) and every
     # ciphertext/tag byte; each attempt runs scrypt, so one bit per byte.
     for i in range(len(blob)):
@@ -248,7 +248,7 @@ def test_tampered_kdf_params_are_refused_before_scrypt(
         calls.append((log2_n, r, p))
         return b"\x00" * 32  # never run a real, possibly huge, scrypt here
 
-    monkeypatch.setattr(keys, "_scrypt", spy)
+    monkeypatch.setattr(at_rest, "_scrypt", spy)
     for offset in (5, 6, 7):  # log2(n), r, p
         for value in range(256):
             bad = bytearray(blob)
@@ -281,7 +281,7 @@ def test_read_passphrase(monkeypatch: pytest.MonkeyPatch) -> None:
         read_passphrase(prompt=False)
 
     answers = iter([PASSPHRASE, PASSPHRASE, PASSPHRASE, PASSPHRASE, "different-one", ""])
-    monkeypatch.setattr(keys, "_stdin_is_tty", lambda: True)
+    monkeypatch.setattr(passphrase, "_stdin_is_tty", lambda: True)
     monkeypatch.setattr(getpass, "getpass", lambda prompt="": next(answers))
     assert read_passphrase() == PASSPHRASE
     assert read_passphrase(confirm=True) == PASSPHRASE
@@ -310,7 +310,7 @@ def _provision(out: Path, trainers: int = 2, **kw: object) -> keys.ProvisionResu
 @pytest.fixture(scope="module")
 def provisioned(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(keys, "_SCRYPT_LOG2_N", 14)
+        mp.setattr(at_rest, "_SCRYPT_LOG2_N", 14)
         out = tmp_path_factory.mktemp("prov") / "fed"
         _provision(out, 2, hosts=("superlink.example.org", "10.1.2.3"), federation="demo")
     return out

@@ -22,7 +22,7 @@ from cryptography.x509 import DNSName, IPAddress
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
-from crypto import keys
+from crypto import at_rest, keys
 from crypto.tls import (
     certificate_fingerprint,
     make_ca,
@@ -187,7 +187,7 @@ SUPERLINK = Path(sys.executable).parent / "flower-superlink"
 def test_flower_superlink_serves_the_provisioned_certificate(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(keys, "_SCRYPT_LOG2_N", 14)
+    monkeypatch.setattr(at_rest, "_SCRYPT_LOG2_N", 14)
     result = keys.provision_federation(
         tmp_path / "fed",
         1,

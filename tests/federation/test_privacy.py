@@ -27,8 +27,10 @@ from federation.errors import ConfigError, PrivacyBudgetExceeded
 from federation.privacy import (
     RDP_ORDERS,
     LedgerError,
+    PrivacyBudget,
     PrivacyEvent,
     PrivacyLedger,
+    calibrate_for_plan,
     calibrate_noise,
     check_budget,
     default_delta,
@@ -273,3 +275,18 @@ def test_event_validation() -> None:
     with pytest.raises(LedgerError):
         PrivacyEvent(1.0, 0.1, 1, "line\nbreak")
     assert PrivacyEvent(1, 1, 1, "x").noise_multiplier == 1.0
+
+
+def test_calibrate_for_plan_refuses_a_history_that_left_no_room() -> None:
+    budget = PrivacyBudget(6.0, 1e-5, "rdp")
+    prior = [PrivacyEvent(1.0, 0.05, 100, "earlier")]
+    sigma = calibrate_for_plan(budget, 0.05, 100, prior)
+    assert epsilon([*prior, PrivacyEvent(sigma, 0.05, 100, "rest")], 1e-5, "rdp") <= 6.0
+    spent = [PrivacyEvent(0.5, 0.05, 400, "spent")]
+    assert epsilon(spent, 1e-5, "rdp") > 6.0
+    with pytest.raises(PrivacyBudgetExceeded, match="already spent"):
+        calibrate_for_plan(budget, 0.05, 100, spent)
+    with pytest.raises(ConfigError, match=r"dp\.epsilon"):  # no history: the plan is at fault
+        calibrate_for_plan(PrivacyBudget(1e-4, 1e-5, "rdp"), 1.0, 10_000)
+    with pytest.raises(ConfigError, match=r"dp\.accountant"):
+        PrivacyBudget(3.0, 1e-5, "gdp")

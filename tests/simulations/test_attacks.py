@@ -285,3 +285,22 @@ def test_context_validates_shapes() -> None:
         ctx(benign_estimates=np.zeros((2, D + 1), np.float32))
     with pytest.raises(ValueError, match="n_attackers"):
         ctx(n_attackers=11)
+
+
+def test_the_registry_is_the_one_list_of_attack_names() -> None:
+    from simulations.adversary import check_attack
+    from simulations.cli import build_config
+    from simulations.scenarios import ALL_ATTACKS
+
+    assert ALL_ATTACKS == ("none", *ATTACKS)
+    for name in ATTACKS:
+        check_attack(name)
+    with pytest.raises(ConfigError) as info:
+        check_attack("rowhammer")
+    assert info.value.key == "attack" and "label-flip" in str(info.value)
+    with pytest.raises(ConfigError, match="attack"):
+        check_attack("scaling:wattage=3")
+    import typer
+
+    with pytest.raises(typer.Exit):  # the CLI refuses it at the edge, naming --attack
+        build_config({"attack": "rowhammer", "malicious": 0.2})

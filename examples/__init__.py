@@ -1,0 +1,1 @@
+"""Partner examples: fedguard with a model, data and Flower app of your own."""
