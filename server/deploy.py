@@ -363,6 +363,16 @@ def serve(opts: ServerOptions, say: Say) -> int:
         if ckpt is None:
             raise DeployError(f"--resume: no checkpoint in {out_dir / 'checkpoints'}")
         resume_after = _checkpoint_round(ckpt)
+        from server.report import load_checkpoint
+
+        try:  # fail early: an unreadable checkpoint would only fail inside the ServerApp
+            state = load_checkpoint(out_dir)
+        except Exception as exc:  # noqa: BLE001 - numpy/zipfile raise many kinds; all mean "bad file"
+            raise DeployError(f"--resume: {ckpt} cannot be read ({type(exc).__name__}: "
+                              f"{str(exc)[:120]}); remove it to resume from the one before"
+                              ) from None
+        if state is None or "round" not in state:
+            raise DeployError(f"--resume: {ckpt} is not a fedguard checkpoint (no round)")
     home = out_dir / ".flwr"
     owner = Incarnation(home / "server.pid", "fedguard server", "use another --out")
     owner.claim(say)  # before the port check: a dead predecessor's SuperLink may hold it
@@ -391,6 +401,7 @@ def _serve(opts: ServerOptions, bundle: Any, home: Path, owner: Incarnation,
     address = _address(_connect_host(opts.host), opts.port)
     write_connection(home, address, bundle.ca_cert_path)
     online: set[str] = set()
+    registering = True  # until the provisioned keys are registered, every key is unknown
     activated, deactivated = SUPERLINK_PATTERNS["activated"][0], SUPERLINK_PATTERNS["deactivated"][0]
     unknown = SUPERLINK_PATTERNS["refused-unknown-key"][0]
     duplicate = SUPERLINK_PATTERNS["refused-online"][0]
@@ -403,8 +414,9 @@ def _serve(opts: ServerOptions, bundle: Any, home: Path, owner: Incarnation,
             online.discard(m.group(1))
             say(f"client node {m.group(1)} left ({len(online)} online)")
         elif unknown.search(line):
-            say("refused a SuperNode whose key is not registered (not one of the "
-                f"{bundle.trainers} trainer keys in --keys)")
+            say("refused a SuperNode whose key is not registered yet (it retries)"
+                if registering else "refused a SuperNode whose key is not registered (not "
+                f"one of the {bundle.trainers} trainer keys in --keys)")
         elif m := duplicate.search(line):
             say(f"refused a second SuperNode for node {m.group(1)}: that node is still online "
                 "(one trainer bundle used by two clients, or a client restarted within two "
@@ -434,6 +446,7 @@ def _serve(opts: ServerOptions, bundle: Any, home: Path, owner: Incarnation,
         say(f"SuperLink listening on https://{_address(opts.host, opts.port)} "
             f"(TLS, SuperNode authentication on; log {home / 'superlink.log'})")
         _finish_registration(registration, bundle.supernode_public_key_paths, say)
+        registering = False
 
         app_dir = stage_app(project_dir(), home / "app" / "fedguard")
         config_file = home / "run-config.toml"

@@ -75,7 +75,7 @@ def _server_flat(keys: Path, out_dir: Path, resume: bool, given: dict[str, Any])
         if changed:
             _fail("--resume cannot change " + ", ".join(opt.flag_for(k) for k in changed)
                   + " (the checkpoint was made with the saved values)")
-    flat = {**base, **given, "out-dir": str(out_dir)}
+    flat = opt.fit_quorum({**base, **given, "out-dir": str(out_dir)})
     if not resume:  # on resume the saved settings are already complete
         from simulations.simulate import with_dp_recipe
 

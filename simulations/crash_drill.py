@@ -2,7 +2,8 @@
 
 ``python -m simulations.crash_drill [--out DIR] [--rounds N]`` provisions a federation of three
 trainers, runs ``fedguard server`` and three ``fedguard client`` processes (TLS, SuperNode
-authentication, vendored subset, DP noise 1.0, ``--min-clients 2``) and:
+authentication, the quick start's settings: vendored subset, CKKS, DP ε = 8, ``--min-clients 2``)
+and:
 
 1. SIGKILLs one ``fedguard client`` (the process alone) when its round-2 request arrives,
    counts the processes of its tree still alive 10 s later, restarts it and times restart ->
@@ -87,8 +88,8 @@ def drill(out: Path, rounds: int = 4) -> dict[str, Any]:
     result: dict[str, Any] = {"rounds": rounds, "clients": 3}
     t0 = time.monotonic()
     try:
-        srv = server("server", "--rounds", str(rounds), "--min-clients", "2", "--dp-noise",
-                     "1.0", "--data-dir", "subset", "--batch-size", "32", "--partition", "iid",
+        srv = server("server", "--rounds", str(rounds), "--min-clients", "2",
+                     "--secure-aggregation", "ckks", "--dp-epsilon", "8", "--data-dir", "subset",
                      "--round-timeout", "120")
         clients = [client(i, f"client{i}") for i in range(3)]
         victim = clients[2]
@@ -126,6 +127,10 @@ def drill(out: Path, rounds: int = 4) -> dict[str, Any]:
         summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
         result["rounds_completed"] = summary["rounds_completed"]
         result["crash_recovery"] = summary.get("crash_recovery")
+        rows = [json.loads(line) for line in
+                (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+        result["accepted_by_round"] = {str(r["round"]): len(r.get("accepted") or [])
+                                       for r in rows if "event" not in r}
         result["final_accuracy"] = summary.get("final_accuracy")
         result["drill_wall_s"] = round(time.monotonic() - t0, 1)
     finally:

@@ -43,6 +43,7 @@ __all__ = [
     "Seed",
     "Task",
     "console",
+    "fit_quorum",
     "flag_for",
     "flat_from_flags",
 ]
@@ -91,13 +92,18 @@ def flat_from_flags(values: dict[str, Any]) -> dict[str, Any]:
     there are fewer than its default (one client cannot form a quorum of two, and refusing a
     flag the user never typed helps no one).
     """
+    return fit_quorum({FLAG_KEYS[flag]: v for flag, v in values.items() if v is not None})
+
+
+def fit_quorum(flat: dict[str, Any]) -> dict[str, Any]:
+    """``flat`` with ``screen-quorum`` lowered to ``num-clients`` when it was not given and the
+    clients are fewer than its default (see :func:`flat_from_flags`)."""
     from federation.config import DefenseConfig
 
-    flat = {FLAG_KEYS[flag]: v for flag, v in values.items() if v is not None}
     clients = flat.get("num-clients")
     default_quorum = DefenseConfig().screen_quorum
     if "screen-quorum" not in flat and isinstance(clients, int) and 1 <= clients < default_quorum:
-        flat["screen-quorum"] = clients
+        return {**flat, "screen-quorum": clients}
     return flat
 
 

@@ -87,6 +87,12 @@ def test_refusals_name_the_flags_that_exist(keys: Path, tmp_path: Path) -> None:
     assert code == 2 and "--resume cannot change --seed" in _error_line(out), out
     code, out = _server(keys, tmp_path / "fresh", "--resume")
     assert code == 2 and "--resume: " in _error_line(out), out
+    # A checkpoint that cannot be read is refused before any SuperLink starts.
+    (saved / "checkpoints").mkdir()
+    (saved / "checkpoints" / "round-0001.npz").write_bytes(b"not a checkpoint")
+    code, out = _server(keys, saved, "--resume", "--data-dir", "subset")
+    assert code == 2 and "--resume: " in _error_line(out) and "cannot be read" in out, out
+    assert not (saved / ".flwr" / "superlink.log").exists()
 
 
 def test_a_busy_port_names_the_process_holding_it(keys: Path, tmp_path: Path) -> None:
