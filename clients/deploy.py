@@ -374,8 +374,11 @@ def _supervise(opts: ClientOptions, b: Any, node_config: list[str], extra_env: d
 
 
 def _clean_exit(status_file: Path) -> bool:
-    """Whether the last SuperNode ended through Flower's own shutdown (node deactivated)."""
-    try:
+    """Whether the last SuperNode left the SuperLink on its way out (node deactivated)."""
+    record = read_exit_record(status_file)
+    if record is not None and record.left:
+        return True
+    try:  # Flower's whole shutdown ran (clients._supernode marks it)
         return bool(json.loads(status_file.read_text(encoding="utf-8")).get("ended"))
     except (OSError, ValueError, AttributeError):
         return False

@@ -36,10 +36,11 @@ This module imports nothing of fedguard's and no Flower module at import time.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time as _time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -226,12 +227,15 @@ class ExitRecord:
         (:data:`API_CODE_ACTIVATION_FAILED`), else None.
     message:
         Flower's exit message (first 500 characters).
+    left:
+        The SuperNode's connection clean-up ran (it deactivated the node at the SuperLink).
     """
 
-    def __init__(self, code: int, api_code: int | None, message: str) -> None:
+    def __init__(self, code: int, api_code: int | None, message: str, left: bool = False) -> None:
         self.code = code
         self.api_code = api_code
         self.message = message
+        self.left = left
 
     @property
     def tls(self) -> bool:
@@ -264,17 +268,40 @@ def install_exit_record(path: Path) -> bool:
     def recording_exit(code: int, message: str | None = None, *args: Any, **kwargs: Any) -> Any:
         text = message or ""
         api = _API_CODE.search(text)
-        try:
-            path.write_text(json.dumps({"code": int(code), "api-code": int(api.group(1))
-                                        if api else None, "message": text[:500]}),
-                            encoding="utf-8")
-        except OSError:  # the record is a courtesy; Flower's exit must still happen
-            pass
+        _merge_record(path, {"code": int(code), "api-code": int(api.group(1)) if api else None,
+                             "message": text[:500]})
         return real(code, message, *args, **kwargs)
 
     for mod in modules:
         mod.flwr_exit = recording_exit  # type: ignore[attr-defined]
+    # The connection's own clean-up deactivates the node at the SuperLink; once it has run,
+    # the record says so ("left"), so a restarted client knows no message is held.
+    connect = getattr(start_client_internal, "http_request_response", None)
+    if connect is not None:
+        @contextlib.contextmanager
+        def recording_connection(*args: Any, **kwargs: Any) -> Iterator[Any]:
+            try:
+                with connect(*args, **kwargs) as conn:
+                    yield conn
+            finally:
+                _merge_record(path, {"left": True})
+
+        start_client_internal.http_request_response = recording_connection  # type: ignore[attr-defined]
     return True
+
+
+def _merge_record(path: Path, values: dict[str, Any]) -> None:
+    """Add ``values`` to the JSON record at ``path`` (a courtesy: never raises)."""
+    try:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            data = {}
+        data = data if isinstance(data, dict) else {}
+        data.update(values)
+        path.write_text(json.dumps(data), encoding="utf-8")
+    except OSError:  # Flower's exit must still happen
+        pass
 
 
 def read_exit_record(path: Path) -> ExitRecord | None:
@@ -283,11 +310,14 @@ def read_exit_record(path: Path) -> ExitRecord | None:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not isinstance(data, dict) or not isinstance(data.get("code"), int):
+    if not isinstance(data, dict):
         return None
+    left = data.get("left") is True
+    if not isinstance(data.get("code"), int):
+        return ExitRecord(0, None, "", left) if left else None
     api = data.get("api-code")
     return ExitRecord(int(data["code"]), api if isinstance(api, int) else None,
-                      str(data.get("message", ""))[:500])
+                      str(data.get("message", ""))[:500], left)
 
 
 # ------------------------------------------------------------------------- ClientApp launcher
