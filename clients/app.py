@@ -14,11 +14,11 @@ from typing import Any
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from clients.handlers import NO_HOOKS, ClientHooks, handle_evaluate, handle_train
+from clients.handlers import NO_HOOKS, ClientHooks, handle_evaluate, handle_train, handle_verify
 from federation import protocol as P
 from federation.errors import FedguardError
 
-__all__ = ["app", "make_client_app"]
+__all__ = ["app", "guarded", "make_client_app"]
 
 log = logging.getLogger("fedguard.client")
 
@@ -53,6 +53,9 @@ def _guarded(handler: Handler) -> Callable[[Message, Context], Message]:
     return run
 
 
+guarded = _guarded  # public: clients.mods registers fedguard's query handlers with it
+
+
 def make_client_app(hooks_factory: HooksFactory | None = None) -> ClientApp:
     """Build the trainer ClientApp; ``hooks_factory(node_config)`` may compose in behaviour."""
     from clients import encrypted
@@ -70,6 +73,8 @@ def make_client_app(hooks_factory: HooksFactory | None = None) -> ClientApp:
         c, ctx.state, ctx.node_config, ctx.run_id)))
     client_app.query("wrap")(_guarded(lambda c, ctx: encrypted.handle_keys_wrap(
         c, ctx.state, ctx.run_id)))
+    client_app.query("verify")(_guarded(lambda c, ctx: handle_verify(
+        c, ctx.state, ctx.node_config, ctx.run_id)))
     client_app.query("screen")(_guarded(lambda c, ctx: encrypted.handle_screen(
         c, ctx.state, ctx.node_config, ctx.run_id)))
     return client_app

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,13 +23,25 @@ from flwr.app import ConfigRecord, ConfigRecordValues, MetricRecord, RecordDict
 
 from crypto import Preset, SecretContext, decrypt, encrypt, wire
 from crypto.keys import WrapKeyPair, load_trainer_bundle, unwrap_secret, wrap_secret
+from crypto.provenance import SEED_BYTES, SeedSum, matches, seed_sum
 from crypto.stats import decrypt_scalars
 from federation import protocol as P
-from federation.aggregation import UPDATE_VALUE_BOUND
-from federation.errors import CryptoError, ProtocolError
+from federation.aggregation import UPDATE_VALUE_BOUND, WEIGHT_DENOMINATOR, weights_within_cap
+from federation.config import FLAT_KEYS, MAX_WEIGHT_CAP, MIN_GROUP_SIZE, FedConfig, from_flat
+from federation.errors import (
+    ConfigError,
+    CryptoError,
+    GlobalRefused,
+    InvalidCiphertext,
+    KeyMismatch,
+    ProtocolError,
+    RejectedUpdate,
+)
 from federation.records import bytes_record, record_bytes
 
 __all__ = [
+    "check_plain_global",
+    "decrypt_candidates",
     "decrypt_global",
     "encrypt_update",
     "handle_keys_setup",
@@ -39,8 +52,11 @@ __all__ = [
 _STATE_CKKS = "fg-ckks"  # ConfigRecord {"secret": bytes}
 _STATE_WRAP = "fg-wrap"  # ConfigRecord {"private": bytes}
 _STATE_ROUND = "fg-round"  # ConfigRecord {"round", "clients", "screened"}: limits decryptions
+_STATE_SEED_SUM = "fg-seed-sum"  # ConfigRecord {"run", "digest", "sum"}: c1 of the last global
+_STATE_ATTRIBUTED = "fg-attributed"  # ConfigRecord {"rounds": [...]}: one attribution per round
 MAX_SCREEN_STATISTICS = 100_000
-GLOBAL_RANGE = 1e4  # a decrypted global model beyond this is not a model: refuse it
+MAX_PROVENANCE = 1_000_000  # uploads one global may list (rounds x clients)
+MAX_CANDIDATES = 64  # candidate sums in one attribution request
 
 # Deserialising a secret context costs milliseconds; Ray workers serve many messages.
 _CONTEXTS: dict[str, SecretContext] = {}
@@ -144,22 +160,219 @@ def handle_keys_wrap(content: RecordDict, state: RecordDict, run_id: int) -> Rec
     })
 
 
-def decrypt_global(content: RecordDict, state: RecordDict, node_config: Mapping[str, Any],
-                   run_id: int, initial: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    """``G = G0 + S / K``: decrypt the encrypted sum of updates ``S``, divide by ``K``."""
-    dim = int(initial.shape[0])
-    ctx = secret_context(content, state, node_config, run_id)
+def _meta_checked(content: RecordDict, ctx: SecretContext) -> None:
+    """The KEYS metadata of a global: exactly the protocol's denominator, our preset and key."""
     meta = content.config_records.get(P.KEYS)
-    denominator = meta.get("denominator") if meta is not None else None
-    if not isinstance(denominator, int) or not 1 <= denominator <= 2**31:
-        raise ProtocolError("encrypted global model without a valid denominator")
-    max_bytes = wire.encoded_size(ctx.preset, dim, seeded=False)
-    blob = record_bytes(content.array_records[P.GLOBAL_CIPHER], "g", max_bytes)
-    enc = wire.decode(blob, ctx, expected_length=dim, max_bytes=max_bytes)
-    vec = initial.astype(np.float64) + decrypt(ctx, enc).astype(np.float64) / denominator
-    if not np.all(np.isfinite(vec)) or float(np.max(np.abs(vec))) > GLOBAL_RANGE:
-        raise ProtocolError("decrypted global model is out of range")
+    if meta is None:
+        raise GlobalRefused("metadata", "encrypted global model without a keys record")
+    denominator = meta.get("denominator")
+    # type() and not isinstance(): True is an int to Python, and 1 or True would scale G by K
+    if type(denominator) is not int or denominator != WEIGHT_DENOMINATOR:
+        raise GlobalRefused("denominator", f"expected the integer {WEIGHT_DENOMINATOR}")
+    if meta.get("preset") != ctx.preset.id:
+        raise GlobalRefused("preset", f"expected {ctx.preset.id!r}")
+    if meta.get("fingerprint") != ctx.fingerprint:
+        raise GlobalRefused("key-fingerprint", "the global names another key")
+
+
+def _provenance(content: RecordDict, prefix: str) -> tuple[list[bytes], list[int], list[int]]:
+    rec = content.config_records.get(P.PROVENANCE)
+    if rec is None:
+        raise GlobalRefused("provenance", "no provenance record")
+    seeds, weights, rounds = (rec.get(prefix + P.PROV_SEEDS), rec.get(prefix + P.PROV_WEIGHTS),
+                              rec.get(prefix + P.PROV_ROUNDS))
+    if not isinstance(seeds, bytes) or not isinstance(weights, list) or not isinstance(rounds, list):
+        raise GlobalRefused("provenance", "missing or mistyped fields")
+    n = len(weights)
+    if n == 0 or len(rounds) != n or len(seeds) != n * SEED_BYTES or n > MAX_PROVENANCE:
+        raise GlobalRefused("provenance", "field lengths disagree")
+    if any(type(v) is not int for v in (*weights, *rounds)):
+        raise GlobalRefused("provenance", "weights and rounds must be integers")
+    ints_w = [int(v) for v in weights if isinstance(v, int)]
+    ints_r = [int(v) for v in rounds if isinstance(v, int)]
+    return [seeds[i * SEED_BYTES:(i + 1) * SEED_BYTES] for i in range(n)], ints_w, ints_r
+
+
+def _check_rounds(weights: list[int], rounds: list[int], global_round: int, cfg: FedConfig) -> None:
+    """Every round the global sums: >= k uploads, weights summing to K, within the cap."""
+    k = max(cfg.recover.group_size, MIN_GROUP_SIZE)
+    cap = min(cfg.recover.weight_cap, MAX_WEIGHT_CAP)
+    if max(rounds) != global_round or min(rounds) < 1:
+        raise GlobalRefused("provenance", f"rounds outside 1..{global_round}")
+    for r in sorted(set(rounds)):
+        ws = [w for w, rr in zip(weights, rounds, strict=True) if rr == r]
+        if len(ws) < k:
+            raise GlobalRefused("too-few-updates",
+                                f"round {r} sums {len(ws)} upload(s); at least {k} are needed")
+        if sum(ws) != WEIGHT_DENOMINATOR or min(ws) < 1:
+            raise GlobalRefused("weights", f"round {r}'s weights do not sum to {WEIGHT_DENOMINATOR}")
+        if not weights_within_cap(ws, cap):
+            raise GlobalRefused("weights", f"round {r}: a weight exceeds {cap:g} x the median")
+
+
+def _digest(seeds: list[bytes], weights: list[int], rounds: list[int]) -> str:
+    h = hashlib.sha256(b"fedguard.provenance.v1\x00")
+    for seed, w, r in zip(seeds, weights, rounds, strict=True):
+        h.update(seed + w.to_bytes(8, "little") + r.to_bytes(8, "little"))
+    return h.hexdigest()
+
+
+def _expected_c1(ctx: SecretContext, state: RecordDict, run_id: int, length: int,
+                 seeds: list[bytes], weights: list[int], rounds: list[int], global_round: int,
+                 remember: bool) -> SeedSum | None:
+    """The ``c1`` the listed uploads sum to, reusing the sum of the last global verified.
+
+    Recomputing every seed of the run would cost a trainer time linear in the rounds so far;
+    the entries before the newest round are those of a global this trainer already checked,
+    so their sum (public: made from seeds alone) is kept in its state.
+    """
+    cut = next((i for i, r in enumerate(rounds) if r == global_round), len(rounds))
+    base: SeedSum | None = None
+    rec = state.config_records.get(_STATE_SEED_SUM)
+    if cut > 0 and rec is not None and rec.get("run") == run_id \
+            and rec.get("digest") == _digest(seeds[:cut], weights[:cut], rounds[:cut]):
+        raw = rec.get("sum")
+        base = SeedSum.from_bytes(raw, ctx, length) if isinstance(raw, bytes) else None
+    if base is None:
+        cut = 0
+    total = seed_sum(ctx, length, seeds[cut:], weights[cut:], base)
+    if total is not None and base is not None and total.count != len(seeds):
+        return None
+    if remember and total is not None:
+        state[_STATE_SEED_SUM] = ConfigRecord({"run": run_id, "sum": total.to_bytes(),
+                                               "digest": _digest(seeds, weights, rounds)})
+    return total
+
+
+def _decrypt_checked(ctx: SecretContext, blob: bytes, seeds: list[bytes], weights: list[int],
+                     rounds: list[int], global_round: int, cfg: FedConfig,
+                     initial: npt.NDArray[np.float32], state: RecordDict, run_id: int,
+                     remember: bool = False, timings: dict[str, float] | None = None
+                     ) -> npt.NDArray[np.float32]:
+    t0 = time.perf_counter()
+    dim = int(initial.shape[0])
+    _check_rounds(weights, rounds, global_round, cfg)
+    if len(set(seeds)) != len(seeds):
+        raise GlobalRefused("provenance", "an upload is listed twice")
+    try:
+        enc = wire.decode(blob, ctx, expected_length=dim,
+                          max_bytes=wire.encoded_size(ctx.preset, dim, seeded=False))
+    except InvalidCiphertext as exc:
+        raise GlobalRefused(f"ciphertext:{exc.reason}") from None
+    except KeyMismatch:
+        raise GlobalRefused("ciphertext:key-mismatch") from None
+    if not matches(enc, _expected_c1(ctx, state, run_id, dim, seeds, weights, rounds,
+                                     global_round, remember)):
+        raise GlobalRefused("provenance", "the ciphertext is not the sum of the listed uploads")
+    if timings is not None:  # the cost of verification (metadata, decode, provenance)
+        timings["verify-seconds"] = timings.get("verify-seconds", 0.0) + time.perf_counter() - t0
+    vec = initial.astype(np.float64) + decrypt(ctx, enc).astype(np.float64) / WEIGHT_DENOMINATOR
     return vec.astype(np.float32)
+
+
+def _cfg_of(content: RecordDict) -> tuple[FedConfig, int, int]:
+    rec = content.config_records.get(P.CFG)
+    if rec is None:
+        raise GlobalRefused("metadata", "no config record")
+    round_, global_round = rec.get("round"), rec.get(P.GLOBAL_ROUND)
+    if type(round_) is not int or type(global_round) is not int or not 0 <= global_round < round_:
+        raise GlobalRefused("round", "round / global-round missing or inconsistent")
+    try:
+        cfg = from_flat({k: v for k, v in rec.items() if k in FLAT_KEYS})
+    except ConfigError as exc:
+        raise GlobalRefused("metadata", str(exc)) from None
+    return cfg, round_, global_round
+
+
+def decrypt_global(content: RecordDict, state: RecordDict, node_config: Mapping[str, Any],
+                   run_id: int, initial: npt.NDArray[np.float32],
+                   timings: dict[str, float] | None = None) -> npt.NDArray[np.float32]:
+    """``G = G0 + S / K``: validate the metadata and provenance of ``S``, then decrypt it.
+
+    Raises
+    ------
+    GlobalRefused
+        With a reason code: a denominator other than the protocol's integer ``K`` (a bool, 1,
+        ...), another preset or key fingerprint, inconsistent round numbers, provenance that
+        does not match the ciphertext's ``c1`` (a replaced global, e.g. a fresh public-key
+        encryption), fewer than ``group-size`` uploads in a round, weights that do not sum
+        to ``K`` or break the cap, or a malformed ciphertext. Range and loss checks come after
+        (:func:`clients.handlers.check_global`).
+    """
+    ctx = secret_context(content, state, node_config, run_id)
+    _meta_checked(content, ctx)
+    cfg, _round, global_round = _cfg_of(content)
+    seeds, weights, rounds = _provenance(content, "")
+    dim = int(initial.shape[0])
+    max_bytes = wire.encoded_size(ctx.preset, dim, seeded=False)
+    try:
+        blob = record_bytes(content.array_records[P.GLOBAL_CIPHER], "g", max_bytes)
+    except RejectedUpdate as exc:
+        raise GlobalRefused(f"ciphertext:{exc.reason}") from None
+    return _decrypt_checked(ctx, blob, seeds, weights, rounds, global_round, cfg, initial, state,
+                            run_id, remember=True, timings=timings)
+
+
+def check_plain_global(content: RecordDict, state: RecordDict, vec: npt.NDArray[np.float32],
+                       initial: npt.NDArray[np.float32]) -> None:
+    """Under CKKS the only plaintext global is the public initial model of round 1."""
+    rec = content.config_records.get(P.CFG)
+    ckks = state.config_records.get(_STATE_CKKS) is not None or P.KEYS in content.config_records \
+        or (rec is not None and rec.get("secure-aggregation") == "ckks")
+    if ckks and (not np.array_equal(vec, initial)
+                 or (rec is not None and rec.get(P.GLOBAL_ROUND, 0) != 0)):
+        raise GlobalRefused("replaced-global", "a plaintext global under CKKS that is not the "
+                            "public initial model")
+
+
+def decrypt_candidates(content: RecordDict, state: RecordDict, node_config: Mapping[str, Any],
+                       run_id: int, initial: npt.NDArray[np.float32]
+                       ) -> list[npt.NDArray[np.float32] | GlobalRefused]:
+    """Attribution: decrypt each candidate global, or say why it is refused.
+
+    The request as a whole is refused (:class:`GlobalRefused` raised) unless every candidate
+    lists the same uploads for the rounds before ``global-round`` and pairwise disjoint
+    uploads for ``global-round`` itself, and this trainer has not answered an attribution
+    request for that round before: so what the key holders decrypt are sums of disjoint
+    groups of at least ``group-size`` uploads, and nothing finer.
+    """
+    ctx = secret_context(content, state, node_config, run_id)
+    _meta_checked(content, ctx)
+    cfg, _round, global_round = _cfg_of(content)
+    arrays = content.array_records.get(P.CANDIDATES)
+    if arrays is None or not 1 <= len(arrays) <= MAX_CANDIDATES:
+        raise GlobalRefused("candidates", "no candidates, or too many")
+    done = state.config_records.get(_STATE_ATTRIBUTED)
+    listed = done.get("rounds", []) if done is not None else []
+    answered = [r for r in listed if isinstance(r, int)] if isinstance(listed, list) else []
+    if global_round in answered:
+        raise GlobalRefused("candidates", f"round {global_round} was attributed before")
+    keys = sorted(arrays.keys())
+    provs = [_provenance(content, f"{key}-") for key in keys]
+    bases: set[tuple[tuple[bytes, int, int], ...]] = set()
+    used: set[bytes] = set()
+    for seeds, weights, rounds in provs:
+        bases.add(tuple((s, w, r) for s, w, r in zip(seeds, weights, rounds, strict=True)
+                        if r != global_round))
+        new = {s for s, r in zip(seeds, rounds, strict=True) if r == global_round}
+        if new & used:
+            raise GlobalRefused("candidates", "candidate groups overlap")
+        used |= new
+    if len(bases) != 1:
+        raise GlobalRefused("candidates", "candidates differ in the earlier rounds")
+    state[_STATE_ATTRIBUTED] = ConfigRecord({"rounds": [*answered[-15:], global_round]})
+    max_bytes = wire.encoded_size(ctx.preset, int(initial.shape[0]), seeded=False)
+    out: list[npt.NDArray[np.float32] | GlobalRefused] = []
+    for key, (seeds, weights, rounds) in zip(keys, provs, strict=True):
+        try:
+            blob = record_bytes(arrays, key, max_bytes)
+            out.append(_decrypt_checked(ctx, blob, seeds, weights, rounds, global_round, cfg,
+                                        initial, state, run_id))
+        except GlobalRefused as exc:
+            out.append(exc)
+        except RejectedUpdate as exc:
+            out.append(GlobalRefused(f"ciphertext:{exc.reason}"))
+    return out
 
 
 def encrypt_update(update: npt.NDArray[np.float32], state: RecordDict) -> tuple[dict[str, Any], int, int]:

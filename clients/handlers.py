@@ -20,24 +20,25 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
-from flwr.app import ConfigRecord, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from clients import secure
 from clients.ledger import LedgerFile, load_ledger, record_event
-from clients.training import DPPlan, evaluate, train_local
+from clients.private import LEDGER_KEY, dp_plan
+from clients.training import evaluate, train_local
 from federation import protocol as P
 from federation.config import FLAT_KEYS, FedConfig, SecureAggregation, from_flat
 from federation.data import normalize
-from federation.errors import ConfigError, FedguardError, PrivacyBudgetExceeded
+from federation.errors import ConfigError, FedguardError, GlobalRefused, PrivacyBudgetExceeded
 from federation.privacy import (
     PrivacyBudget,
     PrivacyEvent,
     PrivacyLedger,
-    calibrate_for_plan,
     default_delta,
     epsilon,
     poisson_schedule,
 )
+from federation.records import record_vector
 from federation.tasks import (
     FASHION_MNIST,
     FASHION_MNIST_TANH,
@@ -51,12 +52,10 @@ from federation.tasks import (
     resolve_task,
 )
 
-__all__ = ["NO_HOOKS", "ClientHooks", "LocalData", "handle_evaluate", "handle_train", "local_data",
-           "raw_partition"]
+__all__ = ["NO_HOOKS", "ClientHooks", "LocalData", "check_global", "handle_evaluate", "handle_train",
+           "handle_verify", "local_data", "raw_partition"]
 
 log = logging.getLogger("fedguard.client")
-LEDGER_KEY = "privacy-ledger"
-_DP_CACHE = "fg-dp-calibration"
 
 
 @dataclass(frozen=True)
@@ -78,11 +77,14 @@ class ClientHooks:
     ``poison_update(update, info) -> update`` runs after training, before encryption;
     ``extra_eval(model, cfg, partition_id, num_partitions) -> {"eval-x-NAME": value}`` adds
     evaluation metrics (weighted by test examples at the server), e.g. a backdoor's success rate.
+    ``poison_upload(arrays, info) -> arrays`` replaces the records that carry the (encrypted)
+    update, after encryption: attacks on the ciphertext itself.
     """
 
     poison_data: Callable[..., tuple[Any, Any]] | None = None
     poison_update: Callable[[npt.NDArray[np.float32], dict[str, Any]], npt.NDArray[np.float32]] | None = None
     extra_eval: Callable[[torch.nn.Module, FedConfig, int, int], dict[str, float]] | None = None
+    poison_upload: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]] | None = None
 
 
 NO_HOOKS = ClientHooks()
@@ -172,41 +174,6 @@ def _ledger(state: RecordDict, node_config: Mapping[str, Any]) -> tuple[PrivacyL
     return load_ledger(state, LEDGER_KEY, file), file
 
 
-def _dp_plan(
-    cfg: FedConfig, n: int, state: RecordDict, ledger: PrivacyLedger, run_id: int, round_: int
-) -> tuple[DPPlan | None, float, float]:
-    """Noise multiplier (calibrated once per run, for its remaining rounds), sample rate, delta.
-
-    Raises :class:`PrivacyBudgetExceeded` if the recorded history leaves no room for the rest
-    of the run.
-    """
-    if not cfg.dp.enabled:
-        return None, 0.0, 0.0
-    q, per_epoch = poisson_schedule(n, cfg.train.batch_size)
-    delta = cfg.dp.delta or default_delta(n)
-    if cfg.dp.noise_multiplier > 0:
-        sigma = cfg.dp.noise_multiplier
-    else:
-        # The first round this node trains in a run (or the first after a restart lost the node
-        # state) plans the rounds left, paying for the whole recorded history: a node that
-        # rejoins or resumes must not plan more ε than it has left.
-        rounds_left = max(1, cfg.run.rounds - round_ + 1)
-        steps = rounds_left * cfg.train.local_epochs * per_epoch
-        # Calibration takes seconds; a deployment runs each message in a fresh process, so the
-        # result is kept in the node's state for the rest of the run.
-        key = (f"run{run_id}|{cfg.dp.epsilon!r}|{delta!r}|{q!r}|{cfg.run.rounds}|"
-               f"{cfg.train.local_epochs}|{cfg.dp.accountant.value}")
-        cache = state.config_records.get(_DP_CACHE)
-        cached = cache.get(key) if cache is not None else None
-        if isinstance(cached, float):
-            sigma = cached
-        else:
-            budget = PrivacyBudget(cfg.dp.epsilon, delta, cfg.dp.accountant)
-            sigma = calibrate_for_plan(budget, q, steps, ledger.events)
-            state[_DP_CACHE] = ConfigRecord({key: sigma})
-    return DPPlan(noise_multiplier=sigma, max_grad_norm=cfg.dp.max_grad_norm), q, delta
-
-
 def _reply(
     status: str, reason: str, metrics: dict[str, float], arrays: dict[str, Any] | None = None
 ) -> RecordDict:
@@ -242,15 +209,22 @@ def handle_train(
     """
     _set_threads()
     cfg, round_ = _config(content)
+    if round_ <= _last_trained(state, run_id):  # a replayed round: never train (and spend epsilon) twice
+        raise FedguardError(f"round {round_} is not after the last round this trainer trained in")
     cfg = _local_config(cfg, node_config)
     pid, num = _partition_of(node_config, cfg)
     data = local_data(cfg, pid, num, hooks.poison_data, node_config)
     model = build_model(cfg.data.task, cfg.run.seed)
     timings: dict[str, float] = {}
-    global_vec = secure.read_global(content, state, node_config, run_id, flatten_params(model),
-                                    timings)
-    load_flat_params(model, global_vec)
-    metrics: dict[str, float] = {"partition-id": pid, **_evaluate_global(model, data, cfg), **timings}
+    global_round = _global_round(content)
+    try:
+        global_vec = secure.read_global(content, state, node_config, run_id, flatten_params(model),
+                                        timings)
+        evaluated = check_global(global_vec, model, data, cfg, state, global_round, run_id=run_id)
+    except GlobalRefused as exc:
+        return _refused(exc, global_round, {"partition-id": pid, **timings})
+    metrics: dict[str, float] = {"partition-id": pid, **evaluated, **timings}
+    state[_STATE_TRAINED] = ConfigRecord({"round": round_, "run": run_id})
     if hooks.extra_eval is not None:
         metrics.update(hooks.extra_eval(model, cfg, pid, num))
     if cfg.secure.mode is SecureAggregation.CKKS:
@@ -260,7 +234,7 @@ def handle_train(
 
     ledger, ledger_file = _ledger(state, node_config)
     try:
-        plan, q, delta = _dp_plan(cfg, len(data.train_y), state, ledger, run_id, round_)
+        plan, q, delta = dp_plan(cfg, len(data.train_y), state, ledger, run_id, round_)
     except PrivacyBudgetExceeded as exc:
         return _reply(P.STATUS_BUDGET_EXHAUSTED, str(exc), metrics)
     event: PrivacyEvent | None = None
@@ -306,7 +280,9 @@ def handle_train(
     if np.isfinite(result.mean_loss):  # NaN when every Poisson batch of a tiny client was empty
         metrics["train-loss"] = result.mean_loss
     arrays = secure.encode_update(update, state, cfg, metrics)
-    return _reply(P.STATUS_OK, "", metrics, arrays)
+    if hooks.poison_upload is not None:
+        arrays = hooks.poison_upload(arrays, {"round": round_, "cfg": cfg, "partition-id": pid})
+    return _with_vote(_reply(P.STATUS_OK, "", metrics, arrays), global_round, True, "")
 
 
 def handle_evaluate(
@@ -321,13 +297,159 @@ def handle_evaluate(
     data = local_data(cfg, pid, num, node_config=node_config)
     model = build_model(cfg.data.task, cfg.run.seed)
     timings: dict[str, float] = {}
-    load_flat_params(model, secure.read_global(content, state, node_config, run_id,
-                                               flatten_params(model), timings))
-    metrics: dict[str, float] = {"partition-id": pid, **_evaluate_global(model, data, cfg), **timings}
+    global_round = _global_round(content)
+    try:
+        vec = secure.read_global(content, state, node_config, run_id, flatten_params(model), timings)
+        evaluated = check_global(vec, model, data, cfg, state, global_round, run_id=run_id)
+    except GlobalRefused as exc:
+        return _refused(exc, global_round, {"partition-id": pid, **timings})
+    metrics: dict[str, float] = {"partition-id": pid, **evaluated, **timings}
     if hooks.extra_eval is not None:
         metrics.update(hooks.extra_eval(model, cfg, pid, num))
     ledger, _file = _ledger(state, node_config)
     if cfg.dp.enabled and ledger.events:
         delta = cfg.dp.delta or default_delta(len(data.train_y))
         metrics["epsilon"] = epsilon(ledger.events, delta, cfg.dp.accountant.value)
-    return _reply(P.STATUS_OK, "", metrics)
+    return _with_vote(_reply(P.STATUS_OK, "", metrics), global_round, True, "")
+
+
+# -- verification of the globals a trainer receives -----------------------------------------------
+# The crypto and metadata checks of an encrypted global live in clients.encrypted (they run
+# before decryption); what follows checks the decrypted model itself, on the evaluation that
+# the trainer runs anyway, so a clean round pays no extra phase and no extra pass over data.
+
+_STATE_VERIFY = "fg-verify"  # ConfigRecord {"rounds": [...], "losses": [...]}: accepted globals
+_STATE_TRAINED = "fg-trained"  # ConfigRecord {"round", "run"}: the last round this trainer trained in
+_KEPT_LOSSES = 8
+
+
+def _global_round(content: RecordDict) -> int:
+    rec = content.config_records.get(P.CFG)
+    value = rec.get(P.GLOBAL_ROUND, 0) if rec is not None else 0
+    return value if type(value) is int else -1
+
+
+def _last_trained(state: RecordDict, run_id: int) -> int:
+    rec = state.config_records.get(_STATE_TRAINED)
+    if rec is None or rec.get("run") != run_id:
+        return 0
+    value = rec.get("round", 0)
+    return value if isinstance(value, int) else 0
+
+
+def _kept_losses(state: RecordDict, run_id: int) -> dict[int, float]:
+    """Loss by global-round of the globals this trainer accepted in this run (its own state)."""
+    rec = state.config_records.get(_STATE_VERIFY)
+    if rec is None or rec.get("run") != run_id:
+        return {}
+    rounds, losses = rec.get("rounds", []), rec.get("losses", [])
+    if not isinstance(rounds, list) or not isinstance(losses, list):
+        return {}
+    return {int(r): float(v) for r, v in zip(rounds, losses, strict=True)
+            if isinstance(r, int) and isinstance(v, float)}
+
+
+def _reference_loss(state: RecordDict, global_round: int, run_id: int) -> float | None:
+    """The loss of the newest accepted global older than ``global_round`` (None: none kept)."""
+    kept = _kept_losses(state, run_id)
+    older = [r for r in kept if r < global_round]
+    return kept[max(older)] if older else None
+
+
+def check_global(vec: npt.NDArray[np.float32], model: torch.nn.Module, data: LocalData,
+                 cfg: FedConfig, state: RecordDict, global_round: int,
+                 *, run_id: int = 0, remember: bool = True,
+                 loss_ratio: float | None = None) -> dict[str, float]:
+    """Check a received global model before it is used; return its evaluation metrics.
+
+    The model must be finite with ``|value| <= verify-value-bound``, and its loss on the local
+    evaluation split (in nats) at most ``verify-max-loss-ratio`` times the loss of the newest
+    global this trainer accepted before (rounds before ``global_round``); ``loss_ratio``
+    replaces that bound (attribution candidates use ``verify-group-loss-ratio``). An accepted
+    global's loss is remembered (``remember``) as the reference for the next one.
+
+    Raises
+    ------
+    GlobalRefused
+        ``out-of-range`` or ``loss-regression``.
+    """
+    bound = cfg.recover.value_bound
+    if not np.all(np.isfinite(vec)) or float(np.max(np.abs(vec))) > bound:
+        raise GlobalRefused("out-of-range", f"not finite, or a value beyond {bound:g}")
+    load_flat_params(model, vec)
+    metrics = _evaluate_global(model, data, cfg)
+    loss, ref = metrics[P.EVAL_LOSS], _reference_loss(state, global_round, run_id)
+    if not np.isfinite(loss):
+        raise GlobalRefused("loss-regression", "the loss is not finite")
+    ratio = cfg.recover.max_loss_ratio if loss_ratio is None else loss_ratio
+    if ref is not None and loss > ratio * ref:
+        raise GlobalRefused("loss-regression", f"loss {loss:.4f} > {ratio:g} "
+                            f"x {ref:.4f} of the previous global")
+    if remember:
+        kept = {**_kept_losses(state, run_id), global_round: float(loss)}
+        newest = sorted(kept)[-_KEPT_LOSSES:]
+        state[_STATE_VERIFY] = ConfigRecord({"rounds": newest, "losses": [kept[r] for r in newest],
+                                             "run": run_id})
+    return metrics
+
+
+def _with_vote(rd: RecordDict, global_round: int, accept: bool | list[bool],
+               reason: str | list[str]) -> RecordDict:
+    rd[P.VOTE] = ConfigRecord({P.VOTE_ROUND: global_round, P.VOTE_ACCEPT: accept,
+                               P.VOTE_REASON: reason})
+    return rd
+
+
+def _refused(exc: GlobalRefused, global_round: int, metrics: dict[str, float]) -> RecordDict:
+    log.warning("refusing the global of round %s: %s", global_round, exc)
+    return _with_vote(_reply(P.STATUS_REFUSED_GLOBAL, str(exc)[:500], metrics), global_round,
+                      False, str(exc)[:500])
+
+
+def handle_verify(content: RecordDict, state: RecordDict, node_config: Mapping[str, Any],
+                  run_id: int = 0) -> RecordDict:
+    """Attribution: check each candidate global of a refused round; vote on each.
+
+    Each candidate is the previous global plus one disjoint group of the refused round's
+    uploads (:func:`clients.encrypted.decrypt_candidates` enforces the group rules under CKKS);
+    each gets the checks of :func:`check_global` against the global before the refused round.
+    """
+    _set_threads()
+    cfg, _round = _config(content)
+    cfg = _local_config(cfg, node_config)
+    pid, num = _partition_of(node_config, cfg)
+    data = local_data(cfg, pid, num, node_config=node_config)
+    model = build_model(cfg.data.task, cfg.run.seed)
+    initial = flatten_params(model)
+    global_round = _global_round(content)
+    try:
+        if P.KEYS in content.config_records:
+            from clients.encrypted import decrypt_candidates
+
+            candidates = decrypt_candidates(content, state, node_config, run_id, initial)
+        else:
+            arrays = content.array_records.get(P.CANDIDATES)
+            if arrays is None or not 1 <= len(arrays) <= 64:
+                raise GlobalRefused("candidates", "no candidates, or too many")
+            candidates = []
+            for key in sorted(arrays.keys()):
+                try:
+                    candidates.append(record_vector(ArrayRecord({"v": arrays[key]}),
+                                                    initial.shape[0]))
+                except FedguardError as exc:
+                    candidates.append(GlobalRefused("malformed", str(exc)))
+    except GlobalRefused as exc:
+        return _refused(exc, global_round, {"partition-id": pid})
+    accept, reasons = [], []
+    for cand in candidates:
+        try:
+            if isinstance(cand, GlobalRefused):
+                raise cand
+            check_global(cand, model, data, cfg, state, global_round, run_id=run_id,
+                         remember=False, loss_ratio=cfg.recover.group_loss_ratio)
+            accept.append(True)
+            reasons.append("")
+        except GlobalRefused as exc:
+            accept.append(False)
+            reasons.append(str(exc)[:200])
+    return _with_vote(_reply(P.STATUS_OK, "", {"partition-id": pid}), global_round, accept, reasons)

@@ -16,7 +16,7 @@ from flwr.app import RecordDict
 
 from federation import protocol as P
 from federation.config import FedConfig, SecureAggregation
-from federation.errors import ProtocolError
+from federation.errors import GlobalRefused, ProtocolError, RejectedUpdate
 from federation.records import record_vector, vector_record
 
 __all__ = ["encode_update", "read_global"]
@@ -33,16 +33,21 @@ def read_global(
     """
     dim = int(initial.shape[0])
     if P.GLOBAL_PLAIN in content.array_records:
-        if P.KEYS in content.config_records:  # round 1 of CKKS: the public initial model
-            from clients import encrypted  # and this trainer's wrapped secret key
+        from clients import encrypted
 
-            encrypted.secret_context(content, state, node_config, run_id)
-        return record_vector(content.array_records[P.GLOBAL_PLAIN], dim)
+        if P.KEYS in content.config_records:  # round 1 of CKKS: the public initial model
+            encrypted.secret_context(content, state, node_config, run_id)  # and our wrapped key
+        try:
+            vec = record_vector(content.array_records[P.GLOBAL_PLAIN], dim)
+        except RejectedUpdate as exc:
+            raise GlobalRefused(exc.reason, exc.detail) from None
+        encrypted.check_plain_global(content, state, vec, initial)
+        return vec
     if P.GLOBAL_CIPHER in content.array_records:
         from clients import encrypted
 
         t = time.perf_counter()
-        vec = encrypted.decrypt_global(content, state, node_config, run_id, initial)
+        vec = encrypted.decrypt_global(content, state, node_config, run_id, initial, timings)
         timings["decrypt-seconds"] = time.perf_counter() - t
         return vec
     raise ProtocolError("message carries no global model")

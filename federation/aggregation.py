@@ -19,8 +19,10 @@ __all__ = [
     "UPDATE_VALUE_BOUND",
     "WEIGHT_DENOMINATOR",
     "apply_update",
+    "capped_counts",
     "integer_weights",
     "weighted_update",
+    "weights_within_cap",
 ]
 
 WEIGHT_DENOMINATOR = 4096
@@ -77,3 +79,27 @@ def apply_update(
 ) -> npt.NDArray[np.float32]:
     """Return ``global_model + weighted_sum / denominator`` as a new float32 vector."""
     return (global_model.astype(np.float64) + weighted_sum / denominator).astype(np.float32)
+
+
+def capped_counts(counts: Sequence[int], cap: float) -> list[int]:
+    """Declared sample counts with each clipped to ``floor(cap * median)`` of the set.
+
+    The cap bounds how much one party's declared count can dominate an aggregate (and, in an
+    attribution group, how close a weighted sum comes to one update alone). The median is of
+    the set being aggregated, so any subset aggregated later is capped by its own median.
+    """
+    if not counts or cap < 1:
+        raise ValueError("need at least one count and cap >= 1")
+    limit = max(1, int(cap * float(np.median(np.asarray(counts, dtype=np.float64)))))
+    return [min(int(c), limit) for c in counts]
+
+
+def weights_within_cap(weights: Sequence[int], cap: float) -> bool:
+    """Whether integer weights could come from :func:`capped_counts` and :func:`integer_weights`.
+
+    Rounding moves a weight by at most one, hence the slack: ``max <= cap * (median + 1) + 1``.
+    """
+    if not weights:
+        return False
+    med = float(np.median(np.asarray(weights, dtype=np.float64)))
+    return max(weights) <= cap * (med + 1) + 1

@@ -28,6 +28,8 @@ __all__ = [
     "DEFENSES",
     "DP_RECIPE",
     "FLAT_KEYS",
+    "MAX_WEIGHT_CAP",
+    "MIN_GROUP_SIZE",
     "TASK_NAMES",
     "Accountant",
     "AttackConfig",
@@ -35,6 +37,7 @@ __all__ = [
     "DataConfig",
     "DefenseConfig",
     "FedConfig",
+    "RecoverConfig",
     "RunConfig",
     "SecureAggregation",
     "SecureConfig",
@@ -87,7 +90,7 @@ class RunConfig:
     """Shape of the federation: how many rounds and clients, seeds, where outputs go."""
 
     rounds: int = 3
-    clients: int = 3
+    clients: int = 3  # 0: every node connected when the run starts (the ServerApp resolves it)
     min_clients: int = 0  # 0 means "all sampled clients must stay reachable minus failures"
     seed: int = 0
     out_dir: str = ""  # absolute path of the run folder; empty: the ServerApp writes nothing
@@ -154,6 +157,30 @@ class DefenseConfig:
 
 
 @dataclass(frozen=True)
+class RecoverConfig:
+    """Verified globals, rollback, attribution and weight caps (one malicious party never ends a run).
+
+    Trainers check every global they receive before using it: finite, ``|value| <= value_bound``,
+    and a loss on their local evaluation split of at most ``max_loss_ratio`` times the loss of
+    the previous global they accepted (``group_loss_ratio`` for an attribution candidate). A
+    global that more than ``rollback_quorum`` of the voting trainers refuse is rolled back.
+    Attribution then sums disjoint groups of at least ``group_size`` accepted updates (nobody
+    ever decrypts fewer summed together; trainers refuse smaller groups). A declared sample
+    count above ``weight_cap`` times the median of the set being aggregated is clipped to it
+    (trainers check the same rule on the weights).
+    """
+
+    value_bound: float = 1e4  # absolute units of a model parameter
+    max_loss_ratio: float = 1.5  # new loss / previous loss, both in nats
+    # the same bound for an attribution candidate: the sum of one group only, which on non-IID
+    # data is naturally worse than the full aggregate (1.55x was seen for an honest group)
+    group_loss_ratio: float = 3.0
+    rollback_quorum: float = 0.5  # fraction of the votes received
+    group_size: int = 3  # k, updates per attribution group (and per aggregate)
+    weight_cap: float = 3.0  # multiple of the median declared sample count
+
+
+@dataclass(frozen=True)
 class AttackConfig:
     """Simulated attackers (simulations only): a fraction of clients running one attack.
 
@@ -174,6 +201,7 @@ class FedConfig:
     dp: DPConfig = field(default_factory=DPConfig)
     secure: SecureConfig = field(default_factory=SecureConfig)
     defense: DefenseConfig = field(default_factory=DefenseConfig)
+    recover: RecoverConfig = field(default_factory=RecoverConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -207,6 +235,12 @@ FLAT_KEYS: dict[str, tuple[str, str]] = {
     "defense": ("defense", "defenses"),
     "screen-quorum": ("defense", "screen_quorum"),
     "max-malicious": ("defense", "max_malicious"),
+    "verify-value-bound": ("recover", "value_bound"),
+    "verify-max-loss-ratio": ("recover", "max_loss_ratio"),
+    "verify-group-loss-ratio": ("recover", "group_loss_ratio"),
+    "rollback-quorum": ("recover", "rollback_quorum"),
+    "group-size": ("recover", "group_size"),
+    "weight-cap": ("recover", "weight_cap"),
     "attack": ("attack", "attack"),
     "malicious": ("attack", "malicious"),
 }
@@ -349,9 +383,11 @@ def _validate(cfg: FedConfig) -> None:
     """Range checks that need more than one field's type."""
     r, d, t, p, s, f, a = cfg.run, cfg.data, cfg.train, cfg.dp, cfg.secure, cfg.defense, cfg.attack
     _check(1 <= r.rounds <= 10_000, "num-server-rounds", f"got {r.rounds}; allowed: 1..10000")
-    _check(1 <= r.clients <= 10_000, "num-clients", f"got {r.clients}; allowed: 1..10000")
+    _check(0 <= r.clients <= 10_000, "num-clients",
+           f"got {r.clients}; allowed: 1..10000, or 0 for every connected node")
+    known = r.clients or 10_000  # with 0, the bounds below are checked again once resolved
     _check(
-        0 <= r.min_clients <= r.clients,
+        0 <= r.min_clients <= known,
         "min-clients",
         f"got {r.min_clients}; allowed: 0..num-clients ({r.clients})",
     )
@@ -377,15 +413,16 @@ def _validate(cfg: FedConfig) -> None:
     _check(0 <= p.delta < 1, "dp-delta", f"got {p.delta}; allowed: 0 < delta < 1 (0 = default)")
     _check(p.max_grad_norm > 0, "max-grad-norm", f"got {p.max_grad_norm}; allowed: > 0")
     _check(
-        1 <= f.screen_quorum <= r.clients,
+        1 <= f.screen_quorum <= known,
         "screen-quorum",
         f"got {f.screen_quorum}; allowed: 1..num-clients ({r.clients})",
     )
     _check(
-        -1 <= f.max_malicious < r.clients,
+        -1 <= f.max_malicious < known,
         "max-malicious",
         f"got {f.max_malicious}; allowed: -1 (automatic) or 0..num-clients-1",
     )
+    _validate_recover(cfg.recover)
     _check(0 <= a.malicious < 1, "malicious", f"got {a.malicious}; allowed: 0 <= fraction < 1")
     _check(
         not (a.malicious > 0 and a.attack == ""),
@@ -397,6 +434,27 @@ def _validate(cfg: FedConfig) -> None:
         "key-dir",
         "a key directory only makes sense with secure-aggregation ckks",
     )
+
+
+# Protocol floors that a server-sent config cannot lower: trainers read the run config from
+# the server's message, so these bounds are what they enforce whatever the server claims.
+MIN_GROUP_SIZE = 3
+MAX_WEIGHT_CAP = 10.0
+
+
+def _validate_recover(v: RecoverConfig) -> None:
+    _check(1.0 <= v.value_bound <= 1e6, "verify-value-bound",
+           f"got {v.value_bound}; allowed: 1..1e6 (absolute parameter value)")
+    _check(1.0 < v.max_loss_ratio <= 100.0, "verify-max-loss-ratio",
+           f"got {v.max_loss_ratio}; allowed: 1 < ratio <= 100")
+    _check(1.0 < v.group_loss_ratio <= 100.0, "verify-group-loss-ratio",
+           f"got {v.group_loss_ratio}; allowed: 1 < ratio <= 100")
+    _check(0.0 < v.rollback_quorum <= 1.0, "rollback-quorum",
+           f"got {v.rollback_quorum}; allowed: 0 < fraction of votes <= 1")
+    _check(MIN_GROUP_SIZE <= v.group_size <= 1000, "group-size",
+           f"got {v.group_size}; allowed: {MIN_GROUP_SIZE}..1000 updates")
+    _check(1.0 <= v.weight_cap <= MAX_WEIGHT_CAP, "weight-cap",
+           f"got {v.weight_cap}; allowed: 1..{MAX_WEIGHT_CAP:g} (multiple of the median count)")
 
 
 def _jsonable(value: Any) -> Any:

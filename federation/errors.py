@@ -6,7 +6,8 @@
      ├── ConfigError            a bad configuration value (names the key and what is allowed)
      ├── DataError              a dataset that is missing, truncated or malformed
      ├── ProtocolError          a message from a peer that breaks the protocol
-     │    └── RejectedUpdate    one client's update refused (carries a machine-readable reason)
+     │    ├── RejectedUpdate    one client's update refused (carries a machine-readable reason)
+     │    └── GlobalRefused     a trainer refuses a global model it received (reason code)
      ├── PrivacyBudgetExceeded  a release would take a client past its (epsilon, delta) budget
      └── CryptoError            (crypto/) anything cryptographic; messages never carry secrets
           ├── InvalidCiphertext a peer's ciphertext bytes failed validation
@@ -22,6 +23,7 @@ __all__ = [
     "DataError",
     "DecryptionFailed",
     "FedguardError",
+    "GlobalRefused",
     "InvalidCiphertext",
     "KeyMismatch",
     "PrivacyBudgetExceeded",
@@ -60,6 +62,19 @@ class ProtocolError(FedguardError):
 
 class RejectedUpdate(ProtocolError):
     """One client's update is refused; ``reason`` is a short machine-readable code."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class GlobalRefused(ProtocolError):
+    """A trainer refuses a global model (or a candidate sum) it received from the server.
+
+    ``reason`` is a short code (``denominator``, ``provenance``, ``out-of-range``,
+    ``loss-regression``, ...); the trainer reports it in its vote instead of training.
+    """
 
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)

@@ -9,13 +9,17 @@ from __future__ import annotations
 from typing import Final
 
 __all__ = [
+    "ARRAYS",
+    "CANDIDATES",
     "CFG",
+    "CONFIG",
     "EVAL_EXAMPLES",
     "EVAL_LOSS",
     "EVAL_METRIC_PREFIX",
     "EVAL_PRIMARY",
     "GLOBAL_CIPHER",
     "GLOBAL_PLAIN",
+    "GLOBAL_ROUND",
     "KEYS",
     "METRICS",
     "MSG_EVALUATE",
@@ -23,13 +27,24 @@ __all__ = [
     "MSG_KEYS_WRAP",
     "MSG_SCREEN",
     "MSG_TRAIN",
+    "MSG_VERIFY",
+    "NUM_EXAMPLES",
+    "PROVENANCE",
+    "PROV_ROUNDS",
+    "PROV_SEEDS",
+    "PROV_WEIGHTS",
     "SCREEN",
     "STATUS",
     "STATUS_BUDGET_EXHAUSTED",
     "STATUS_ERROR",
     "STATUS_OK",
+    "STATUS_REFUSED_GLOBAL",
     "UPDATE_CIPHER",
     "UPDATE_PLAIN",
+    "VOTE",
+    "VOTE_ACCEPT",
+    "VOTE_REASON",
+    "VOTE_ROUND",
 ]
 
 # -- message types ------------------------------------------------------------------------------
@@ -38,6 +53,7 @@ MSG_EVALUATE: Final = "evaluate"  # final evaluation of the last global model
 MSG_KEYS_SETUP: Final = "query.keys"  # in-band keys: every trainer sends its wrap key; one generates
 MSG_KEYS_WRAP: Final = "query.wrap"  # in-band keys: the generator wraps the secret for each trainer
 MSG_SCREEN: Final = "query.screen"  # key holders decrypt masked scalar statistics
+MSG_VERIFY: Final = "query.verify"  # attribution: trainers check candidate globals (group sums)
 
 # -- record keys ---------------------------------------------------------------------------------
 CFG: Final = "cfg"  # ConfigRecord: round, run settings the client needs
@@ -49,6 +65,26 @@ UPDATE_PLAIN: Final = "update"  # ArrayRecord: plaintext update (float32, flat)
 UPDATE_CIPHER: Final = "update-enc"  # ArrayRecord: encrypted update (uint8 envelope)
 KEYS: Final = "keys"  # ConfigRecord: public keys, wrapped secrets, public context (bytes)
 SCREEN: Final = "screen"  # ArrayRecord / MetricRecord of the screen phase
+PROVENANCE: Final = "provenance"  # ConfigRecord: which uploads (seed, weight, round) a global sums
+CANDIDATES: Final = "candidates"  # ArrayRecord: candidate globals of an attribution request
+VOTE: Final = "vote"  # ConfigRecord: a trainer's verdict on the global(s) it received
+
+# -- provenance fields (ConfigRecord PROVENANCE; candidate i prefixes them with "c{i:03d}-") -------
+PROV_SEEDS: Final = "seeds"  # bytes: the 32-byte seeds of the summed seeded uploads, concatenated
+PROV_WEIGHTS: Final = "weights"  # list[int]: each upload's integer weight
+PROV_ROUNDS: Final = "rounds"  # list[int]: the round each upload was aggregated in
+GLOBAL_ROUND: Final = "global-round"  # int (CFG): newest round whose aggregate the global includes
+
+# -- vote fields (ConfigRecord VOTE) ---------------------------------------------------------------
+VOTE_ROUND: Final = "global-round"  # int: the global-round the verdict is about
+VOTE_ACCEPT: Final = "accept"  # bool (train/evaluate) or list[bool] (verify, one per candidate)
+VOTE_REASON: Final = "reason"  # str, or list[str] for verify
+
+# -- Flower's standard record names and sample-count key (what its strategies and mods use); the
+# partner-app building blocks (clients/mods.py, server/strategy.py) speak them to user code
+ARRAYS: Final = "arrays"  # ArrayRecord: the model as named arrays (a state_dict)
+CONFIG: Final = "config"  # ConfigRecord: the user strategy's train / evaluate config
+NUM_EXAMPLES: Final = "num-examples"  # MetricRecord key: examples a reply is weighted by
 
 # -- evaluation fields of a reply's METRICS record (the received global model on local test data)
 EVAL_EXAMPLES: Final = "eval-examples"  # test examples evaluated (the weight of the values below)
@@ -60,3 +96,4 @@ EVAL_METRIC_PREFIX: Final = "eval-m-"  # eval-m-NAME: mean of the task's metric 
 STATUS_OK: Final = "ok"
 STATUS_BUDGET_EXHAUSTED: Final = "budget-exhausted"
 STATUS_ERROR: Final = "error"
+STATUS_REFUSED_GLOBAL: Final = "refused-global"  # the trainer refused the global it received

@@ -7,6 +7,15 @@ each round it adds ``sum_i w_i * enc(update_i)`` with integer weights that sum t
 costs no multiplicative level and no fresh encryption. Trainers decrypt and compute
 ``G = G0 + S / K``. Round 1 sends ``G0`` in plaintext (it is public).
 
+Every round's ``S`` is kept (the newest few ciphertexts), so a global that the trainers
+refuse is rolled back to the one before it (:meth:`CkksScheme.rollback`). Each global travels
+with its *provenance*: the public seed, weight and round of every upload it sums. A trainer
+recomputes ``c1`` from the seeds (:mod:`crypto.provenance`) before it decrypts, counts the
+uploads per round (at least ``group-size``) and checks the weights against the cap; so the
+server cannot pass off a fresh encryption, a smaller sum or other weights as the global.
+Attribution (:meth:`CkksScheme.candidate_records`) sends several candidate globals, each the
+previous global plus one disjoint group of the refused round's uploads, under the same rules.
+
 Keys come either from a provisioned server bundle (``key-dir``) or from the in-band setup
 (:meth:`CkksScheme.setup`): one trainer generates the CKKS keys and wraps the secret for each
 other trainer; the server only relays opaque blobs and keeps the public context.
@@ -31,6 +40,7 @@ from flwr.app import ConfigRecord, RecordDict
 
 from crypto import EncryptedVector, Preset, PublicContext, add, weighted_sum, wire
 from crypto.keys import load_server_bundle
+from crypto.provenance import SEED_BYTES, upload_seed
 from crypto.stats import assemble, compute_statistics, reconcile
 from federation import protocol as P
 from federation.aggregation import UPDATE_VALUE_BOUND, WEIGHT_DENOMINATOR
@@ -40,9 +50,27 @@ from federation.records import bytes_record, record_bytes, vector_record
 from federation.robust import UpdateStats
 from server.loop import exchange
 
-__all__ = ["CkksScheme"]
+__all__ = ["CkksScheme", "provenance_record"]
 
 log = logging.getLogger("fedguard.server")
+
+_KEPT_GLOBALS = 4  # ciphertexts of the newest rounds kept for rollback (older ones: provenance only)
+
+Provenance = list[tuple[bytes, int, int]]  # (seed, weight, round) of every summed upload
+
+
+def provenance_record(entries: Sequence[Provenance], *, candidates: bool = False) -> ConfigRecord:
+    """The PROVENANCE record of one global, or (``candidates``) of several candidate globals.
+
+    Candidate ``i``'s fields are prefixed ``c{i:03d}-``; a single global's are not.
+    """
+    out: dict[str, Any] = {}
+    for i, prov in enumerate(entries):
+        prefix = f"c{i:03d}-" if candidates else ""
+        out[prefix + P.PROV_SEEDS] = b"".join(seed for seed, _w, _r in prov)
+        out[prefix + P.PROV_WEIGHTS] = [int(w) for _s, w, _r in prov]
+        out[prefix + P.PROV_ROUNDS] = [int(r) for _s, _w, r in prov]
+    return ConfigRecord(out)
 
 
 class CkksScheme:
@@ -64,6 +92,19 @@ class CkksScheme:
         self._audit: list[dict[str, Any]] = []
         self._rng = rng or random.SystemRandom()
         self._round_nodes: list[int] = []
+        self._prov: Provenance = []
+        # (round, S after it or None once dropped, provenance length after it)
+        self._history: list[tuple[int, EncryptedVector | None, int]] = []
+        self._floor = 0  # history entries that cannot be rolled back (a restored checkpoint)
+        self._seen_seeds: set[bytes] = set()
+        self._restored_round = 0
+
+    hides_updates = True
+
+    @property
+    def global_round(self) -> int:
+        """The newest round whose aggregate the global includes (0: the initial model)."""
+        return self._history[-1][0] if self._history else 0
 
     # -- keys -----------------------------------------------------------------------------
     def setup(self, grid: Any, nodes: Sequence[int], cfg: FedConfig) -> None:
@@ -87,6 +128,8 @@ class CkksScheme:
             self.global_enc = self._decode_global(self._restored_blob)
             self._global_blob = self._restored_blob
             self._restored_blob = None
+            self._history = [(self._restored_round, self.global_enc, len(self._prov))]
+            self._floor = 1
 
     def _in_band_setup(self, grid: Any, nodes: list[int], cfg: FedConfig) -> PublicContext:
         generator = nodes[0]
@@ -137,15 +180,55 @@ class CkksScheme:
     # -- the global model -------------------------------------------------------------------
     def global_records(self, node: int, round_: int) -> RecordDict:
         rd = RecordDict()
-        meta: dict[str, Any] = {"denominator": WEIGHT_DENOMINATOR, "preset": self.preset.id}
+        meta = self._meta()
         if node in self._wrapped:  # delivered once, with the first message after setup
             meta.update({"wrapped-secret": self._wrapped.pop(node), "recipient": str(node)})
         if self.global_enc is None:
             rd[P.GLOBAL_PLAIN] = vector_record(self.initial)  # public seeded initialisation
         else:
             rd[P.GLOBAL_CIPHER] = bytes_record({"g": self._blob()})
+            rd[P.PROVENANCE] = provenance_record([self._prov])
         rd[P.KEYS] = ConfigRecord(meta)
         return rd
+
+    def _meta(self) -> dict[str, Any]:
+        fingerprint = self.public.fingerprint if self.public is not None else ""
+        return {"denominator": WEIGHT_DENOMINATOR, "preset": self.preset.id,
+                "fingerprint": fingerprint}
+
+    def candidate_records(self, groups: Sequence[tuple[Sequence[Any], Sequence[int]]],
+                          round_: int) -> RecordDict:
+        """Candidate globals for attribution: the current global plus each group's sum.
+
+        Each group's weights must sum to ``K``; its uploads are credited to ``round_``.
+        """
+        public = self._public()
+        blobs: dict[str, bytes] = {}
+        provs: list[Provenance] = []
+        for i, (payloads, weights) in enumerate(groups):
+            total = weighted_sum(public, list(payloads), [int(w) for w in weights])
+            cand = total if self.global_enc is None else add(public, self.global_enc, total)
+            blobs[f"c{i:03d}"] = wire.encode(cand)
+            provs.append([*self._prov, *((upload_seed(p), int(w), round_)
+                                         for p, w in zip(payloads, weights, strict=True))])
+        return RecordDict({P.CANDIDATES: bytes_record(blobs),
+                           P.PROVENANCE: provenance_record(provs, candidates=True),
+                           P.KEYS: ConfigRecord(self._meta())})
+
+    def rollback(self) -> int | None:
+        """Drop the newest aggregate and return its round; None when nothing can be undone."""
+        if len(self._history) <= self._floor:
+            return None
+        if len(self._history) >= 2 and self._history[-2][1] is None:
+            return None  # the ciphertext before it is no longer kept
+        round_, _s, _n = self._history.pop()
+        if self._history:
+            _r, prev, n = self._history[-1]
+            self.global_enc, self._prov = prev, self._prov[:n]
+        else:
+            self.global_enc, self._prov = None, []
+        self._global_blob = None
+        return round_
 
     def _blob(self) -> bytes:
         if self._global_blob is None:
@@ -175,6 +258,12 @@ class CkksScheme:
             raise RejectedUpdate("ciphertext:key-mismatch", "") from None
         if enc.multiplier != 1:  # an update is one fresh encryption, not a pre-weighted sum
             raise RejectedUpdate("ciphertext:weighted", "an update must carry weight 1")
+        if not enc.seeded:  # trainers' uploads are seeded: the seed is what binds an aggregate
+            raise RejectedUpdate("ciphertext:unseeded", "an update must be a seeded encryption")
+        seed = upload_seed(enc)
+        if seed in self._seen_seeds:  # a replayed or copied upload
+            raise RejectedUpdate("ciphertext:replayed-seed", "this upload's seed was seen before")
+        self._seen_seeds.add(seed)
         return enc
 
     def statistics(self, grid: Any, payloads: dict[int, Any], round_: int) -> UpdateStats:
@@ -223,11 +312,17 @@ class CkksScheme:
             self._audit.append({"round": round_, "node": h, "event": "key-holder-silent", "reason": why})
         return answers
 
-    def aggregate(self, payloads: Sequence[Any], weights: Sequence[int]) -> None:
+    def aggregate(self, payloads: Sequence[Any], weights: Sequence[int], round_: int = 0) -> None:
         public = self._public()
         total = weighted_sum(public, list(payloads), list(weights))
         self.global_enc = total if self.global_enc is None else add(public, self.global_enc, total)
         self._global_blob = None
+        self._prov.extend((upload_seed(p), int(w), round_)
+                          for p, w in zip(payloads, weights, strict=True))
+        self._history.append((round_, self.global_enc, len(self._prov)))
+        for i in range(max(0, len(self._history) - _KEPT_GLOBALS)):
+            r, _s, n = self._history[i]
+            self._history[i] = (r, None, n)
 
     def drain_audit(self) -> list[dict[str, Any]]:
         out, self._audit = self._audit, []
@@ -236,13 +331,27 @@ class CkksScheme:
     # -- checkpoints (ciphertexts only) -----------------------------------------------------
     def checkpoint(self) -> dict[str, Any]:
         return {"scheme": self.name, "preset": self.preset.id,
-                "fingerprint": self._public().fingerprint, "global-enc": self._blob()}
+                "fingerprint": self._public().fingerprint, "global-enc": self._blob(),
+                "global-round": self.global_round,
+                "prov-seeds": b"".join(s for s, _w, _r in self._prov),
+                "prov-weights": np.array([w for _s, w, _r in self._prov], dtype=np.int64),
+                "prov-rounds": np.array([r for _s, _w, r in self._prov], dtype=np.int64)}
 
     def restore(self, state: dict[str, Any]) -> None:
         if str(state.get("scheme")) != self.name:
             raise ValueError("checkpoint was not written by an encrypted run")
         blob = state["global-enc"]
         self._restored_blob = blob.tobytes() if hasattr(blob, "tobytes") else bytes(blob)
+        raw = state.get("prov-seeds")
+        seeds = (raw.tobytes() if hasattr(raw, "tobytes") else bytes(raw)) if raw is not None else b""
+        weights = [int(w) for w in np.asarray(state.get("prov-weights", []), dtype=np.int64)]
+        rounds = [int(r) for r in np.asarray(state.get("prov-rounds", []), dtype=np.int64)]
+        if len(seeds) != SEED_BYTES * len(weights) or len(weights) != len(rounds):
+            raise ValueError("checkpoint provenance is inconsistent")
+        self._prov = [(seeds[i * SEED_BYTES:(i + 1) * SEED_BYTES], weights[i], rounds[i])
+                      for i in range(len(weights))]
+        self._seen_seeds = {s for s, _w, _r in self._prov}
+        self._restored_round = int(np.asarray(state.get("global-round", state.get("round", 0))))
 
     def _decode_global(self, blob: bytes) -> EncryptedVector:
         public = self._public()

@@ -16,12 +16,23 @@ One round (DESIGN.md §3):
 2. **screen** (only with a defence): the scheme computes the statistics the filters need
    (in plaintext, or under encryption with a quorum of key holders) and the pure filters in
    :mod:`federation.robust` decide who is accepted.
-3. **aggregate**: integer-weighted sum of accepted updates (:mod:`federation.aggregation`).
+3. **aggregate**: integer-weighted sum of accepted updates (:mod:`federation.aggregation`),
+   each declared sample count capped at ``weight-cap`` times the median of the set
+   aggregated; under encryption a round with fewer than ``group-size`` accepted updates is
+   not aggregated (nobody may decrypt fewer summed together).
+4. **verify** (no phase of its own): every train (and the final evaluate) reply carries the
+   trainer's vote on the global it received. When more than ``rollback-quorum`` of the votes
+   refuse it, the newest aggregate is rolled back, *attribution* runs (one ``query.verify``
+   phase: candidate globals, each the previous global plus one disjoint group of at least
+   ``group-size`` of the refused round's updates, checked by the trainers with the same
+   rules), the round is redone from the groups they accept, and the phase whose global was
+   refused runs again on the redone global. A round may be lost; the run goes on.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -30,10 +41,11 @@ from typing import Any, Protocol
 from flwr.app import ConfigRecord, Message, RecordDict
 
 from federation import protocol as P
-from federation.aggregation import integer_weights
+from federation.aggregation import capped_counts, integer_weights
 from federation.config import FedConfig, to_flat
 from federation.errors import ProtocolError, RejectedUpdate
 from federation.robust import Decision, max_krum_f, screen
+from server.replies import describe_error_reply
 from server.schemes import Scheme
 
 __all__ = [
@@ -92,6 +104,11 @@ class RoundReport:
     extra: dict[str, float] = field(default_factory=dict)  # eval-x-* metrics, e.g. "asr"
     clients: dict[int, str] = field(default_factory=dict)  # node id -> client label
     note: str = ""
+    weights: dict[int, int] = field(default_factory=dict)  # node -> integer weight actually used
+    clipped: dict[int, list[int]] = field(default_factory=dict)  # node -> [declared, used] count
+    refusals: dict[int, str] = field(default_factory=dict)  # votes refusing the received global
+    rolled_back: bool = False  # this round's aggregate was refused and undone
+    recovery: dict[str, Any] = field(default_factory=dict)  # attribution of a rolled-back round
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -113,6 +130,11 @@ class RoundReport:
             "bytes_down": {str(k): v for k, v in self.bytes_down.items()},
             **{f"eval_{k}": v for k, v in self.extra.items()},
             "clients": {str(k): v for k, v in self.clients.items()},
+            "weights": {str(k): v for k, v in self.weights.items()},
+            "clipped_weights": {str(k): v for k, v in self.clipped.items()},
+            "global_refusals": {str(k): v for k, v in self.refusals.items()},
+            "rolled_back": self.rolled_back,
+            **({"recovery": self.recovery} if self.recovery else {}),
             **({"note": self.note} if self.note else {}),
         }
 
@@ -125,6 +147,7 @@ class RunResult:
     stopped_early: bool
     stop_reason: str
     reports: list[RoundReport]
+    rolled_back_rounds: list[int] = field(default_factory=list)
 
 
 class RunObserver(Protocol):
@@ -185,8 +208,9 @@ def exchange(
             log.warning("ignoring an unexpected or duplicate reply")
             continue
         if reply.has_error():
-            # Flower types the reason ``str | None``: a reply without one must not end the run.
-            lost[node] = f"error-reply: code {reply.error.code}: {(reply.error.reason or 'no reason')[:200]}"
+            # Flower types the reason ``str | None`` and a Ray failure sends a whole coloured
+            # traceback: one readable line either way (a reply without one must not end the run).
+            lost[node] = describe_error_reply(reply.error.code, reply.error.reason)
         elif not reply.has_content():
             lost[node] = "empty-reply"
         else:
@@ -212,7 +236,7 @@ def _status_of(content: RecordDict) -> tuple[str, str]:
     if rec is None:
         raise ProtocolError("reply has no status record")
     code, reason = rec.get("code"), rec.get("reason", "")
-    if code not in (P.STATUS_OK, P.STATUS_BUDGET_EXHAUSTED, P.STATUS_ERROR):
+    if code not in (P.STATUS_OK, P.STATUS_BUDGET_EXHAUSTED, P.STATUS_ERROR, P.STATUS_REFUSED_GLOBAL):
         raise ProtocolError("unknown status code")
     return str(code), str(reason)[:500]
 
@@ -264,6 +288,174 @@ def _parse_eval(content: RecordDict) -> dict[str, float]:
     return m
 
 
+MAX_RECOVERIES_PER_ROUND = 2
+"""Rollbacks one round's phase may trigger before the loop goes on with what it has."""
+
+
+@dataclass
+class _Uploads:
+    """The accepted updates of the newest aggregated round (what attribution regroups)."""
+
+    round: int
+    results: list[ClientResult]
+    counts: list[int]  # capped sample counts, in the order of ``results``
+
+
+def _contents(scheme: Scheme, flat: dict[str, Any], nodes: Sequence[int], rnd: int
+              ) -> dict[int, RecordDict]:
+    out: dict[int, RecordDict] = {}
+    for node in nodes:
+        rd = scheme.global_records(node, rnd)
+        rd[P.CFG] = ConfigRecord({**flat, "round": rnd, "node-id": node,
+                                  P.GLOBAL_ROUND: scheme.global_round})
+        out[node] = rd
+    return out
+
+
+def _vote_of(content: RecordDict, global_round: int, candidates: int = 0
+             ) -> tuple[bool, str] | list[tuple[bool, str]] | None:
+    """A reply's vote on the global(s) it was sent; None when absent or malformed."""
+    rec = content.config_records.get(P.VOTE)
+    if rec is None or rec.get(P.VOTE_ROUND) != global_round:
+        return None
+    accept, reason = rec.get(P.VOTE_ACCEPT), rec.get(P.VOTE_REASON, "")
+    if candidates == 0:
+        if not isinstance(accept, bool):
+            return None
+        return accept, str(reason)[:300]
+    if not isinstance(accept, list) or len(accept) != candidates \
+            or not all(isinstance(a, bool) for a in accept):
+        return None
+    reasons = reason if isinstance(reason, list) and len(reason) == candidates else [""] * candidates
+    return [(bool(a), str(r)[:200]) for a, r in zip(accept, reasons, strict=True)]
+
+
+def _refused(votes: dict[int, tuple[bool, str]], quorum: float) -> bool:
+    """More than ``quorum`` of the votes refuse."""
+    refusals = sum(1 for ok, _r in votes.values() if not ok)
+    return bool(votes) and refusals > quorum * len(votes)
+
+
+def _aggregate(scheme: Scheme, cfg: FedConfig, accepted: Sequence[ClientResult], rnd: int
+               ) -> tuple[dict[int, int], dict[int, list[int]], list[int]]:
+    """Cap the declared counts, aggregate; return weights used, clipped counts, capped counts."""
+    declared = [r.num_examples for r in accepted]
+    counts = capped_counts(declared, cfg.recover.weight_cap)
+    weights = [int(w) for w in integer_weights(counts)]
+    scheme.aggregate([r.payload for r in accepted], weights, rnd)
+    clipped = {r.node_id: [d, c] for r, d, c in zip(accepted, declared, counts, strict=True) if d != c}
+    return ({r.node_id: w for r, w in zip(accepted, weights, strict=True)}, clipped, counts)
+
+
+def _recover(grid: GridLike, cfg: FedConfig, scheme: Scheme, obs: RunObserver,
+             uploads: _Uploads | None, flat: dict[str, Any], nodes: Sequence[int], rnd: int,
+             refusals: dict[int, str], clock: Callable[[], float]) -> dict[str, Any] | None:
+    """Roll back the newest aggregate, attribute, redo it from the groups the trainers accept.
+
+    Returns what happened (for the rolled-back round's report), or None if nothing could be
+    rolled back.
+    """
+    t0 = clock()
+    undone = scheme.rollback()
+    if undone is None:
+        obs.on_audit({"round": rnd, "event": "rollback-impossible",
+                      "reason": "the global was refused but no aggregate can be undone",
+                      "refusals": {str(k): v for k, v in refusals.items()}})
+        return None
+    obs.on_audit({"round": undone, "event": "rolled-back", "refused_in_round": rnd,
+                  "refusals": {str(k): v for k, v in refusals.items()}})
+    info: dict[str, Any] = {"round": undone, "phases": 0, "groups": [], "refused_groups": [],
+                            "excluded": [], "redone": False}
+    k = cfg.recover.group_size
+    if uploads is None or uploads.round != undone or len(uploads.results) < 2 * k:
+        # One group would be the refused aggregate itself: nothing to attribute, round lost.
+        info["excluded"] = sorted(r.node_id for r in uploads.results) if uploads else []
+        info["note"] = f"fewer than 2 x group-size ({2 * k}) updates: the round is lost"
+        obs.on_audit({"round": undone, "event": "round-lost", "reason": info["note"]})
+        info["seconds"] = clock() - t0
+        return info
+    groups = _groups(uploads, k, cfg.run.seed)
+    group_weights = [[int(w) for w in integer_weights(capped_counts(c, cfg.recover.weight_cap))]
+                     for _g, c in groups]
+    rd = scheme.candidate_records([([r.payload for r in g], w)
+                                   for (g, _c), w in zip(groups, group_weights, strict=True)], undone)
+    contents: dict[int, RecordDict] = {}
+    for node in nodes:
+        content = RecordDict()
+        for key, record in rd.items():
+            content[key] = record
+        content[P.CFG] = ConfigRecord({**flat, "round": rnd, "node-id": node, P.GLOBAL_ROUND: undone})
+        contents[node] = content
+    replies, lost = exchange(grid, contents, P.MSG_VERIFY, rnd, cfg.run.round_timeout)
+    info["phases"] = 1
+    tallies: list[dict[int, tuple[bool, str]]] = [{} for _ in groups]
+    for node, reply in replies.items():
+        vote = _vote_of(reply.content, undone, len(groups))
+        if isinstance(vote, list):
+            for i, v in enumerate(vote):
+                tallies[i][node] = v
+        else:
+            why = _status_reason(reply.content)
+            obs.on_audit({"round": undone, "node": node, "event": "attribution-no-vote", "reason": why})
+    for node, why in lost.items():
+        obs.on_audit({"round": undone, "node": node, "event": "attribution-no-vote", "reason": why})
+    good: list[ClientResult] = []
+    good_counts: list[int] = []
+    for i, ((members, counts), tally) in enumerate(zip(groups, tallies, strict=True)):
+        ids = sorted(r.node_id for r in members)
+        info["groups"].append(ids)
+        bad = _refused(tally, cfg.recover.rollback_quorum) or not tally
+        obs.on_audit({"round": undone, "event": "attribution-group", "group": i, "nodes": ids,
+                      "refused": bad, "votes": len(tally),
+                      "refusals": {str(n): r for n, (ok, r) in sorted(tally.items()) if not ok}})
+        if bad:
+            info["refused_groups"].append(i)
+            info["excluded"].extend(ids)
+        else:
+            good.extend(members)
+            good_counts.extend(counts)
+    if good:
+        weights, clipped, _c = _aggregate(scheme, cfg, good, undone)
+        info.update(redone=True, weights={str(k_): v for k_, v in weights.items()},
+                    clipped_weights={str(k_): v for k_, v in clipped.items()})
+        obs.on_audit({"round": undone, "event": "redone", "nodes": sorted(weights),
+                      "weights": {str(n): w for n, w in sorted(weights.items())}})
+        obs.on_checkpoint(undone, {"round": undone, **scheme.checkpoint()})
+    else:
+        obs.on_audit({"round": undone, "event": "round-lost", "reason": "every group was refused"})
+    info["excluded"] = sorted(info["excluded"])
+    info["seconds"] = clock() - t0
+    return info
+
+
+def _mark_rolled_back(report: RoundReport, info: dict[str, Any], refusals: dict[int, str]) -> None:
+    """Record on a round's report that its aggregate was refused, undone and attributed."""
+    report.rolled_back, report.recovery, report.refusals = True, info, dict(refusals)
+    excluded = set(info["excluded"])
+    report.accepted = [n for n in report.accepted if n not in excluded]
+    for n in excluded:
+        report.rejected[n] = "attribution: in a group the trainers refused"
+    report.weights = {int(n): w for n, w in info.get("weights", {}).items()}
+    report.clipped = {int(n): c for n, c in info.get("clipped_weights", {}).items()}
+
+
+def _groups(uploads: _Uploads, k: int, seed: int) -> list[tuple[list[ClientResult], list[int]]]:
+    """Disjoint groups of at least ``k`` uploads, by a shuffle the round's seed fixes."""
+    order = list(range(len(uploads.results)))
+    random.Random(f"{seed}/{uploads.round}").shuffle(order)
+    m = len(order) // k
+    return [([uploads.results[i] for i in order[j::m]], [uploads.counts[i] for i in order[j::m]])
+            for j in range(m)]
+
+
+def _status_reason(content: RecordDict) -> str:
+    try:
+        code, reason = _status_of(content)
+    except ProtocolError as exc:
+        return f"protocol: {exc}"
+    return f"{code}: {reason}"
+
+
 def run_federation(
     grid: GridLike,
     cfg: FedConfig,
@@ -278,7 +470,8 @@ def run_federation(
     """Run rounds ``start_round .. cfg.run.rounds`` and return how the run ended.
 
     A bad reply costs that reply only: it is recorded with a reason and the round goes on
-    while at least ``min-clients`` (default 1) accepted updates remain.
+    while at least ``min-clients`` (default 1) accepted updates remain. A global that the
+    trainers refuse costs its round (rolled back, attributed, redone), never the run.
     """
     obs = observer or _NullObserver()
     flat = to_flat(cfg)
@@ -299,26 +492,36 @@ def run_federation(
                               rejected={}, refused={}, train_loss=None,
                               note="evaluated after a server restart; details in the earlier line")
     stop_reason, stopped_early = "", False
-    for rnd in range(start_round, cfg.run.rounds + 1):
-        t0 = clock()
-        contents: dict[int, RecordDict] = {}
-        for node in nodes:
-            rd = scheme.global_records(node, rnd)
-            rd[P.CFG] = ConfigRecord({**flat, "round": rnd, "node-id": node})
-            contents[node] = rd
+    uploads: _Uploads | None = None
+    rolled_back: list[int] = []
+    rnd, recoveries, t0 = start_round, 0, clock()
+    extra_timings: dict[str, float] = {}
+    while rnd <= cfg.run.rounds:
+        t_phase = clock()
+        global_round = scheme.global_round
+        contents = _contents(scheme, flat, nodes, rnd)
         down = {n: scheme.bytes_down(n) for n in nodes}
         replies, lost = exchange(grid, contents, P.MSG_TRAIN, rnd, cfg.run.round_timeout)
-        t_train = clock() - t0
+        t_train = clock() - t_phase
 
         results: list[ClientResult] = [ClientResult(n, "lost", reason) for n, reason in lost.items()]
         evals: list[ClientResult] = []
+        votes: dict[int, tuple[bool, str]] = {}
         for node, reply in replies.items():
             res = ClientResult(node, "error")
+            vote = _vote_of(reply.content, global_round)
+            if isinstance(vote, tuple):
+                votes[node] = vote
             try:
                 res.status, res.reason = _status_of(reply.content)
+                if res.status == P.STATUS_REFUSED_GLOBAL:
+                    results.append(res)
+                    continue
                 res.metrics = _parse_eval(reply.content)
                 evals.append(res)
                 if res.status == P.STATUS_OK:
+                    if not isinstance(vote, tuple) or not vote[0]:
+                        raise ProtocolError("an update without a vote accepting the global")
                     res.num_examples = _positive_count(res.metrics.get("num-examples"))
                     res.payload = scheme.parse_update(node, reply.content)
             except RejectedUpdate as exc:
@@ -326,6 +529,24 @@ def run_federation(
             except ProtocolError as exc:
                 res.status, res.reason = "rejected", f"protocol: {exc}"
             results.append(res)
+
+        refusals = {n: r for n, (ok, r) in votes.items() if not ok}
+        for node, why in sorted(refusals.items()):
+            obs.on_audit({"round": rnd, "node": node, "event": "global-refused",
+                          "global_round": global_round, "reason": why})
+        if _refused(votes, cfg.recover.rollback_quorum) and recoveries < MAX_RECOVERIES_PER_ROUND:
+            # The global these replies were trained on is refused: their updates are discarded
+            # (only trainers that accepted it trained), the round is recovered and run again.
+            info = _recover(grid, cfg, scheme, obs, uploads, flat, nodes, rnd, refusals, clock)
+            if info is not None:
+                recoveries += 1
+                rolled_back.append(int(info["round"]))
+                uploads = None
+                extra_timings["refused-train-phase"] = extra_timings.get("refused-train-phase", 0.0) + t_train
+                extra_timings["recovery"] = extra_timings.get("recovery", 0.0) + float(info["seconds"])
+                if pending is not None and pending.round == info["round"]:
+                    _mark_rolled_back(pending, info, refusals)
+                continue
 
         if pending is not None:  # replies evaluated last round's model
             pending.accuracy, pending.loss = _weighted_eval(evals)
@@ -365,6 +586,7 @@ def run_federation(
                                if "epsilon" in r.metrics},
             decisions=[d.to_record() for _n, d in sorted(decisions.items())],
             clients={r.node_id: _client_label(r) for r in evals},
+            refusals=refusals,
         )
         need = max(cfg.run.min_clients, 1)
         if len(accepted) < need:
@@ -375,45 +597,74 @@ def run_federation(
             )
             stopped_early = True
             report.seconds = clock() - t0
-            report.timings = {"train-phase": t_train, "screen": t_screen}
+            report.timings = {"train-phase": t_train, "screen": t_screen, **extra_timings}
             obs.on_audit({"round": rnd, "event": "stopped", "reason": stop_reason})
             obs.on_round(report)
             reports.append(report)
             break
 
         t2 = clock()
-        weights = integer_weights([r.num_examples for r in accepted])
-        scheme.aggregate([r.payload for r in accepted], [int(w) for w in weights])
-        t_agg = clock() - t2
+        t_agg = 0.0
+        if scheme.hides_updates and len(accepted) < cfg.recover.group_size:
+            # Trainers would refuse a global summing fewer than k updates (and they would be
+            # right: one of them could subtract its own update and read the others').
+            report.note = (f"not aggregated: {len(accepted)} accepted update(s), "
+                           f"group-size is {cfg.recover.group_size}")
+            obs.on_audit({"round": rnd, "event": "not-aggregated", "reason": report.note})
+        else:
+            report.weights, report.clipped, counts = _aggregate(scheme, cfg, accepted, rnd)
+            uploads = _Uploads(rnd, list(accepted), counts)
+            t_agg = clock() - t2
+            obs.on_audit({"round": rnd, "event": "aggregated", "global_round": rnd,
+                          "weights": {str(n): w for n, w in sorted(report.weights.items())},
+                          "clipped": {str(n): c for n, c in sorted(report.clipped.items())}})
         report.seconds = clock() - t0
         report.timings = {"train-phase": t_train, "screen": t_screen, "aggregate": t_agg,
-                          **_sum_client_timings(accepted)}
+                          **extra_timings, **_sum_client_timings(accepted)}
         report.bytes_up = {r.node_id: int(r.metrics.get("bytes-up", 0)) for r in accepted}
         report.bytes_down = down
-        obs.on_checkpoint(rnd, {"round": rnd, **scheme.checkpoint()})
+        if t_agg > 0 or not scheme.hides_updates:
+            obs.on_checkpoint(rnd, {"round": rnd, **scheme.checkpoint()})
         completed = rnd
         pending = report
+        rnd, recoveries, t0, extra_timings = rnd + 1, 0, clock(), {}
 
     # Final evaluation of the last model (nothing trains, nothing privacy-relevant is spent).
-    if pending is not None:
-        contents = {}
-        for node in nodes:
-            rd = scheme.global_records(node, pending.round + 1)
-            rd[P.CFG] = ConfigRecord({**flat, "round": pending.round + 1, "node-id": node})
-            contents[node] = rd
+    recoveries = 0
+    while pending is not None:
+        global_round = scheme.global_round
+        contents = _contents(scheme, flat, nodes, pending.round + 1)
         replies, _lost = exchange(grid, contents, P.MSG_EVALUATE, pending.round + 1,
                                   cfg.run.round_timeout)
         evals = []
+        votes = {}
         for node, reply in replies.items():
+            vote = _vote_of(reply.content, global_round)
+            if isinstance(vote, tuple):
+                votes[node] = vote
+                if not vote[0]:
+                    continue
             try:
                 evals.append(ClientResult(node, "ok", metrics=_parse_eval(reply.content)))
             except ProtocolError as exc:
                 log.warning("node %s: bad evaluation reply: %s", node, exc)
+        refusals = {n: r for n, (ok, r) in votes.items() if not ok}
+        if _refused(votes, cfg.recover.rollback_quorum) and recoveries < MAX_RECOVERIES_PER_ROUND:
+            info = _recover(grid, cfg, scheme, obs, uploads, flat, nodes, pending.round + 1,
+                            refusals, clock)
+            if info is not None:
+                recoveries += 1
+                uploads = None
+                rolled_back.append(int(info["round"]))
+                if pending.round == info["round"]:
+                    _mark_rolled_back(pending, info, refusals)
+                continue
         pending.accuracy, pending.loss = _weighted_eval(evals)
         pending.extra = _weighted_extra(evals)
         obs.on_round(pending)
         reports.append(pending)
-    return RunResult(completed, stopped_early, stop_reason, reports)
+        pending = None
+    return RunResult(completed, stopped_early, stop_reason, reports, sorted(set(rolled_back)))
 
 
 def _decide(grid: GridLike, cfg: FedConfig, scheme: Scheme, candidates: list[ClientResult],
@@ -448,7 +699,7 @@ def _mean(values: Iterable[float | None]) -> float | None:
 
 
 def _sum_client_timings(results: Sequence[ClientResult]) -> dict[str, float]:
-    keys = ("train-seconds", "encrypt-seconds", "decrypt-seconds", "eval-seconds")
+    keys = ("train-seconds", "encrypt-seconds", "decrypt-seconds", "verify-seconds", "eval-seconds")
     out = {}
     for k in keys:
         vals = [r.metrics[k] for r in results if k in r.metrics]

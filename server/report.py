@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from server.audit import AuditLog
 from server.loop import RoundReport, RunResult
 
 __all__ = ["RunWriter", "atomic_write", "checkpoint_files", "format_round", "load_checkpoint",
@@ -103,6 +104,7 @@ class RunWriter:
         self.metrics_path = out_dir / "metrics.jsonl"
         self.audit_path = out_dir / "audit.jsonl"
         self.started = time.time()
+        self.audit = AuditLog(self.audit_path, {"run": out_dir.name, "time": round(self.started, 3)})
 
     def on_round(self, report: RoundReport) -> None:
         row = report.to_json()
@@ -111,7 +113,7 @@ class RunWriter:
         self.progress(format_round(row, self.total_rounds))
 
     def on_audit(self, entry: dict[str, Any]) -> None:
-        _append_line(self.audit_path, {"time": round(time.time(), 3), **entry})
+        self.audit.append({"time": round(time.time(), 3), **entry})
 
     def on_checkpoint(self, round_: int, state: dict[str, Any]) -> None:
         buf = io.BytesIO()
@@ -162,6 +164,10 @@ class RunWriter:
             "attack_success_rate_by_round": [r.get("eval_asr") for r in rows],
             "wall_seconds": round(time.time() - self.started, 2),
             "seconds_per_round": [r.get("seconds") for r in rows],
+            "rolled_back_rounds": sorted({int(r["round"]) for r in rows if r.get("rolled_back")}
+                                         | set(result.rolled_back_rounds)),
+            "audit_entries": self.audit.entries,
+            "audit_head": self.audit.head,
             **extra,
         }
         atomic_write(self.out_dir / "summary.json",

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
-from flwr.app import RecordDict
+from flwr.app import Array, ArrayRecord, RecordDict
 
 from federation import protocol as P
 from federation.aggregation import apply_update, weighted_update
@@ -29,6 +29,11 @@ class Scheme(Protocol):
 
     name: str
     dim: int  # parameters of the model
+    hides_updates: bool  # True when nobody may decrypt fewer than group-size updates summed
+
+    @property
+    def global_round(self) -> int:
+        """The newest round whose aggregate the global model includes (0: the initial model)."""
 
     def setup(self, grid: Any, nodes: Sequence[int], cfg: FedConfig) -> None:
         """One-off phases before round 1 (in-band key setup under CKKS)."""
@@ -42,8 +47,15 @@ class Scheme(Protocol):
     def statistics(self, grid: Any, payloads: dict[int, Any], round_: int) -> UpdateStats:
         """Squared norms and pairwise squared distances of the round's updates."""
 
-    def aggregate(self, payloads: Sequence[Any], weights: Sequence[int]) -> None:
-        """Fold the accepted updates into the global model."""
+    def aggregate(self, payloads: Sequence[Any], weights: Sequence[int], round_: int = 0) -> None:
+        """Fold the accepted updates of ``round_`` into the global model (weights sum to K)."""
+
+    def rollback(self) -> int | None:
+        """Undo the newest aggregate; return its round, or None when none can be undone."""
+
+    def candidate_records(self, groups: Sequence[tuple[Sequence[Any], Sequence[int]]],
+                          round_: int) -> RecordDict:
+        """Attribution: records carrying the current global plus each group's weighted sum."""
 
     def checkpoint(self) -> dict[str, Any]:
         """What must be saved to resume after this round (never a secret)."""
@@ -62,16 +74,36 @@ class PlaintextScheme:
     """Updates as float32 vectors; the server holds the plaintext global model."""
 
     name = "none"
+    hides_updates = False  # the server sees every plaintext update anyway
 
     def __init__(self, initial: npt.NDArray[np.float32]) -> None:
         self.global_model = initial.astype(np.float32, copy=True)
         self.dim = int(initial.shape[0])
+        self._history: list[tuple[int, npt.NDArray[np.float32]]] = []  # (round, model before it)
+        self._round = 0
+
+    @property
+    def global_round(self) -> int:
+        return self._round
 
     def setup(self, grid: Any, nodes: Sequence[int], cfg: FedConfig) -> None:
         pass
 
     def global_records(self, node: int, round_: int) -> RecordDict:
         return RecordDict({P.GLOBAL_PLAIN: vector_record(self.global_model)})
+
+    def rollback(self) -> int | None:
+        if not self._history:
+            return None
+        undone = self._round
+        self._round, self.global_model = self._history.pop()
+        return undone
+
+    def candidate_records(self, groups: Sequence[tuple[Sequence[Any], Sequence[int]]],
+                          round_: int) -> RecordDict:
+        arrays = {f"c{i:03d}": Array(apply_update(self.global_model, weighted_update(p, w)))
+                  for i, (p, w) in enumerate(groups)}
+        return RecordDict({P.CANDIDATES: ArrayRecord(arrays)})
 
     def parse_update(self, node: int, content: RecordDict) -> npt.NDArray[np.float32]:
         if P.UPDATE_PLAIN not in content.array_records:
@@ -82,8 +114,10 @@ class PlaintextScheme:
         ids = sorted(payloads)
         return stats_from_plain([payloads[i] for i in ids], ids, None)
 
-    def aggregate(self, payloads: Sequence[Any], weights: Sequence[int]) -> None:
+    def aggregate(self, payloads: Sequence[Any], weights: Sequence[int], round_: int = 0) -> None:
+        self._history = [*self._history[-3:], (self._round, self.global_model)]
         self.global_model = apply_update(self.global_model, weighted_update(payloads, weights))
+        self._round = round_
 
     def checkpoint(self) -> dict[str, Any]:
         return {"scheme": self.name, "global": self.global_model.copy()}

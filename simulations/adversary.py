@@ -22,12 +22,15 @@ import torch
 from clients.app import make_client_app
 from clients.handlers import ClientHooks, raw_partition
 from clients.training import train_local
+from federation import protocol as P
 from federation.config import FedConfig
 from federation.data import normalize
 from federation.errors import ConfigError
+from federation.records import bytes_record, vector_record
 from federation.tasks import build_model, flatten_params, load_flat_params
 from simulations.attacks import (
     AttackContext,
+    Garbage,
     attack_success_rate,
     make_attack,
     select_malicious,
@@ -115,6 +118,9 @@ def hooks_for(cfg: FedConfig, node_config: Mapping[str, Any]) -> ClientHooks:
     if pid not in select_malicious(num, cfg.attack.malicious, cfg.run.seed):
         return ClientHooks(extra_eval=extra)
     attack = make_attack(name, **params)
+    if isinstance(attack, Garbage):  # replaces the upload itself, after encryption
+        return ClientHooks(poison_upload=functools.partial(_garbage_upload, attack, cfg.run.seed, pid),
+                           extra_eval=extra)
     if name == "label-flip":  # pure data poisoning: the update is left as trained
         return ClientHooks(poison_data=attack.poison_data, extra_eval=extra)
     poisons_data = backdoor
@@ -135,6 +141,16 @@ def hooks_for(cfg: FedConfig, node_config: Mapping[str, Any]) -> ClientHooks:
         return np.asarray(attack.poison_update(update, ctx), dtype=np.float32)
 
     return ClientHooks(poison_data=attack.poison_data, poison_update=poison_update, extra_eval=extra)
+
+
+def _garbage_upload(attack: Garbage, seed: int, pid: int, arrays: dict[str, Any],
+                    info: dict[str, Any]) -> dict[str, Any]:
+    rng = np.random.default_rng([seed, pid, int(info["round"]), 7])
+    if P.UPDATE_CIPHER in arrays:
+        honest = bytes(arrays[P.UPDATE_CIPHER]["u"].data)
+        return {**arrays, P.UPDATE_CIPHER: bytes_record({"u": attack.garbage_envelope(honest, rng)})}
+    dim = int(arrays[P.UPDATE_PLAIN]["v"].shape[0])
+    return {**arrays, P.UPDATE_PLAIN: vector_record(attack.garbage_update(dim, rng))}
 
 
 def make_adversarial_client_app(cfg: FedConfig) -> Any:

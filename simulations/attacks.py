@@ -20,6 +20,7 @@ gaussian   ``N(0, sigma²)`` per coordinate, ``sigma sqrt(d)`` = benign norm   m
 alie       ``mean - z std`` per coordinate of the benign estimates            model
 ipm        ``-epsilon x mean`` of the benign estimates                        model
 backdoor   pixel trigger + relabel to ``target`` on a fraction, then boosted  data+model
+garbage    uniform coefficients below each prime under a valid header        ciphertext
 ========== ================================================================= ===========
 
 Nothing here mutates its inputs; randomness comes from the ``rng`` argument
@@ -51,6 +52,7 @@ __all__ = [
     "AttackContext",
     "Backdoor",
     "Composed",
+    "Garbage",
     "Gaussian",
     "LabelFlip",
     "Scaling",
@@ -458,6 +460,49 @@ class Composed:
         return own_update
 
 
+@dataclass(frozen=True)
+class Garbage:
+    """Ciphertext poisoning: a well-formed upload that encrypts nothing.
+
+    Under CKKS it keeps its honest envelope's header (preset, key fingerprint, length: all
+    public) and replaces the payload by coefficients drawn uniformly below each prime, with a
+    fresh seed. Every structural check passes, and it decrypts to noise of magnitude about
+    ``q / Delta``; one such upload in a sum ruins the aggregate. Only the public key
+    fingerprint is needed, so any party could send it. In plaintext it sends values drawn
+    uniformly in ``[-bound, bound]`` (the largest update the protocol lets through).
+    """
+
+    bound: float = 4.0
+    name: str = field(default="garbage", init=False)
+
+    def __post_init__(self) -> None:
+        _positive(self.name, "bound", self.bound)
+
+    def poison_data(self, x: Images, y: Labels, rng: np.random.Generator) -> tuple[Images, Labels]:
+        return x.copy(), y.copy()
+
+    def poison_update(self, own_update: F32, ctx: AttackContext) -> F32:
+        return _f32(own_update)  # the upload itself is replaced after encryption
+
+    def garbage_envelope(self, honest: bytes, rng: np.random.Generator) -> bytes:
+        """A seeded-upload envelope with the header fields of ``honest`` and a uniform payload."""
+        from crypto import EncryptedVector, Preset, wire
+
+        preset = Preset.from_id(honest[8:24].rstrip(b"\0").decode("ascii"))
+        fingerprint = honest[24:32].hex()
+        length = int.from_bytes(honest[44:52], "little")
+        spec = preset.spec
+        chunks = -(-length // spec.values_per_chunk)
+        c0 = np.stack([rng.integers(0, q, size=(chunks, spec.poly_degree), dtype=np.uint64)
+                       for q in spec.data_moduli], axis=1)
+        enc = EncryptedVector(preset, fingerprint, length, 1, c0, None, rng.bytes(32))
+        return wire.encode(enc)
+
+    def garbage_update(self, dim: int, rng: np.random.Generator) -> F32:
+        """The plaintext counterpart: uniform values in ``[-bound, bound]``."""
+        return rng.uniform(-self.bound, self.bound, size=dim).astype(np.float32)
+
+
 def compose(*attacks: Attack) -> Composed:
     """Chain attacks, e.g. ``compose(LabelFlip(), Scaling(boost=5))``."""
     if not attacks:
@@ -473,6 +518,7 @@ _FACTORIES: Final[dict[str, Callable[..., Attack]]] = {
     "alie": ALIE,
     "ipm": IPM,
     "backdoor": Backdoor,
+    "garbage": Garbage,
 }
 """The attack registry: every attack is registered here, and only here."""
 

@@ -29,6 +29,8 @@ bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks (JSON output).")
 keys_app = typer.Typer(no_args_is_help=True, help="Key material for real deployments.")
 app.add_typer(bench_app, name="bench")
 app.add_typer(keys_app, name="keys")
+audit_app = typer.Typer(no_args_is_help=True, help="Run folders' tamper-evident audit logs.")
+app.add_typer(audit_app, name="audit")
 console = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -111,10 +113,18 @@ def _pct(v: float | None) -> str:
 def run_simulation_cli(cfg: FedConfig) -> dict[str, Any]:
     """Run a simulation with a header and per-round progress; exit non-zero on failure."""
     from federation.data import load_fashion_mnist
+    from federation.tasks import FASHION_MNIST, FASHION_MNIST_TANH, build_model, resolve_task
     from simulations.simulate import simulate as run_sim
 
+    try:  # the same resolution every Ray worker will do: fail here, naming the key
+        task = resolve_task(cfg.data.task)
+        build_model(task, cfg.run.seed)
+    except ConfigError as exc:
+        _fail(f"--{exc.key}: {str(exc).split(': ', 1)[1]}")
+    source = f"the task's own ({task.name})"
     try:
-        source = load_fashion_mnist(cfg.data.data_dir or None).source
+        if task in (FASHION_MNIST, FASHION_MNIST_TANH):
+            source = load_fashion_mnist(cfg.data.data_dir or None).source
     except FedguardError as exc:
         _fail(str(exc))
     console.print(
@@ -209,6 +219,23 @@ def bench_dp_cmd(
     console.print(f"written: {out}")
 
 
+@bench_app.command("models")
+def bench_models_cmd(
+    out: Annotated[Path, typer.Option("--out", help="JSON file to write.")] = Path("runs/bench-models.json"),
+    task: Annotated[list[str] | None, typer.Option("--task", help="Model size(s): resnet-1m, resnet-10m.")] = None,
+    clients: Annotated[int, typer.Option("--clients")] = 3,
+    rounds: Annotated[int, typer.Option("--rounds", help="Rounds per simulation (resnet-10m: 1, CKKS only).")] = 3,
+) -> None:
+    """Per model size: DP/plain epoch, fused-engine coverage, encrypted/plaintext round, memory."""
+    from simulations.bench_dp import bench_models
+
+    out = out.expanduser().resolve()
+    result = bench_models(out, tasks=tuple(task or ("resnet-1m", "resnet-10m")), clients=clients,
+                          rounds=rounds)
+    console.print_json(json.dumps(result))
+    console.print(f"written: {out}")
+
+
 @bench_app.command("crypto")
 def bench_crypto_cmd(
     out: Annotated[Path, typer.Option("--out", help="JSON file to write.")] = Path("runs/bench-crypto.json"),
@@ -283,6 +310,29 @@ def scenarios(
         _fail(str(e))
     console.print((out_dir / "results.md").read_text())
     console.print(f"{len(rows)} scenario(s); results in {out_dir}")
+
+
+@audit_app.command("verify")
+def audit_verify(run_dir: Annotated[Path, typer.Argument(help="A run folder (holds audit.jsonl).")]) -> None:
+    """Check the hash chain of RUN_DIR/audit.jsonl; report the first broken link (exit 1)."""
+    from server.audit import verify_log
+
+    log_path = run_dir / "audit.jsonl"
+    if not log_path.is_file():
+        _fail(f"RUN_DIR: no audit.jsonl in {run_dir}")
+    summary_path = run_dir / "summary.json"
+    expected = None
+    if summary_path.is_file():
+        try:
+            expected = json.loads(summary_path.read_text())
+        except ValueError:
+            _fail(f"RUN_DIR: {summary_path} is not JSON")
+    report = verify_log(log_path, expected if isinstance(expected, dict) else None)
+    if report.ok:
+        console.print(f"audit chain intact: {report.entries} entries, head {report.head[:16]}")
+        return
+    console.print(f"audit chain broken at line {report.line}: {report.reason}")
+    raise typer.Exit(1)
 
 
 def _register_deploy_commands() -> None:

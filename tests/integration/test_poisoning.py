@@ -1,4 +1,5 @@
-"""One boosted attacker wrecks plain FedAvg; the encrypted filter keeps accuracy near clean.
+"""One boosted attacker: without a filter its aggregates are refused by the trainers and
+rolled back; the encrypted filter drops it before it costs a round.
 
 Three real Flower simulations (subset data, 6 clients, 4 rounds, same seeds): clean, attacked
 without a filter, attacked with CKKS and the encrypted norm/multikrum/cosine screen.
@@ -43,7 +44,11 @@ def test_encrypted_filter_survives_a_boosted_attacker(tmp_path: Path) -> None:
                          "--defense", "norm,multikrum,cosine"], tmp_path / "guarded")
     acc_clean = clean["final_accuracy"]
     assert isinstance(acc_clean, float) and acc_clean > 0.5
-    assert wrecked["final_accuracy"] < 0.3  # one attacker with a x50 boost breaks FedAvg
+    # a x50 boost breaks every FedAvg aggregate it is in; the trainers refuse each (loss
+    # regression) and the run goes on from the groups without it
+    assert wrecked["rounds_completed"] == 4 and wrecked["rolled_back_rounds"] == [1, 2, 3, 4]
+    assert wrecked["final_accuracy"] > 0.3
+    assert guarded["rolled_back_rounds"] == []
     assert guarded["final_accuracy"] >= acc_clean - 0.05
     assert guarded["secure_aggregation"] == "ckks"
     # The attacker was filtered every round, and only the attacker.
