@@ -29,6 +29,7 @@ from federation.flower_internals import (
     SUPERNODE_STATUS_ENV,
     install_exit_record,
     patch_supernode_polling,
+    run_supernode,
 )
 
 __all__: list[str] = []
@@ -110,11 +111,8 @@ def main(argv: list[str]) -> None:
     status_path = Path(status) if status else None
     if status_path is not None:
         install_exit_record(status_path)
-    from flwr.supernode.cli.flower_supernode import flower_supernode
-
-    sys.argv = ["flower-supernode", *argv]
     try:
-        flower_supernode()
+        run_supernode(argv)
     finally:
         _mark_ended(status_path)
 

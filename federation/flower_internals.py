@@ -62,6 +62,7 @@ __all__ = [
     "read_exit_record",
     "register_keys",
     "run_clientapp_task",
+    "run_supernode",
     "supported",
 ]
 
@@ -178,6 +179,16 @@ class _PollClock:
         else:  # waiting for a reply or an object of a message being handled
             pause, self._idle = min(seconds, self._low), self._low
         self._real.sleep(pause)
+
+
+def run_supernode(argv: Sequence[str]) -> None:
+    """Run Flower's SuperNode in this process, as ``flower-supernode ARGV`` would."""
+    import sys
+
+    from flwr.supernode.cli.flower_supernode import flower_supernode
+
+    sys.argv = ["flower-supernode", *argv]
+    flower_supernode()
 
 
 def patch_supernode_polling(low: float, high: float, heartbeat: float) -> str:
