@@ -244,8 +244,16 @@ def follow_metrics(path: Path, total: int) -> Callable[[], Iterator[str]]:
         nonlocal offset
         rows, offset = _metric_rows(path, offset)
         for row in rows:
-            if "event" not in row:
-                yield format_round(row, total, detail=True)
+            if "event" in row:
+                continue
+            if row.get("note"):  # not a round: a resumed run's evaluation of an earlier one
+                acc, loss = row.get("accuracy"), row.get("loss")
+                yield (f"round {row.get('round'):>3}/{total}  "
+                       + (f"acc {acc:.4f}  " if isinstance(acc, float) else "")
+                       + (f"loss {loss:.4f}  " if isinstance(loss, float) else "")
+                       + f"({row['note']})")
+                continue
+            yield format_round(row, total, detail=True)
 
     return poll
 

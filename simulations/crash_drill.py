@@ -133,7 +133,7 @@ def drill(out: Path, rounds: int = 8) -> dict[str, Any]:
         rows = [json.loads(line) for line in
                 (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
         result["accepted_by_round"] = {str(r["round"]): len(r.get("accepted") or [])
-                                       for r in rows if "event" not in r}
+                                       for r in rows if "event" not in r and not r.get("note")}
         result["final_accuracy"] = summary.get("final_accuracy")
         result["drill_wall_s"] = round(time.monotonic() - t0, 1)
     finally:

@@ -28,8 +28,11 @@ def test_metrics_are_followed_from_the_end_and_events_are_not_rounds(tmp_path: P
            "timings": {"train-phase": 3.9, "screen": 0.0}}
     with path.open("a") as fh:
         fh.write(json.dumps({"round": 2, "event": "server-restart", "note": "x"}) + "\n")
+        fh.write(json.dumps({"round": 1, "accuracy": 0.55, "note": "evaluation after resume"})
+                 + "\n")
         fh.write(json.dumps(row) + "\n" + '{"round": 3')  # the last line is still being written
-    (line,) = poll()
+    note, line = poll()
+    assert note == "round   1/2  acc 0.5500  (evaluation after resume)"
     assert line.startswith("round   2/2  acc 0.6000")
     assert "not counted: node 3 (lost: error-reply: code 5)" in line
 
