@@ -18,7 +18,7 @@ from clients.handlers import NO_HOOKS, ClientHooks, handle_evaluate, handle_trai
 from federation import protocol as P
 from federation.errors import FedguardError
 
-__all__ = ["app", "make_client_app"]
+__all__ = ["app", "guarded", "make_client_app"]
 
 log = logging.getLogger("fedguard.client")
 
@@ -51,6 +51,9 @@ def _guarded(handler: Handler) -> Callable[[Message, Context], Message]:
         return Message(content, reply_to=msg)
 
     return run
+
+
+guarded = _guarded  # public: clients.mods registers fedguard's query handlers with it
 
 
 def make_client_app(hooks_factory: HooksFactory | None = None) -> ClientApp:

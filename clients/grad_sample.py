@@ -12,9 +12,10 @@ Grad-sample modes:
     throw away. Linear layers get their per-sample norms by the ghost-norm identity
     ``‖g aᵀ‖ = ‖g‖·‖a‖`` and their clipped sum as one matmul; convolutions materialise
     per-sample gradients from unfolded activations (cheap for small CNNs).
-    Not covered: every other parameterised layer (GroupNorm, LayerNorm, Embedding, ...); a
-    model with one of them falls back to ``hooks`` as a whole (``simulations/bench_dp.py``
-    measures the cost on the ResNet tasks).
+    GroupNorm's affine parameters get theirs from the normalised input (``Σ g·x̂``, ``Σ g``).
+    Not covered: every other parameterised layer (LayerNorm, Embedding, ...); a model with
+    one of them falls back to ``hooks`` as a whole (``fedguard bench models`` measures the
+    cost on the GroupNorm ResNet tasks).
 ``hooks``, ``ghost``, ``functorch``
     Opacus' own ``GradSampleModule`` (hooks), ``GradSampleModuleFastGradientClipping``
     (ghost clipping, two backward passes), and Opacus' functorch path.
@@ -123,9 +124,9 @@ def _conv2d_per_sample_weight_grads(m: nn.Conv2d, a: torch.Tensor, g: torch.Tens
 
 
 class _Fused:
-    """Single-backward per-sample clipping for models built from Linear and Conv2d layers."""
+    """Single-backward per-sample clipping for models built from Linear, Conv2d, GroupNorm."""
 
-    SUPPORTED = (nn.Linear, nn.Conv2d)
+    SUPPORTED = (nn.Linear, nn.Conv2d, nn.GroupNorm)
 
     def __init__(
         self, model: nn.Module, params: list[nn.Parameter], max_grad_norm: float,
@@ -152,7 +153,7 @@ class _Fused:
             covered.update(id(p) for p in own)
         if covered != {id(p) for p in params}:
             raise NotImplementedError(
-                "fused mode: some trainable parameters are outside Linear/Conv2d"
+                "fused mode: some trainable parameters are outside Linear/Conv2d/GroupNorm"
             )
         self._records: list[tuple[nn.Module, torch.Tensor, torch.Tensor, int, int]] = []
         self._handles = [m.register_forward_hook(self._hook) for m in self.layers]
@@ -213,6 +214,19 @@ class _Fused:
                         gb = g3.sum(1)
                         sq += gb.pow(2).sum(1)
                         pending.append((m, "b", gb, gb))
+            elif isinstance(m, nn.GroupNorm):
+                # y = x̂·w + b per channel, x̂ the group-normalised input: the per-sample weight
+                # gradient is Σ_spatial g·x̂, the bias gradient Σ_spatial g (B x C each).
+                xhat = F.group_norm(a, m.num_groups, eps=m.eps).reshape(b, m.num_channels, -1)
+                g3 = g.reshape(b, m.num_channels, -1)
+                if m.weight is not None and m.weight.requires_grad:
+                    gw = (g3 * xhat).sum(2)
+                    sq += gw.pow(2).sum(1)
+                    pending.append((m, "w", gw, gw))
+                if m.bias is not None and m.bias.requires_grad:
+                    gb = g3.sum(2)
+                    sq += gb.pow(2).sum(1)
+                    pending.append((m, "b", gb, gb))
             else:
                 assert isinstance(m, nn.Conv2d)
                 g4 = g.reshape(b, g.shape[1], g.shape[2], g.shape[3])
@@ -334,13 +348,13 @@ def resolve_grad_sample_mode(
 ) -> str:
     """The concrete grad-sample mode ``auto`` picks for ``model``: ``fused`` or ``hooks``.
 
-    ``fused`` needs every trainable parameter in a plain ``Linear``/``Conv2d`` layer, each
+    ``fused`` needs every trainable parameter in a ``Linear``/``Conv2d``/``GroupNorm`` layer, each
     called once per forward. Layer types are checked statically; the rest only by a
     forward/backward pass on ``probe`` (a couple of inputs and their targets) under ``loss``
     (default: cross-entropy of ``model(x)``), when given. A model that changes a layer's input
     or output in place is refused with :class:`ConfigError` (no mode, Opacus' included, gets
-    its per-sample gradients right). Layers outside ``Linear``/``Conv2d`` (GroupNorm,
-    LayerNorm, embeddings) make ``auto`` fall back to Opacus ``hooks`` for the whole model.
+    its per-sample gradients right). Layers outside ``Linear``/``Conv2d``/``GroupNorm``
+    (LayerNorm, embeddings) make ``auto`` fall back to Opacus ``hooks`` for the whole model.
     """
     if mode != "auto":
         return mode

@@ -24,7 +24,8 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from clients import secure
 from clients.ledger import LedgerFile, load_ledger, record_event
-from clients.training import DPPlan, evaluate, train_local
+from clients.private import LEDGER_KEY, dp_plan
+from clients.training import evaluate, train_local
 from federation import protocol as P
 from federation.config import FLAT_KEYS, FedConfig, SecureAggregation, from_flat
 from federation.data import normalize
@@ -33,7 +34,6 @@ from federation.privacy import (
     PrivacyBudget,
     PrivacyEvent,
     PrivacyLedger,
-    calibrate_for_plan,
     default_delta,
     epsilon,
     poisson_schedule,
@@ -56,8 +56,6 @@ __all__ = ["NO_HOOKS", "ClientHooks", "LocalData", "check_global", "handle_evalu
            "handle_verify", "local_data", "raw_partition"]
 
 log = logging.getLogger("fedguard.client")
-LEDGER_KEY = "privacy-ledger"
-_DP_CACHE = "fg-dp-calibration"
 
 
 @dataclass(frozen=True)
@@ -176,41 +174,6 @@ def _ledger(state: RecordDict, node_config: Mapping[str, Any]) -> tuple[PrivacyL
     return load_ledger(state, LEDGER_KEY, file), file
 
 
-def _dp_plan(
-    cfg: FedConfig, n: int, state: RecordDict, ledger: PrivacyLedger, run_id: int, round_: int
-) -> tuple[DPPlan | None, float, float]:
-    """Noise multiplier (calibrated once per run, for its remaining rounds), sample rate, delta.
-
-    Raises :class:`PrivacyBudgetExceeded` if the recorded history leaves no room for the rest
-    of the run.
-    """
-    if not cfg.dp.enabled:
-        return None, 0.0, 0.0
-    q, per_epoch = poisson_schedule(n, cfg.train.batch_size)
-    delta = cfg.dp.delta or default_delta(n)
-    if cfg.dp.noise_multiplier > 0:
-        sigma = cfg.dp.noise_multiplier
-    else:
-        # The first round this node trains in a run (or the first after a restart lost the node
-        # state) plans the rounds left, paying for the whole recorded history: a node that
-        # rejoins or resumes must not plan more ε than it has left.
-        rounds_left = max(1, cfg.run.rounds - round_ + 1)
-        steps = rounds_left * cfg.train.local_epochs * per_epoch
-        # Calibration takes seconds; a deployment runs each message in a fresh process, so the
-        # result is kept in the node's state for the rest of the run.
-        key = (f"run{run_id}|{cfg.dp.epsilon!r}|{delta!r}|{q!r}|{cfg.run.rounds}|"
-               f"{cfg.train.local_epochs}|{cfg.dp.accountant.value}")
-        cache = state.config_records.get(_DP_CACHE)
-        cached = cache.get(key) if cache is not None else None
-        if isinstance(cached, float):
-            sigma = cached
-        else:
-            budget = PrivacyBudget(cfg.dp.epsilon, delta, cfg.dp.accountant)
-            sigma = calibrate_for_plan(budget, q, steps, ledger.events)
-            state[_DP_CACHE] = ConfigRecord({key: sigma})
-    return DPPlan(noise_multiplier=sigma, max_grad_norm=cfg.dp.max_grad_norm), q, delta
-
-
 def _reply(
     status: str, reason: str, metrics: dict[str, float], arrays: dict[str, Any] | None = None
 ) -> RecordDict:
@@ -271,7 +234,7 @@ def handle_train(
 
     ledger, ledger_file = _ledger(state, node_config)
     try:
-        plan, q, delta = _dp_plan(cfg, len(data.train_y), state, ledger, run_id, round_)
+        plan, q, delta = dp_plan(cfg, len(data.train_y), state, ledger, run_id, round_)
     except PrivacyBudgetExceeded as exc:
         return _reply(P.STATUS_BUDGET_EXHAUSTED, str(exc), metrics)
     event: PrivacyEvent | None = None

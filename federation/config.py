@@ -90,7 +90,7 @@ class RunConfig:
     """Shape of the federation: how many rounds and clients, seeds, where outputs go."""
 
     rounds: int = 3
-    clients: int = 3
+    clients: int = 3  # 0: every node connected when the run starts (the ServerApp resolves it)
     min_clients: int = 0  # 0 means "all sampled clients must stay reachable minus failures"
     seed: int = 0
     out_dir: str = ""  # absolute path of the run folder; empty: the ServerApp writes nothing
@@ -383,9 +383,11 @@ def _validate(cfg: FedConfig) -> None:
     """Range checks that need more than one field's type."""
     r, d, t, p, s, f, a = cfg.run, cfg.data, cfg.train, cfg.dp, cfg.secure, cfg.defense, cfg.attack
     _check(1 <= r.rounds <= 10_000, "num-server-rounds", f"got {r.rounds}; allowed: 1..10000")
-    _check(1 <= r.clients <= 10_000, "num-clients", f"got {r.clients}; allowed: 1..10000")
+    _check(0 <= r.clients <= 10_000, "num-clients",
+           f"got {r.clients}; allowed: 1..10000, or 0 for every connected node")
+    known = r.clients or 10_000  # with 0, the bounds below are checked again once resolved
     _check(
-        0 <= r.min_clients <= r.clients,
+        0 <= r.min_clients <= known,
         "min-clients",
         f"got {r.min_clients}; allowed: 0..num-clients ({r.clients})",
     )
@@ -411,12 +413,12 @@ def _validate(cfg: FedConfig) -> None:
     _check(0 <= p.delta < 1, "dp-delta", f"got {p.delta}; allowed: 0 < delta < 1 (0 = default)")
     _check(p.max_grad_norm > 0, "max-grad-norm", f"got {p.max_grad_norm}; allowed: > 0")
     _check(
-        1 <= f.screen_quorum <= r.clients,
+        1 <= f.screen_quorum <= known,
         "screen-quorum",
         f"got {f.screen_quorum}; allowed: 1..num-clients ({r.clients})",
     )
     _check(
-        -1 <= f.max_malicious < r.clients,
+        -1 <= f.max_malicious < known,
         "max-malicious",
         f"got {f.max_malicious}; allowed: -1 (automatic) or 0..num-clients-1",
     )

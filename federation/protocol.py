@@ -9,8 +9,10 @@ from __future__ import annotations
 from typing import Final
 
 __all__ = [
+    "ARRAYS",
     "CANDIDATES",
     "CFG",
+    "CONFIG",
     "EVAL_EXAMPLES",
     "EVAL_LOSS",
     "EVAL_METRIC_PREFIX",
@@ -26,6 +28,7 @@ __all__ = [
     "MSG_SCREEN",
     "MSG_TRAIN",
     "MSG_VERIFY",
+    "NUM_EXAMPLES",
     "PROVENANCE",
     "PROV_ROUNDS",
     "PROV_SEEDS",
@@ -76,6 +79,12 @@ GLOBAL_ROUND: Final = "global-round"  # int (CFG): newest round whose aggregate 
 VOTE_ROUND: Final = "global-round"  # int: the global-round the verdict is about
 VOTE_ACCEPT: Final = "accept"  # bool (train/evaluate) or list[bool] (verify, one per candidate)
 VOTE_REASON: Final = "reason"  # str, or list[str] for verify
+
+# -- Flower's standard record names and sample-count key (what its strategies and mods use); the
+# partner-app building blocks (clients/mods.py, server/strategy.py) speak them to user code
+ARRAYS: Final = "arrays"  # ArrayRecord: the model as named arrays (a state_dict)
+CONFIG: Final = "config"  # ConfigRecord: the user strategy's train / evaluate config
+NUM_EXAMPLES: Final = "num-examples"  # MetricRecord key: examples a reply is weighted by
 
 # -- evaluation fields of a reply's METRICS record (the received global model on local test data)
 EVAL_EXAMPLES: Final = "eval-examples"  # test examples evaluated (the weight of the values below)

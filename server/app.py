@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -19,12 +20,14 @@ from flwr.app import Context, Message
 from flwr.serverapp import Grid, ServerApp
 
 from federation.config import FedConfig, SecureAggregation, from_flat, to_flat
+from federation.errors import ConfigError
 from federation.tasks import build_model, flatten_params
 from server.loop import RunResult, run_federation
 from server.report import RunWriter, atomic_write, load_checkpoint
 from server.schemes import PlaintextScheme, Scheme
 
-__all__ = ["app", "default_out_dir", "fast_polling", "make_server_app", "run_server"]
+__all__ = ["PROJECT_DIR", "app", "default_out_dir", "fast_polling", "make_server_app",
+           "resolve_for_run", "run_server"]
 
 log = logging.getLogger("fedguard.server")
 
@@ -58,7 +61,8 @@ def run_server(
     """
     out_dir = Path(cfg.run.out_dir) if cfg.run.out_dir else default_out_dir()
     if not out_dir.is_absolute():
-        raise ValueError(f"out-dir must be an absolute path, got {out_dir}")
+        raise ConfigError("out-dir", f"must be an absolute path here, got {out_dir} (the "
+                          "ServerApp resolves a relative one against the project folder)")
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(out_dir / "config.json", json.dumps(
         {"config": cfg.to_dict(), "flat": to_flat(cfg)}, indent=2).encode())
@@ -149,6 +153,44 @@ def fast_polling(grid: Grid) -> Grid:
     return _FastPollGrid(grid, min(max(max_wait, 0.01), 3.0))  # type: ignore[return-value]
 
 
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+"""The folder of the app's ``pyproject.toml`` (a relative ``out-dir`` is resolved against it)."""
+
+
+def resolve_for_run(cfg: FedConfig, grid: Any, settle: float = 2.0,
+                    wait: float = 120.0) -> FedConfig:
+    """``cfg`` made concrete for a ServerApp run, checked before anything is sent.
+
+    * the task resolves and builds (every node will do the same; a bad ``task`` fails here
+      with :class:`ConfigError` naming the key);
+    * ``num-clients = 0`` becomes the number of nodes connected once their count has been
+      stable for ``settle`` seconds (at most ``wait``);
+    * a relative ``out-dir`` is resolved against :data:`PROJECT_DIR`.
+    """
+    from federation.tasks import resolve_task
+
+    build_model(resolve_task(cfg.data.task), cfg.run.seed)
+    flat = to_flat(cfg)
+    if cfg.run.clients == 0:
+        deadline, last, since = time.monotonic() + wait, -1, time.monotonic()
+        while True:
+            count = len(list(grid.get_node_ids()))
+            now = time.monotonic()
+            if count != last:
+                last, since = count, now
+            if (count > 0 and now - since >= settle) or now >= deadline:
+                break
+            time.sleep(0.2)
+        if last <= 0:
+            raise ConfigError("num-clients", "0 means every connected node, but none connected "
+                              f"within {wait:.0f} s")
+        flat["num-clients"] = last
+        log.info("num-clients = 0: %d connected node(s)", last)
+    if cfg.run.out_dir and not Path(cfg.run.out_dir).is_absolute():
+        flat["out-dir"] = str((PROJECT_DIR / cfg.run.out_dir).resolve())
+    return from_flat(flat)
+
+
 def make_server_app(overrides: Mapping[str, Any] | None = None,
                     progress: Callable[[str], None] | None = None,
                     resume: bool = False) -> ServerApp:
@@ -159,7 +201,11 @@ def make_server_app(overrides: Mapping[str, Any] | None = None,
     def main(grid: Grid, context: Context) -> None:
         flat = {**dict(context.run_config), **dict(overrides or {})}
         resume_flag = bool(flat.pop("resume", False)) or resume
-        cfg = from_flat(flat)
+        try:
+            cfg = resolve_for_run(from_flat(flat), grid)
+        except ConfigError as exc:  # one line naming the key, not a traceback
+            print(f"fedguard: bad setting: {exc}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
         run_server(fast_polling(grid), cfg, resume=resume_flag, progress=progress)
 
     return server_app

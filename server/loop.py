@@ -45,6 +45,7 @@ from federation.aggregation import capped_counts, integer_weights
 from federation.config import FedConfig, to_flat
 from federation.errors import ProtocolError, RejectedUpdate
 from federation.robust import Decision, max_krum_f, screen
+from server.replies import describe_error_reply
 from server.schemes import Scheme
 
 __all__ = [
@@ -207,8 +208,9 @@ def exchange(
             log.warning("ignoring an unexpected or duplicate reply")
             continue
         if reply.has_error():
-            # Flower types the reason ``str | None``: a reply without one must not end the run.
-            lost[node] = f"error-reply: code {reply.error.code}: {(reply.error.reason or 'no reason')[:200]}"
+            # Flower types the reason ``str | None`` and a Ray failure sends a whole coloured
+            # traceback: one readable line either way (a reply without one must not end the run).
+            lost[node] = describe_error_reply(reply.error.code, reply.error.reason)
         elif not reply.has_content():
             lost[node] = "empty-reply"
         else:

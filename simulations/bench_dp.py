@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from clients.training import DPPlan, evaluate, train_local
+from federation.config import from_flat
 from federation.data import load_fashion_mnist, normalize
 from federation.privacy import (
     PrivacyEvent,
@@ -42,9 +43,9 @@ from federation.privacy import (
     calibrate_noise,
     poisson_schedule,
 )
-from federation.tasks import build_model
+from federation.tasks import build_model, resolve_task
 
-__all__ = ["DP_MODES", "accuracy_at_epsilon", "bench_dp", "time_epochs"]
+__all__ = ["DP_MODES", "accuracy_at_epsilon", "bench_dp", "bench_models", "fused_coverage", "time_epochs"]
 
 DP_MODES: tuple[str, ...] = ("fused", "hooks", "ghost", "functorch")
 
@@ -78,7 +79,7 @@ def time_epochs(
     Parameters
     ----------
     x, y:
-        One client's normalised training data (float32 N x 1 x 28 x 28, int64 N).
+        One client's training data as the task's ``load_data`` gives it.
     batch_sizes:
         Batch sizes to compare at (DP uses them as the expected Poisson batch size).
     modes:
@@ -109,6 +110,7 @@ def time_epochs(
                     momentum=momentum,
                     seed=rep,
                     dp=plan,
+                    task=resolve_task(task),
                 )
                 runs[mode].append(r.seconds)
                 log(
@@ -320,3 +322,148 @@ def _version(dist: str) -> str | None:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
         return None
+
+
+# --------------------------------------------------------------------------------------------
+# model sizes: the GroupNorm ResNet tasks, per-sample-gradient coverage, rounds, memory
+
+
+def _descendants_rss(root: int) -> int:
+    """Resident bytes of ``root`` and all its descendants (Ray's raylet and workers), from /proc."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        pid, ppid = int(entry.name), int(fields.get("PPid", "0").strip() or 0)
+        children.setdefault(ppid, []).append(pid)
+        rss[pid] = int(fields.get("VmRSS", "0 kB").split()[0]) * 1024
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        total += rss.get(pid, 0)
+        stack.extend(children.get(pid, []))
+    return total
+
+
+class _PeakMemory:
+    """Samples the resident memory of this process tree every ``interval`` seconds."""
+
+    def __init__(self, interval: float = 0.5) -> None:
+        import threading
+
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
+
+    def _run(self, interval: float) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _descendants_rss(os.getpid()))
+            self._stop.wait(interval)
+
+    def __enter__(self) -> _PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _descendants_rss(os.getpid()))
+
+
+def fused_coverage(task: str) -> dict[str, Any]:
+    """Which parameters the fused engine covers for ``task``'s model, and the mode ``auto`` picks."""
+    from clients.grad_sample import resolve_grad_sample_mode
+
+    model = build_model(task, 0)
+    covered = sum(p.numel() for m in model.modules() if type(m) in (torch.nn.Linear, torch.nn.Conv2d)
+                  for p in m.parameters(recurse=False))
+    total = sum(p.numel() for p in model.parameters())
+    others = sorted({type(m).__name__ for m in model.modules()
+                     if type(m) not in (torch.nn.Linear, torch.nn.Conv2d)
+                     and any(True for _ in m.parameters(recurse=False))})
+    return {"parameters": total, "in_linear_conv": covered, "uncovered_layer_types": others,
+            "auto_mode": resolve_grad_sample_mode(model)}
+
+
+def _round_stats(summary: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()
+            if line.strip()]
+    per_round = [r["seconds"] for r in rows if r.get("seconds")]
+    timing = {k: statistics.median(r["timings"].get(k, 0.0) for r in rows)
+              for k in ("screen", "aggregate", "client-encrypt-seconds-max",
+                        "client-decrypt-seconds-max", "client-train-seconds-max")}
+    return {"seconds_per_round": per_round,
+            "median_round_seconds": statistics.median(per_round[1:] or per_round),
+            "upload_bytes_per_param": summary.get("upload_bytes_per_param"),
+            "timings_median": {k: round(v, 3) for k, v in timing.items()},
+            "rounds_completed": summary.get("rounds_completed")}
+
+
+def bench_models(
+    out: Path | None = None,
+    *,
+    tasks: Sequence[str] = ("resnet-1m", "resnet-10m"),
+    clients: int = 3,
+    rounds: int = 3,
+    batch_size: int = 64,
+    repeats: int = 2,
+    modes: Sequence[str] = ("fused", "hooks", "ghost"),
+    encrypted_only: Sequence[str] = ("resnet-10m",),
+    log: Log = _stderr,
+) -> dict[str, Any]:
+    """Per model size: DP/plain epoch time, fused-engine coverage, rounds plaintext vs CKKS.
+
+    For each task: (1) one client's generated data (``federation.resnet``), one local epoch
+    plain and in each DP ``mode`` (interleaved, min of ``repeats``; ``fused`` covers GroupNorm,
+    ``hooks`` is what a model with an uncovered layer falls back to); (2) a simulation with DP
+    on (ε = 8), the encrypted filter (``norm,multikrum``) and ``clients`` clients for ``rounds``
+    rounds, once in plaintext and once under CKKS (tasks in ``encrypted_only``: CKKS only, one
+    round), recording per-round seconds, client encrypt/decrypt and server screen/aggregate
+    seconds, upload bytes per parameter and the peak resident memory of the whole process tree.
+    """
+    import tempfile
+
+    from federation.tasks import DataRequest, resolve_task
+    from simulations.simulate import simulate
+
+    result: dict[str, Any] = {"benchmark": "models", "environment": {
+        "torch": torch.__version__, "cpu_count": os.cpu_count(), "python": platform.python_version()},
+        "models": {}}
+    for task in tasks:
+        row: dict[str, Any] = {"coverage": fused_coverage(task)}
+        log(f"[bench models] {task}: {row['coverage']}")
+        data = resolve_task(task).load_data(DataRequest(0, clients, "iid", 0))
+        torch.set_num_threads(1)
+        big = task in encrypted_only  # the large model: fused only, one repeat, one CKKS round
+        row["epoch_time"] = time_epochs(data.train.x, data.train.y, batch_sizes=(batch_size,),
+                                        modes=("fused",) if big else modes,
+                                        repeats=1 if big else repeats, task=task, log=log)
+        with tempfile.TemporaryDirectory(prefix="fg-bench-models-") as tmp:
+            for mode in (("ckks",) if big else ("none", "ckks")):
+                folder = Path(tmp) / mode
+                cfg = from_flat({"task": task, "num-clients": clients,
+                                 "num-server-rounds": 1 if big else rounds, "partition": "iid",
+                                 "dp-epsilon": 8.0, "batch-size": batch_size, "lr": 0.5,
+                                 "secure-aggregation": mode, "defense": "norm,multikrum",
+                                 "out-dir": str(folder)})
+                log(f"[bench models] {task}: simulation, secure-aggregation {mode}")
+                t = time.perf_counter()
+                with _PeakMemory() as mem:
+                    summary = simulate(cfg, progress=lambda line: log("  " + line))
+                row[mode] = {**_round_stats(summary, folder),
+                             "wall_seconds": round(time.perf_counter() - t, 1),
+                             "peak_rss_bytes": mem.peak}
+        if "none" in row:
+            row["encrypted_over_plaintext"] = round(
+                row["ckks"]["median_round_seconds"] / row["none"]["median_round_seconds"], 3)
+        result["models"][task] = row
+        if out is not None:  # after every model: a long run keeps what it measured
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            Path(out).write_text(json.dumps(result, indent=2) + "\n")
+    return result

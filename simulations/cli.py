@@ -117,10 +117,18 @@ def _pct(v: float | None) -> str:
 def run_simulation_cli(cfg: FedConfig) -> dict[str, Any]:
     """Run a simulation with a header and per-round progress; exit non-zero on failure."""
     from federation.data import load_fashion_mnist
+    from federation.tasks import FASHION_MNIST, FASHION_MNIST_TANH, build_model, resolve_task
     from simulations.simulate import simulate as run_sim
 
+    try:  # the same resolution every Ray worker will do: fail here, naming the key
+        task = resolve_task(cfg.data.task)
+        build_model(task, cfg.run.seed)
+    except ConfigError as exc:
+        _fail(f"--{exc.key}: {str(exc).split(': ', 1)[1]}")
+    source = f"the task's own ({task.name})"
     try:
-        source = load_fashion_mnist(cfg.data.data_dir or None).source
+        if task in (FASHION_MNIST, FASHION_MNIST_TANH):
+            source = load_fashion_mnist(cfg.data.data_dir or None).source
     except FedguardError as exc:
         _fail(str(exc))
     console.print(
@@ -211,6 +219,23 @@ def bench_dp_cmd(
             "setting": "10 clients, Dirichlet(0.5), per-client (ε, δ=1e-5) for the whole run",
             "runs": runs}
         out.write_text(json.dumps(result, indent=2) + "\n")
+    console.print_json(json.dumps(result))
+    console.print(f"written: {out}")
+
+
+@bench_app.command("models")
+def bench_models_cmd(
+    out: Annotated[Path, typer.Option("--out", help="JSON file to write.")] = Path("runs/bench-models.json"),
+    task: Annotated[list[str] | None, typer.Option("--task", help="Model size(s): resnet-1m, resnet-10m.")] = None,
+    clients: Annotated[int, typer.Option("--clients")] = 3,
+    rounds: Annotated[int, typer.Option("--rounds", help="Rounds per simulation (resnet-10m: 1, CKKS only).")] = 3,
+) -> None:
+    """Per model size: DP/plain epoch, fused-engine coverage, encrypted/plaintext round, memory."""
+    from simulations.bench_dp import bench_models
+
+    out = out.expanduser().resolve()
+    result = bench_models(out, tasks=tuple(task or ("resnet-1m", "resnet-10m")), clients=clients,
+                          rounds=rounds)
     console.print_json(json.dumps(result))
     console.print(f"written: {out}")
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from federation.config import DP_RECIPE, FedConfig, to_flat
+from federation.errors import ConfigError
 
 
 def with_dp_recipe(flat: Mapping[str, Any]) -> dict[str, Any]:
@@ -58,6 +59,8 @@ def simulate(
     ``cfg.run.out_dir`` must be absolute. ``cpus`` caps the Ray workers (default: all cores,
     one client per core, one torch thread per client).
     """
+    if cfg.run.clients < 1:  # 0 ("every connected node") has no meaning when we create them
+        raise ConfigError("num-clients", "a simulation needs a number of clients (>= 1)")
     quiet_flower()
     from flwr.simulation import run_simulation
 

@@ -55,6 +55,23 @@ class OddNet(nn.Module):
         return self.head(h.flatten(1))  # type: ignore[no-any-return]
 
 
+class GroupNormNet(nn.Module):
+    """A residual GroupNorm block as in the ResNet tasks (the fused engine's GroupNorm path)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 8, 3, padding=1, bias=False)
+        self.n1 = nn.GroupNorm(4, 8)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.n2 = nn.GroupNorm(2, 8)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.n1(self.c1(x)))
+        h = torch.relu(self.n2(self.c2(h)) + h)
+        return self.head(h.mean((2, 3)))  # type: ignore[no-any-return]
+
+
 def _reference_clipped_sum(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, c: float
 ) -> torch.Tensor:
@@ -76,6 +93,8 @@ def _reference_clipped_sum(
     [
         ("fused", "fashion-cnn"),
         ("fused", "odd"),  # fused's own geometry handling
+        ("fused", "groupnorm"),
+        ("hooks", "groupnorm"),
         ("hooks", "fashion-cnn"),
         ("ghost", "fashion-cnn"),
         ("functorch", "fashion-cnn"),
@@ -86,6 +105,14 @@ def test_every_grad_sample_mode_gives_the_exact_clipped_sum(mode: str, net: str)
     if net == "odd":
         model: nn.Module = OddNet()
         x, y = torch.randn(9, 1, 23, 21), torch.randint(0, 10, (9,))
+    elif net == "groupnorm":
+        model = GroupNormNet()
+        with torch.no_grad():  # non-trivial affine parameters
+            for m in model.modules():
+                if isinstance(m, nn.GroupNorm):
+                    m.weight.uniform_(0.5, 1.5)
+                    m.bias.uniform_(-0.5, 0.5)
+        x, y = torch.randn(10, 1, 9, 9), torch.randint(0, 10, (10,))
     else:
         model = build_model("fashion-mnist", 0)
         x, y = torch.randn(24, 1, 28, 28), torch.randint(0, 10, (24,))
@@ -108,6 +135,7 @@ def test_every_grad_sample_mode_gives_the_exact_clipped_sum(mode: str, net: str)
 
 def test_auto_mode_picks_fused_for_our_model_and_hooks_otherwise() -> None:
     assert resolve_grad_sample_mode(build_model("fashion-mnist", 0)) == "fused"
+    assert resolve_grad_sample_mode(build_model("resnet-1m", 0)) == "fused"  # GroupNorm covered
     other = nn.Sequential(nn.Flatten(), nn.Linear(784, 8), nn.LayerNorm(8), nn.Linear(8, 10))
     assert resolve_grad_sample_mode(other) == "hooks"
     x, y = _data(40)

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from crypto import _seal, ckks
-from crypto.ckks import EncryptedVector, Preset, PublicContext, SecretContext
+from crypto import _seal, ckks, wire
+from crypto.ckks import Preset, PublicContext, SecretContext
 from federation.errors import CryptoError, KeyMismatch
 
 # Max abs error of one fresh encryption of values in [-0.1, 0.1] (measured noise std:
@@ -211,12 +211,14 @@ def test_encrypt_rejects_bad_vectors(agg: SecretContext) -> None:
 
 def test_seeded_upload_differs_each_time_and_tampering_gives_garbage(agg: SecretContext) -> None:
     x = np.full(100, 0.05, np.float32)
-    a, b = ckks.encrypt(agg, x), ckks.encrypt(agg, x)
-    assert a._seed != b._seed and not np.array_equal(a._c0, b._c0)
-    c0 = a._c0.copy()
-    c0[0, 0, 5] ^= np.uint64(1 << 40)
-    tampered = EncryptedVector(a.preset, a.fingerprint, a.length, 1, c0, None, a._seed)
-    assert np.max(np.abs(ckks.decrypt(agg, tampered) - x)) > 1.0  # garbage, no crash
+    a, b = wire.encode(ckks.encrypt(agg, x)), wire.encode(ckks.encrypt(agg, x))
+    seed = slice(57, 89)  # the documented envelope layout (crypto/wire.py)
+    assert a[seed] != b[seed] and a[89:] != b[89:]
+    assert np.max(np.abs(ckks.decrypt(agg, wire.decode(a, agg, expected_length=100, max_bytes=len(a))) - x)) < 1e-3
+    tampered = bytearray(a)
+    tampered[60] ^= 0x01  # another seed expands to another c1: decryption gives garbage, no crash
+    back = wire.decode(bytes(tampered), agg, expected_length=100, max_bytes=len(a))
+    assert np.max(np.abs(ckks.decrypt(agg, back) - x)) > 1.0
 
 
 # -- linear operations -----------------------------------------------------------------

@@ -46,7 +46,7 @@ def test_values_are_converted_and_placed() -> None:
 @pytest.mark.parametrize(
     ("flat", "key", "fragment"),
     [
-        ({"num-clients": 0}, "num-clients", "allowed: 1..10000"),
+        ({"num-clients": -1}, "num-clients", "allowed: 1..10000, or 0 for every connected node"),
         ({"num-clients": "ten"}, "num-clients", "integer"),
         ({"num-server-rounds": 2.5}, "num-server-rounds", "integer"),
         ({"partition": "dirichlet:-1"}, "partition", "dirichlet"),

@@ -1,0 +1,1 @@
+"""A quickstart-style Flower app of our own, before and after adding fedguard."""
