@@ -44,7 +44,7 @@ from federation import protocol as P
 from federation.aggregation import capped_counts, integer_weights
 from federation.arrays import ArrayLayout
 from federation.config import FLAT_KEYS, FedConfig, SecureAggregation, from_flat, to_flat
-from federation.errors import ConfigError, ProtocolError, RejectedUpdate
+from federation.errors import ConfigError, FedguardError, ProtocolError, RejectedUpdate
 from federation.robust import Decision, max_krum_f, screen
 from server.loop import RoundReport, RunResult
 from server.replies import NOT_FEDGUARD_CAPABLE, describe_error_reply
@@ -296,7 +296,15 @@ class FedguardStrategy(Strategy):
         f = self.cfg.defense.max_malicious
         if f < 0:
             f = max_krum_f(len(ids))
-        stats = self.scheme.statistics(self._grid, payloads, rnd)
+        try:
+            stats = self.scheme.statistics(self._grid, payloads, rnd)
+        except (FedguardError, ValueError) as exc:
+            # The filter could not run (e.g. the screening preset's headroom is too small for
+            # this model): no update is judged safe, so none is aggregated. The round is lost,
+            # the run goes on.
+            why = f"screening-failed: {exc}"[:300]
+            log.warning("round %d: %s", rnd, why)
+            return {i: Decision(i, False, 0, (why,), {}) for i in ids}
         decisions = screen(stats, {i: counts[i] for i in ids}, self.cfg.defense.defenses, f=f,
                            angular_krum=self.cfg.dp.enabled)
         return {int(d.client_id): d for d in decisions}

@@ -2,7 +2,7 @@
 
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedAvg, Strategy
 
 from .task import Net
 
@@ -13,7 +13,7 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     num_rounds = int(context.run_config.get("num-server-rounds", 3))
     nodes = int(context.run_config.get("num-nodes", 2))
-    strategy = FedAvg(fraction_train=1.0, min_train_nodes=nodes, min_available_nodes=nodes)
+    strategy: Strategy = FedAvg(fraction_train=1.0, min_train_nodes=nodes, min_available_nodes=nodes)
     result = strategy.start(
         grid=grid, initial_arrays=ArrayRecord(Net().state_dict()), num_rounds=num_rounds,
         train_config=ConfigRecord({"lr": 0.1}),

@@ -2,7 +2,7 @@
 
 from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedAvg, Strategy
 
 from server.strategy import FedguardStrategy, fedguard_config
 
@@ -15,7 +15,7 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     num_rounds = int(context.run_config.get("num-server-rounds", 3))
     nodes = int(context.run_config.get("num-nodes", 2))
-    strategy = FedAvg(fraction_train=1.0, min_train_nodes=nodes, min_available_nodes=nodes)
+    strategy: Strategy = FedAvg(fraction_train=1.0, min_train_nodes=nodes, min_available_nodes=nodes)
     # group-size 2: a two-node federation; each trainer can then read the other's (DP) update
     settings = {"secure-aggregation": "ckks", "defense": "norm", "dp-epsilon": 8.0,
                 "max-grad-norm": 1.0, "group-size": 2}

@@ -6,6 +6,9 @@ nothing is downloaded), split IID across the simulated nodes; 25 % of each share
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any, cast
+
 import numpy as np
 import torch
 from torch import nn
@@ -25,11 +28,12 @@ class Net(nn.Module):
         return out
 
 
-def load_data(partition_id: int, num_partitions: int, batch_size: int = 32
+def load_data(node_config: Mapping[str, Any], batch_size: int = 32
               ) -> tuple[DataLoader[tuple[torch.Tensor, ...]], DataLoader[tuple[torch.Tensor, ...]]]:
-    """This node's train and test loaders."""
+    """This node's train and test loaders (its share from ``partition-id``/``num-partitions``)."""
     from sklearn.datasets import load_digits
 
+    partition_id, num_partitions = int(node_config["partition-id"]), int(node_config["num-partitions"])
     x, y = load_digits(return_X_y=True)
     order = np.random.default_rng(0).permutation(len(y))
     share = np.array_split(order, num_partitions)[partition_id]
@@ -39,6 +43,11 @@ def load_data(partition_id: int, num_partitions: int, batch_size: int = 32
     train = TensorDataset(xt[share[:cut]], yt[share[:cut]])
     test = TensorDataset(xt[share[cut:]], yt[share[cut:]])
     return DataLoader(train, batch_size=batch_size, shuffle=True), DataLoader(test, batch_size=256)
+
+
+def num_examples(loader: DataLoader[tuple[torch.Tensor, ...]]) -> int:
+    """Examples in a loader's dataset."""
+    return len(cast(TensorDataset, loader.dataset))
 
 
 def train(net: nn.Module, loader: DataLoader[tuple[torch.Tensor, ...]], epochs: int,
