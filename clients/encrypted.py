@@ -276,7 +276,8 @@ def _cfg_of(content: RecordDict) -> tuple[FedConfig, int, int]:
     if rec is None:
         raise GlobalRefused("metadata", "no config record")
     round_, global_round = rec.get("round"), rec.get(P.GLOBAL_ROUND)
-    if type(round_) is not int or type(global_round) is not int or not 0 <= global_round < round_:
+    # <= : a strategy evaluates round r's global within round r; a later round is impossible
+    if type(round_) is not int or type(global_round) is not int or not 0 <= global_round <= round_:
         raise GlobalRefused("round", "round / global-round missing or inconsistent")
     try:
         cfg = from_flat({k: v for k, v in rec.items() if k in FLAT_KEYS})

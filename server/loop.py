@@ -520,8 +520,11 @@ def run_federation(
                 res.metrics = _parse_eval(reply.content)
                 evals.append(res)
                 if res.status == P.STATUS_OK:
-                    if not isinstance(vote, tuple) or not vote[0]:
-                        raise ProtocolError("an update without a vote accepting the global")
+                    # A trainer without fedguard's checks (e.g. a partner app under
+                    # clients.mods) sends no vote and is not counted; one that refused the
+                    # global it trained on contradicts itself.
+                    if isinstance(vote, tuple) and not vote[0]:
+                        raise ProtocolError("an update trained on a global it refused")
                     res.num_examples = _positive_count(res.metrics.get("num-examples"))
                     res.payload = scheme.parse_update(node, reply.content)
             except RejectedUpdate as exc:

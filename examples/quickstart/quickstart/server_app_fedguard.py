@@ -16,7 +16,9 @@ def main(grid: Grid, context: Context) -> None:
     num_rounds = int(context.run_config.get("num-server-rounds", 3))
     nodes = int(context.run_config.get("num-nodes", 2))
     strategy: Strategy = FedAvg(fraction_train=1.0, min_train_nodes=nodes, min_available_nodes=nodes)
-    settings = {"secure-aggregation": "ckks", "defense": "norm", "dp-epsilon": 8.0, "max-grad-norm": 1.0}
+    # group-size 2: a two-node federation; each trainer can then read the other's (DP) update
+    settings = {"secure-aggregation": "ckks", "defense": "norm", "dp-epsilon": 8.0,
+                "max-grad-norm": 1.0, "group-size": 2}
     settings.update(fedguard_config(context.run_config))
     strategy = FedguardStrategy(strategy, settings, primary_metric="eval_acc")
     result = strategy.start(
