@@ -235,7 +235,7 @@ def _status_of(content: RecordDict) -> tuple[str, str]:
     rec = content.config_records.get(P.STATUS)
     if rec is None:
         raise ProtocolError("reply has no status record")
-    code, reason = rec.get("code"), rec.get("reason", "")
+    code, reason = rec.get(P.STATUS_CODE), rec.get(P.STATUS_REASON, "")
     if code not in (P.STATUS_OK, P.STATUS_BUDGET_EXHAUSTED, P.STATUS_ERROR, P.STATUS_REFUSED_GLOBAL):
         raise ProtocolError("unknown status code")
     return str(code), str(reason)[:500]
@@ -243,12 +243,13 @@ def _status_of(content: RecordDict) -> tuple[str, str]:
 
 def _weighted_extra(results: Sequence[ClientResult]) -> dict[str, float]:
     """Weighted means of ``eval-x-NAME`` metrics (weights ``eval-x-NAME-examples``)."""
-    names = {k[len("eval-x-"):] for r in results for k in r.metrics
-             if k.startswith("eval-x-") and not k.endswith("-examples")}
+    names = {k[len(P.EVAL_EXTRA_PREFIX):] for r in results for k in r.metrics
+             if k.startswith(P.EVAL_EXTRA_PREFIX) and not k.endswith("-examples")}
     out = {}
     for name in sorted(names):
-        pairs = [(r.metrics[f"eval-x-{name}"], r.metrics.get(f"eval-x-{name}-examples", 0.0))
-                 for r in results if f"eval-x-{name}" in r.metrics]
+        key = P.EVAL_EXTRA_PREFIX + name
+        pairs = [(r.metrics[key], r.metrics.get(key + "-examples", 0.0))
+                 for r in results if key in r.metrics]
         total = sum(w for _v, w in pairs if w > 0)
         if total > 0:
             out[name] = sum(v * w for v, w in pairs if w > 0) / total
@@ -306,7 +307,7 @@ def _contents(scheme: Scheme, flat: dict[str, Any], nodes: Sequence[int], rnd: i
     out: dict[int, RecordDict] = {}
     for node in nodes:
         rd = scheme.global_records(node, rnd)
-        rd[P.CFG] = ConfigRecord({**flat, "round": rnd, "node-id": node,
+        rd[P.CFG] = ConfigRecord({**flat, P.CFG_ROUND: rnd, P.CFG_NODE_ID: node,
                                   P.GLOBAL_ROUND: scheme.global_round})
         out[node] = rd
     return out
@@ -358,7 +359,7 @@ def _recover(grid: GridLike, cfg: FedConfig, scheme: Scheme, obs: RunObserver,
     t0 = clock()
     undone = scheme.rollback()
     if undone is None:
-        obs.on_audit({"round": rnd, "event": "rollback-impossible",
+        obs.on_audit({P.CFG_ROUND: rnd, "event": "rollback-impossible",
                       "reason": "the global was refused but no aggregate can be undone",
                       "refusals": {str(k): v for k, v in refusals.items()}})
         return None
@@ -384,7 +385,7 @@ def _recover(grid: GridLike, cfg: FedConfig, scheme: Scheme, obs: RunObserver,
         content = RecordDict()
         for key, record in rd.items():
             content[key] = record
-        content[P.CFG] = ConfigRecord({**flat, "round": rnd, "node-id": node, P.GLOBAL_ROUND: undone})
+        content[P.CFG] = ConfigRecord({**flat, P.CFG_ROUND: rnd, P.CFG_NODE_ID: node, P.GLOBAL_ROUND: undone})
         contents[node] = content
     replies, lost = exchange(grid, contents, P.MSG_VERIFY, rnd, cfg.run.round_timeout)
     info["phases"] = 1
@@ -522,7 +523,7 @@ def run_federation(
                 if res.status == P.STATUS_OK:
                     if not isinstance(vote, tuple) or not vote[0]:
                         raise ProtocolError("an update without a vote accepting the global")
-                    res.num_examples = _positive_count(res.metrics.get("num-examples"))
+                    res.num_examples = _positive_count(res.metrics.get(P.NUM_EXAMPLES))
                     res.payload = scheme.parse_update(node, reply.content)
             except RejectedUpdate as exc:
                 res.status, res.reason = "rejected", exc.reason + (f": {exc.detail}" if exc.detail else "")
@@ -532,7 +533,7 @@ def run_federation(
 
         refusals = {n: r for n, (ok, r) in votes.items() if not ok}
         for node, why in sorted(refusals.items()):
-            obs.on_audit({"round": rnd, "node": node, "event": "global-refused",
+            obs.on_audit({P.CFG_ROUND: rnd, "node": node, "event": "global-refused",
                           "global_round": global_round, "reason": why})
         if _refused(votes, cfg.recover.rollback_quorum) and recoveries < MAX_RECOVERIES_PER_ROUND:
             # The global these replies were trained on is refused: their updates are discarded
@@ -565,11 +566,11 @@ def run_federation(
                 r.status, r.reason = "rejected", "; ".join(decisions[r.node_id].reasons)
         for r in results:
             if r.status != P.STATUS_OK:
-                obs.on_audit({"round": rnd, "node": r.node_id, "event": r.status, "reason": r.reason})
+                obs.on_audit({P.CFG_ROUND: rnd, "node": r.node_id, "event": r.status, "reason": r.reason})
         for entry in scheme.drain_audit():
             obs.on_audit(entry)
         for node, d in sorted(decisions.items()):
-            obs.on_audit({"round": rnd, "node": node,
+            obs.on_audit({P.CFG_ROUND: rnd, "node": node,
                           "event": "accepted" if d.accepted else "filtered", **d.to_record()})
 
         report = RoundReport(
@@ -581,9 +582,9 @@ def run_federation(
             rejected={r.node_id: r.reason for r in results if r.status == "rejected"},
             refused={r.node_id: f"{r.status}: {r.reason}" for r in results
                      if r.status not in (P.STATUS_OK, "rejected")},
-            train_loss=_mean([r.metrics.get("train-loss") for r in accepted]),
-            epsilon_by_client={_client_label(r): r.metrics["epsilon"] for r in evals
-                               if "epsilon" in r.metrics},
+            train_loss=_mean([r.metrics.get(P.M_TRAIN_LOSS) for r in accepted]),
+            epsilon_by_client={_client_label(r): r.metrics[P.M_EPSILON] for r in evals
+                               if P.M_EPSILON in r.metrics},
             decisions=[d.to_record() for _n, d in sorted(decisions.items())],
             clients={r.node_id: _client_label(r) for r in evals},
             refusals=refusals,
@@ -598,7 +599,7 @@ def run_federation(
             stopped_early = True
             report.seconds = clock() - t0
             report.timings = {"train-phase": t_train, "screen": t_screen, **extra_timings}
-            obs.on_audit({"round": rnd, "event": "stopped", "reason": stop_reason})
+            obs.on_audit({P.CFG_ROUND: rnd, "event": "stopped", "reason": stop_reason})
             obs.on_round(report)
             reports.append(report)
             break
@@ -610,21 +611,21 @@ def run_federation(
             # right: one of them could subtract its own update and read the others').
             report.note = (f"not aggregated: {len(accepted)} accepted update(s), "
                            f"group-size is {cfg.recover.group_size}")
-            obs.on_audit({"round": rnd, "event": "not-aggregated", "reason": report.note})
+            obs.on_audit({P.CFG_ROUND: rnd, "event": "not-aggregated", "reason": report.note})
         else:
             report.weights, report.clipped, counts = _aggregate(scheme, cfg, accepted, rnd)
             uploads = _Uploads(rnd, list(accepted), counts)
             t_agg = clock() - t2
-            obs.on_audit({"round": rnd, "event": "aggregated", "global_round": rnd,
+            obs.on_audit({P.CFG_ROUND: rnd, "event": "aggregated", "global_round": rnd,
                           "weights": {str(n): w for n, w in sorted(report.weights.items())},
                           "clipped": {str(n): c for n, c in sorted(report.clipped.items())}})
         report.seconds = clock() - t0
         report.timings = {"train-phase": t_train, "screen": t_screen, "aggregate": t_agg,
                           **extra_timings, **_sum_client_timings(accepted)}
-        report.bytes_up = {r.node_id: int(r.metrics.get("bytes-up", 0)) for r in accepted}
+        report.bytes_up = {r.node_id: int(r.metrics.get(P.M_BYTES_UP, 0)) for r in accepted}
         report.bytes_down = down
         if t_agg > 0 or not scheme.hides_updates:
-            obs.on_checkpoint(rnd, {"round": rnd, **scheme.checkpoint()})
+            obs.on_checkpoint(rnd, {P.CFG_ROUND: rnd, **scheme.checkpoint()})
         completed = rnd
         pending = report
         rnd, recoveries, t0, extra_timings = rnd + 1, 0, clock(), {}
@@ -689,7 +690,7 @@ def _positive_count(value: float | None) -> int:
 
 
 def _client_label(r: ClientResult) -> str:
-    pid = r.metrics.get("partition-id")
+    pid = r.metrics.get(P.M_PARTITION_ID)
     return f"client-{int(pid)}" if pid is not None else f"node-{r.node_id}"
 
 
@@ -699,7 +700,7 @@ def _mean(values: Iterable[float | None]) -> float | None:
 
 
 def _sum_client_timings(results: Sequence[ClientResult]) -> dict[str, float]:
-    keys = ("train-seconds", "encrypt-seconds", "decrypt-seconds", "verify-seconds", "eval-seconds")
+    keys = (P.M_TRAIN_SECONDS, P.M_ENCRYPT_SECONDS, P.M_DECRYPT_SECONDS, "verify-seconds", P.M_EVAL_SECONDS)
     out = {}
     for k in keys:
         vals = [r.metrics[k] for r in results if k in r.metrics]
