@@ -282,7 +282,8 @@ def handle_train(
         metrics[P.M_TRAIN_LOSS] = result.mean_loss
     arrays = secure.encode_update(update, state, cfg, metrics)
     if hooks.poison_upload is not None:
-        arrays = hooks.poison_upload(arrays, {"round": round_, "cfg": cfg, P.M_PARTITION_ID: pid})
+        arrays = hooks.poison_upload(arrays, {"round": round_, "cfg": cfg, P.M_PARTITION_ID: pid,
+                                              "state": state, "global": global_vec})
     return _with_vote(_reply(P.STATUS_OK, "", metrics, arrays), global_round, True, "")
 
 

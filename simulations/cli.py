@@ -84,9 +84,10 @@ def simulate(
     secure_aggregation: Annotated[str, typer.Option("--secure-aggregation", help="none | ckks")] = "none",
     defense: Annotated[str, typer.Option("--defense", help="none or a comma list of norm, multikrum, cosine")] = "none",
     screen_quorum: Annotated[int | None, typer.Option("--screen-quorum")] = None,
+    screen_norm_bound: Annotated[float | None, typer.Option("--screen-norm-bound", help="Honest update L2 bound the encrypted screen certifies (default 50; docs/soundness.md).")] = None,
     max_malicious: Annotated[int | None, typer.Option("--max-malicious", help="Multi-Krum's f (default: the most Krum tolerates).")] = None,
     malicious: Annotated[float, typer.Option("--malicious", help="Fraction of attacking clients.")] = 0.0,
-    attack: Annotated[str | None, typer.Option("--attack", help="label-flip | sign-flip | scaling | gaussian | alie | ipm | backdoor")] = None,
+    attack: Annotated[str | None, typer.Option("--attack", help="label-flip | sign-flip | scaling | gaussian | alie | ipm | backdoor | min-max | min-sum | wrap | shift")] = None,
     min_clients: Annotated[int | None, typer.Option("--min-clients")] = None,
 ) -> None:
     """Run a local multi-client simulation and write metrics, summary and plots to --out.
@@ -102,7 +103,7 @@ def simulate(
         "out-dir": str(out_dir), "data-dir": data_dir, "dp-epsilon": dp_epsilon,
         "dp-noise": dp_noise, "dp-delta": dp_delta, "max-grad-norm": max_grad_norm,
         "dp-accountant": dp_accountant, "secure-aggregation": secure_aggregation,
-        "defense": defense, "screen-quorum": screen_quorum,
+        "defense": defense, "screen-quorum": screen_quorum, "screen-norm-bound": screen_norm_bound,
         "max-malicious": max_malicious, "malicious": malicious,
         "attack": attack, "min-clients": min_clients,
     }))
@@ -268,13 +269,14 @@ def bench_models_cmd(
 def bench_crypto_cmd(
     out: Annotated[Path, typer.Option("--out", help="JSON file to write.")] = Path("runs/bench-crypto.json"),
     quick: Annotated[bool, typer.Option("--quick", help="Small sizes (seconds, for a smoke test).")] = False,
+    rounds: Annotated[bool, typer.Option("--rounds/--no-rounds", help="Also time plaintext vs CKKS rounds (minutes).")] = True,
 ) -> None:
     """CKKS bytes per parameter, encrypt/aggregate/decrypt throughput, screening cost, round time."""
     from simulations.bench_crypto import bench_crypto_all
 
     out = out.expanduser().resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
-    result = bench_crypto_all(quick=quick)
+    result = bench_crypto_all(quick=quick, rounds=rounds)
     out.write_text(json.dumps(result, indent=2))
     console.print_json(json.dumps(result))
     console.print(f"written: {out}")
@@ -284,7 +286,7 @@ def bench_crypto_cmd(
 def keys_init(
     out: Annotated[Path, typer.Option("--out", help="Directory to create.")],
     trainers: Annotated[int, typer.Option("--trainers", min=1, max=1000)],
-    preset: Annotated[str, typer.Option("--preset", help="aggregation | screening")] = "screening",
+    preset: Annotated[str, typer.Option("--preset", help="aggregation | screening")] = "aggregation",
     host: Annotated[list[str] | None, typer.Option("--host", help="SuperLink host name/IP for the TLS certificate (repeatable).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
 ) -> None:

@@ -48,7 +48,7 @@ if not sys.platform.startswith("linux"):  # pragma: no cover
 def _ckks_material() -> tuple[bytes, bytes, str]:
     from crypto.ckks import Preset, SecretContext
 
-    secret = SecretContext.generate(Preset.SCREENING)
+    secret = SecretContext.generate(Preset.AGGREGATION)
     return secret.to_bytes(), secret.public().to_bytes(), secret.fingerprint
 
 
