@@ -359,7 +359,7 @@ def _recover(grid: GridLike, cfg: FedConfig, scheme: Scheme, obs: RunObserver,
     t0 = clock()
     undone = scheme.rollback()
     if undone is None:
-        obs.on_audit({P.CFG_ROUND: rnd, "event": "rollback-impossible",
+        obs.on_audit({"round": rnd, "event": "rollback-impossible",
                       "reason": "the global was refused but no aggregate can be undone",
                       "refusals": {str(k): v for k, v in refusals.items()}})
         return None
@@ -533,7 +533,7 @@ def run_federation(
 
         refusals = {n: r for n, (ok, r) in votes.items() if not ok}
         for node, why in sorted(refusals.items()):
-            obs.on_audit({P.CFG_ROUND: rnd, "node": node, "event": "global-refused",
+            obs.on_audit({"round": rnd, "node": node, "event": "global-refused",
                           "global_round": global_round, "reason": why})
         if _refused(votes, cfg.recover.rollback_quorum) and recoveries < MAX_RECOVERIES_PER_ROUND:
             # The global these replies were trained on is refused: their updates are discarded
@@ -566,11 +566,11 @@ def run_federation(
                 r.status, r.reason = "rejected", "; ".join(decisions[r.node_id].reasons)
         for r in results:
             if r.status != P.STATUS_OK:
-                obs.on_audit({P.CFG_ROUND: rnd, "node": r.node_id, "event": r.status, "reason": r.reason})
+                obs.on_audit({"round": rnd, "node": r.node_id, "event": r.status, "reason": r.reason})
         for entry in scheme.drain_audit():
             obs.on_audit(entry)
         for node, d in sorted(decisions.items()):
-            obs.on_audit({P.CFG_ROUND: rnd, "node": node,
+            obs.on_audit({"round": rnd, "node": node,
                           "event": "accepted" if d.accepted else "filtered", **d.to_record()})
 
         report = RoundReport(
@@ -599,7 +599,7 @@ def run_federation(
             stopped_early = True
             report.seconds = clock() - t0
             report.timings = {"train-phase": t_train, "screen": t_screen, **extra_timings}
-            obs.on_audit({P.CFG_ROUND: rnd, "event": "stopped", "reason": stop_reason})
+            obs.on_audit({"round": rnd, "event": "stopped", "reason": stop_reason})
             obs.on_round(report)
             reports.append(report)
             break
@@ -611,12 +611,12 @@ def run_federation(
             # right: one of them could subtract its own update and read the others').
             report.note = (f"not aggregated: {len(accepted)} accepted update(s), "
                            f"group-size is {cfg.recover.group_size}")
-            obs.on_audit({P.CFG_ROUND: rnd, "event": "not-aggregated", "reason": report.note})
+            obs.on_audit({"round": rnd, "event": "not-aggregated", "reason": report.note})
         else:
             report.weights, report.clipped, counts = _aggregate(scheme, cfg, accepted, rnd)
             uploads = _Uploads(rnd, list(accepted), counts)
             t_agg = clock() - t2
-            obs.on_audit({P.CFG_ROUND: rnd, "event": "aggregated", "global_round": rnd,
+            obs.on_audit({"round": rnd, "event": "aggregated", "global_round": rnd,
                           "weights": {str(n): w for n, w in sorted(report.weights.items())},
                           "clipped": {str(n): c for n, c in sorted(report.clipped.items())}})
         report.seconds = clock() - t0
@@ -625,7 +625,7 @@ def run_federation(
         report.bytes_up = {r.node_id: int(r.metrics.get(P.M_BYTES_UP, 0)) for r in accepted}
         report.bytes_down = down
         if t_agg > 0 or not scheme.hides_updates:
-            obs.on_checkpoint(rnd, {P.CFG_ROUND: rnd, **scheme.checkpoint()})
+            obs.on_checkpoint(rnd, {"round": rnd, **scheme.checkpoint()})
         completed = rnd
         pending = report
         rnd, recoveries, t0, extra_timings = rnd + 1, 0, clock(), {}
