@@ -30,7 +30,7 @@ def _error_reply(msg: Message, exc: BaseException) -> Message:
     log.warning("could not handle %s: %s", msg.metadata.message_type, reason)
     return Message(
         RecordDict({
-            P.STATUS: ConfigRecord({"code": P.STATUS_ERROR, "reason": reason[:500]}),
+            P.STATUS: ConfigRecord({P.STATUS_CODE: P.STATUS_ERROR, P.STATUS_REASON: reason[:500]}),
             P.METRICS: MetricRecord({}),
         }),
         reply_to=msg,

@@ -86,7 +86,7 @@ def secret_context(content: RecordDict, state: RecordDict, node_config: Mapping[
     if rec is not None:
         return _remember(bytes(rec["secret"]))  # type: ignore[arg-type]
     keys = content.config_records.get(P.KEYS)
-    if keys is not None and "wrapped-secret" in keys:
+    if keys is not None and P.KEY_WRAPPED_SECRET in keys:
         return _store_secret(state, _unwrap(keys, state, run_id))
     key_dir = node_config.get("key-dir")
     if key_dir:
@@ -100,8 +100,8 @@ def secret_context(content: RecordDict, state: RecordDict, node_config: Mapping[
 
 def _unwrap(keys: ConfigRecord, state: RecordDict, run_id: int) -> bytes:
     wrap = state.config_records.get(_STATE_WRAP)
-    blob = keys["wrapped-secret"]
-    recipient = keys.get("recipient", "")
+    blob = keys[P.KEY_WRAPPED_SECRET]
+    recipient = keys.get(P.KEY_RECIPIENT, "")
     if wrap is None or not isinstance(blob, bytes) or not isinstance(recipient, str):
         raise ProtocolError("wrapped secret without a prior key setup")
     keypair = WrapKeyPair.from_private_bytes(bytes(wrap["private"]))  # type: ignore[arg-type]
@@ -114,8 +114,8 @@ def handle_keys_setup(content: RecordDict, state: RecordDict, node_config: Mappi
     keys = content.config_records.get(P.KEYS)
     if keys is None:
         raise ProtocolError("key setup without a keys record")
-    role, preset_id = keys.get("role"), keys.get("preset")
-    if role not in ("generator", "member") or not isinstance(preset_id, str):
+    role, preset_id = keys.get(P.KEY_ROLE), keys.get(P.KEY_PRESET)
+    if role not in (P.ROLE_GENERATOR, P.ROLE_MEMBER) or not isinstance(preset_id, str):
         raise ProtocolError("bad key setup request")
     try:
         preset = Preset.from_id(preset_id)
@@ -124,15 +124,15 @@ def handle_keys_setup(content: RecordDict, state: RecordDict, node_config: Mappi
     keypair = WrapKeyPair.generate()
     state[_STATE_WRAP] = ConfigRecord({"private": keypair.private_bytes()})
     state.config_records.pop(_STATE_CKKS, None)  # a new setup replaces any earlier key
-    reply: dict[str, Any] = {"wrap-public": keypair.public_bytes}
-    if role == "generator":
+    reply: dict[str, Any] = {P.KEY_WRAP_PUBLIC: keypair.public_bytes}
+    if role == P.ROLE_GENERATOR:
         secret = SecretContext.generate(preset)
         _store_secret(state, secret.to_bytes())
         public = secret.public()
-        reply.update({"public-context": public.to_bytes(), "fingerprint": public.fingerprint})
+        reply.update({P.KEY_PUBLIC_CONTEXT: public.to_bytes(), P.KEY_FINGERPRINT: public.fingerprint})
     return RecordDict({
         P.KEYS: ConfigRecord(reply),
-        P.STATUS: ConfigRecord({"code": P.STATUS_OK, "reason": ""}),
+        P.STATUS: ConfigRecord({P.STATUS_CODE: P.STATUS_OK, P.STATUS_REASON: ""}),
         P.METRICS: MetricRecord({}),
     })
 
@@ -143,7 +143,7 @@ def handle_keys_wrap(content: RecordDict, state: RecordDict, run_id: int) -> Rec
     ckks = state.config_records.get(_STATE_CKKS)
     if keys is None or ckks is None:
         raise ProtocolError("wrap request without a generated key")
-    recipients, publics = keys.get("recipients"), keys.get("wrap-publics")
+    recipients, publics = keys.get(P.KEY_RECIPIENTS), keys.get(P.KEY_WRAP_PUBLICS)
     if not isinstance(recipients, list) or not isinstance(publics, list) \
             or len(recipients) != len(publics) or len(recipients) > 10_000:
         raise ProtocolError("bad wrap request")
@@ -152,11 +152,11 @@ def handle_keys_wrap(content: RecordDict, state: RecordDict, run_id: int) -> Rec
     for recipient, public in zip(recipients, publics, strict=True):
         if not isinstance(recipient, str) or not isinstance(public, bytes):
             raise ProtocolError("bad wrap request entry")
-        blobs[f"blob-{recipient}"] = wrap_secret(secret, public, run_id=str(run_id),
+        blobs[P.KEY_WRAPPED_PREFIX + recipient] = wrap_secret(secret, public, run_id=str(run_id),
                                                  recipient_id=recipient)
     return RecordDict({
         P.KEYS: ConfigRecord(blobs),
-        P.STATUS: ConfigRecord({"code": P.STATUS_OK, "reason": ""}),
+        P.STATUS: ConfigRecord({P.STATUS_CODE: P.STATUS_OK, P.STATUS_REASON: ""}),
         P.METRICS: MetricRecord({}),
     })
 
@@ -166,13 +166,13 @@ def _meta_checked(content: RecordDict, ctx: SecretContext) -> None:
     meta = content.config_records.get(P.KEYS)
     if meta is None:
         raise GlobalRefused("metadata", "encrypted global model without a keys record")
-    denominator = meta.get("denominator")
+    denominator = meta.get(P.KEY_DENOMINATOR)
     # type() and not isinstance(): True is an int to Python, and 1 or True would scale G by K
     if type(denominator) is not int or denominator != WEIGHT_DENOMINATOR:
         raise GlobalRefused("denominator", f"expected the integer {WEIGHT_DENOMINATOR}")
-    if meta.get("preset") != ctx.preset.id:
+    if meta.get(P.KEY_PRESET) != ctx.preset.id:
         raise GlobalRefused("preset", f"expected {ctx.preset.id!r}")
-    if meta.get("fingerprint") != ctx.fingerprint:
+    if meta.get(P.KEY_FINGERPRINT) != ctx.fingerprint:
         raise GlobalRefused("key-fingerprint", "the global names another key")
 
 
@@ -275,7 +275,7 @@ def _cfg_of(content: RecordDict) -> tuple[FedConfig, int, int]:
     rec = content.config_records.get(P.CFG)
     if rec is None:
         raise GlobalRefused("metadata", "no config record")
-    round_, global_round = rec.get("round"), rec.get(P.GLOBAL_ROUND)
+    round_, global_round = rec.get(P.CFG_ROUND), rec.get(P.GLOBAL_ROUND)
     # <= : a strategy evaluates round r's global within round r; a later round is impossible
     if type(round_) is not int or type(global_round) is not int or not 0 <= global_round <= round_:
         raise GlobalRefused("round", "round / global-round missing or inconsistent")
@@ -308,7 +308,7 @@ def decrypt_global(content: RecordDict, state: RecordDict, node_config: Mapping[
     dim = int(initial.shape[0])
     max_bytes = wire.encoded_size(ctx.preset, dim, seeded=False)
     try:
-        blob = record_bytes(content.array_records[P.GLOBAL_CIPHER], "g", max_bytes)
+        blob = record_bytes(content.array_records[P.GLOBAL_CIPHER], P.BLOB_GLOBAL, max_bytes)
     except RejectedUpdate as exc:
         raise GlobalRefused(f"ciphertext:{exc.reason}") from None
     return _decrypt_checked(ctx, blob, seeds, weights, rounds, global_round, cfg, initial, state,
@@ -388,7 +388,7 @@ def encrypt_update(update: npt.NDArray[np.float32], state: RecordDict) -> tuple[
     if clipped:  # the screen's headroom assumes the bound; honest updates never get close
         update = np.clip(update, -bound, bound)
     blob = wire.encode(encrypt(ctx, update))
-    return {P.UPDATE_CIPHER: bytes_record({"u": blob})}, len(blob), clipped
+    return {P.UPDATE_CIPHER: bytes_record({P.BLOB_UPDATE: blob})}, len(blob), clipped
 
 
 def note_round(state: RecordDict, round_: int, clients: int) -> None:
@@ -454,6 +454,6 @@ def handle_screen(content: RecordDict, state: RecordDict, node_config: Mapping[s
     values = holder_projections(ctx, challenge)
     return RecordDict({
         P.SCREEN: MetricRecord({P.SCREEN_VALUES: [int(v) for row in values for v in row]}),
-        P.STATUS: ConfigRecord({"code": P.STATUS_OK, "reason": ""}),
+        P.STATUS: ConfigRecord({P.STATUS_CODE: P.STATUS_OK, P.STATUS_REASON: ""}),
         P.METRICS: MetricRecord({}),
     })

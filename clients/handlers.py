@@ -141,7 +141,7 @@ def _config(content: RecordDict) -> tuple[FedConfig, int]:
     if rec is None:
         raise FedguardError("message has no config record")
     flat = {k: v for k, v in rec.items() if k in FLAT_KEYS}
-    round_ = rec.get("round")
+    round_ = rec.get(P.CFG_ROUND)
     if not isinstance(round_, int) or round_ < 1:
         raise FedguardError("message has no valid round number")
     return from_flat(flat), round_
@@ -156,8 +156,8 @@ def _local_config(cfg: FedConfig, node_config: Mapping[str, Any]) -> FedConfig:
 
 
 def _partition_of(node_config: Mapping[str, Any], cfg: FedConfig) -> tuple[int, int]:
-    pid = node_config.get("partition-id")
-    num = node_config.get("num-partitions", cfg.run.clients)
+    pid = node_config.get(P.NODE_PARTITION_ID)
+    num = node_config.get(P.NODE_NUM_PARTITIONS, cfg.run.clients)
     if not isinstance(pid, int) or not isinstance(num, int):
         raise FedguardError("node config needs integer 'partition-id' and 'num-partitions'")
     return pid, num
@@ -178,7 +178,7 @@ def _reply(
     status: str, reason: str, metrics: dict[str, float], arrays: dict[str, Any] | None = None
 ) -> RecordDict:
     rd = RecordDict({
-        P.STATUS: ConfigRecord({"code": status, "reason": reason}),
+        P.STATUS: ConfigRecord({P.STATUS_CODE: status, P.STATUS_REASON: reason}),
         P.METRICS: MetricRecord({k: float(v) for k, v in metrics.items()}),
     })
     for k, v in (arrays or {}).items():
@@ -191,7 +191,7 @@ def _evaluate_global(model: torch.nn.Module, data: LocalData, cfg: FedConfig) ->
     ev = evaluate(model, data.test_x, data.test_y, task=resolve_task(cfg.data.task))
     return {P.EVAL_LOSS: ev.loss, P.EVAL_PRIMARY: ev.primary, P.EVAL_EXAMPLES: ev.num_examples,
             **{P.EVAL_METRIC_PREFIX + k: v for k, v in ev.metrics.items()},
-            "eval-seconds": time.perf_counter() - t}
+            P.M_EVAL_SECONDS: time.perf_counter() - t}
 
 
 def handle_train(
@@ -222,8 +222,8 @@ def handle_train(
                                         timings)
         evaluated = check_global(global_vec, model, data, cfg, state, global_round, run_id=run_id)
     except GlobalRefused as exc:
-        return _refused(exc, global_round, {"partition-id": pid, **timings})
-    metrics: dict[str, float] = {"partition-id": pid, **evaluated, **timings}
+        return _refused(exc, global_round, {P.M_PARTITION_ID: pid, **timings})
+    metrics: dict[str, float] = {P.M_PARTITION_ID: pid, **evaluated, **timings}
     state[_STATE_TRAINED] = ConfigRecord({"round": round_, "run": run_id})
     if hooks.extra_eval is not None:
         metrics.update(hooks.extra_eval(model, cfg, pid, num))
@@ -242,7 +242,8 @@ def handle_train(
     if plan is not None:
         steps = cfg.train.local_epochs * poisson_schedule(len(data.train_y), cfg.train.batch_size)[1]
         event = PrivacyEvent(plan.noise_multiplier, q, steps, f"run{run_id}/round{round_}")
-        metrics["epsilon"] = epsilon(ledger.events, delta, cfg.dp.accountant.value) if ledger.events else 0.0
+        metrics[P.M_EPSILON] = (epsilon(ledger.events, delta, cfg.dp.accountant.value)
+                                if ledger.events else 0.0)
         if cfg.dp.epsilon > 0:
             budget = PrivacyBudget(cfg.dp.epsilon, delta, cfg.dp.accountant)
             try:  # refuse early, before spending seconds on training; re-checked under the lock
@@ -257,11 +258,11 @@ def handle_train(
         seed=(cfg.run.seed * 1_000_003 + pid * 10_007 + round_) % 2**31, dp=plan,
         task=resolve_task(cfg.data.task),
     )
-    metrics["train-seconds"] = time.perf_counter() - t
+    metrics[P.M_TRAIN_SECONDS] = time.perf_counter() - t
     update = (flatten_params(model) - global_vec).astype(np.float32)
     if hooks.poison_update is not None:
         update = hooks.poison_update(update, {"global": global_vec, "round": round_, "cfg": cfg,
-                                              "partition-id": pid, "data": data})
+                                              P.M_PARTITION_ID: pid, "data": data})
     if not np.all(np.isfinite(update)):
         return _reply(P.STATUS_ERROR, "training produced non-finite parameters", metrics)
 
@@ -274,14 +275,14 @@ def handle_train(
             ledger = record_event(state, LEDGER_KEY, event, ledger_file, budget=budget)
         except PrivacyBudgetExceeded as exc:
             return _reply(P.STATUS_BUDGET_EXHAUSTED, str(exc), metrics)
-        metrics["epsilon"] = epsilon(ledger.events, delta, cfg.dp.accountant.value)
-        metrics["noise-multiplier"] = plan.noise_multiplier
-    metrics.update({"num-examples": result.num_examples, "steps": result.steps})
+        metrics[P.M_EPSILON] = epsilon(ledger.events, delta, cfg.dp.accountant.value)
+        metrics[P.M_NOISE_MULTIPLIER] = plan.noise_multiplier
+    metrics.update({P.NUM_EXAMPLES: result.num_examples, P.M_STEPS: result.steps})
     if np.isfinite(result.mean_loss):  # NaN when every Poisson batch of a tiny client was empty
-        metrics["train-loss"] = result.mean_loss
+        metrics[P.M_TRAIN_LOSS] = result.mean_loss
     arrays = secure.encode_update(update, state, cfg, metrics)
     if hooks.poison_upload is not None:
-        arrays = hooks.poison_upload(arrays, {"round": round_, "cfg": cfg, "partition-id": pid,
+        arrays = hooks.poison_upload(arrays, {"round": round_, "cfg": cfg, P.M_PARTITION_ID: pid,
                                               "state": state, "global": global_vec})
     return _with_vote(_reply(P.STATUS_OK, "", metrics, arrays), global_round, True, "")
 
@@ -303,14 +304,14 @@ def handle_evaluate(
         vec = secure.read_global(content, state, node_config, run_id, flatten_params(model), timings)
         evaluated = check_global(vec, model, data, cfg, state, global_round, run_id=run_id)
     except GlobalRefused as exc:
-        return _refused(exc, global_round, {"partition-id": pid, **timings})
-    metrics: dict[str, float] = {"partition-id": pid, **evaluated, **timings}
+        return _refused(exc, global_round, {P.M_PARTITION_ID: pid, **timings})
+    metrics: dict[str, float] = {P.M_PARTITION_ID: pid, **evaluated, **timings}
     if hooks.extra_eval is not None:
         metrics.update(hooks.extra_eval(model, cfg, pid, num))
     ledger, _file = _ledger(state, node_config)
     if cfg.dp.enabled and ledger.events:
         delta = cfg.dp.delta or default_delta(len(data.train_y))
-        metrics["epsilon"] = epsilon(ledger.events, delta, cfg.dp.accountant.value)
+        metrics[P.M_EPSILON] = epsilon(ledger.events, delta, cfg.dp.accountant.value)
     return _with_vote(_reply(P.STATUS_OK, "", metrics), global_round, True, "")
 
 
@@ -435,12 +436,12 @@ def handle_verify(content: RecordDict, state: RecordDict, node_config: Mapping[s
             candidates = []
             for key in sorted(arrays.keys()):
                 try:
-                    candidates.append(record_vector(ArrayRecord({"v": arrays[key]}),
+                    candidates.append(record_vector(ArrayRecord({P.VECTOR_ITEM: arrays[key]}),
                                                     initial.shape[0]))
                 except FedguardError as exc:
                     candidates.append(GlobalRefused("malformed", str(exc)))
     except GlobalRefused as exc:
-        return _refused(exc, global_round, {"partition-id": pid})
+        return _refused(exc, global_round, {P.M_PARTITION_ID: pid})
     accept, reasons = [], []
     for cand in candidates:
         try:
@@ -453,4 +454,4 @@ def handle_verify(content: RecordDict, state: RecordDict, node_config: Mapping[s
         except GlobalRefused as exc:
             accept.append(False)
             reasons.append(str(exc)[:200])
-    return _with_vote(_reply(P.STATUS_OK, "", {"partition-id": pid}), global_round, accept, reasons)
+    return _with_vote(_reply(P.STATUS_OK, "", {P.M_PARTITION_ID: pid}), global_round, accept, reasons)

@@ -57,7 +57,7 @@ CallNext = Callable[[Message, Context], Message]
 def _reply(msg: Message, code: str, reason: str, metrics: dict[str, float],
            arrays: dict[str, Any] | None = None) -> Message:
     rd = RecordDict({
-        P.STATUS: ConfigRecord({"code": code, "reason": reason[:500]}),
+        P.STATUS: ConfigRecord({P.STATUS_CODE: code, P.STATUS_REASON: reason[:500]}),
         P.METRICS: MetricRecord({k: float(v) for k, v in metrics.items()}),
     })
     for k, v in (arrays or {}).items():
@@ -130,9 +130,9 @@ def _train(msg: Message, context: Context, call_next: CallNext) -> Message:
     if not np.all(np.isfinite(update)):
         return _reply(msg, P.STATUS_ERROR, "training produced non-finite parameters", metrics)
     metrics.update(timings)
-    metrics["train-seconds"] = train_seconds
+    metrics[P.M_TRAIN_SECONDS] = train_seconds
     if cfg.dp.enabled:
-        metrics["epsilon"] = spent_epsilon(context, cfg, int(metrics[P.NUM_EXAMPLES]))
+        metrics[P.M_EPSILON] = spent_epsilon(context, cfg, int(metrics[P.NUM_EXAMPLES]))
     arrays = secure.encode_update(update, context.state, cfg, metrics)
     return _reply(msg, P.STATUS_OK, "", metrics, arrays)
 

@@ -53,7 +53,7 @@ def config_of(content: RecordDict) -> tuple[FedConfig, int]:
         raise ConfigError(
             "dp", "the message carries no fedguard config: run the server with "
             "server.strategy.FedguardStrategy, or pass config= to dp_train")
-    round_ = rec.get("round")
+    round_ = rec.get(P.CFG_ROUND)
     if not isinstance(round_, int) or round_ < 1:
         raise ConfigError("dp", "the fedguard config carries no valid round number")
     return from_flat({k: v for k, v in rec.items() if k in FLAT_KEYS}), round_

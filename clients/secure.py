@@ -48,7 +48,7 @@ def read_global(
 
         t = time.perf_counter()
         vec = encrypted.decrypt_global(content, state, node_config, run_id, initial, timings)
-        timings["decrypt-seconds"] = time.perf_counter() - t
+        timings[P.M_DECRYPT_SECONDS] = time.perf_counter() - t
         return vec
     raise ProtocolError("message carries no global model")
 
@@ -62,10 +62,10 @@ def encode_update(
 
         t = time.perf_counter()
         arrays, nbytes, clipped = encrypted.encrypt_update(update, state)
-        metrics["encrypt-seconds"] = time.perf_counter() - t
+        metrics[P.M_ENCRYPT_SECONDS] = time.perf_counter() - t
         if clipped:
-            metrics["clipped-values"] = clipped
+            metrics[P.M_CLIPPED_VALUES] = clipped
     else:
         arrays, nbytes = {P.UPDATE_PLAIN: vector_record(update)}, int(update.nbytes)
-    metrics["bytes-up"] = nbytes
+    metrics[P.M_BYTES_UP] = nbytes
     return arrays

@@ -10,10 +10,15 @@ from typing import Final
 
 __all__ = [
     "ARRAYS",
+    "BLOB_GLOBAL",
+    "BLOB_UPDATE",
     "CANDIDATES",
     "CFG",
+    "CFG_NODE_ID",
+    "CFG_ROUND",
     "CONFIG",
     "EVAL_EXAMPLES",
+    "EVAL_EXTRA_PREFIX",
     "EVAL_LOSS",
     "EVAL_METRIC_PREFIX",
     "EVAL_PRIMARY",
@@ -21,6 +26,17 @@ __all__ = [
     "GLOBAL_PLAIN",
     "GLOBAL_ROUND",
     "KEYS",
+    "KEY_DENOMINATOR",
+    "KEY_FINGERPRINT",
+    "KEY_PRESET",
+    "KEY_PUBLIC_CONTEXT",
+    "KEY_RECIPIENT",
+    "KEY_RECIPIENTS",
+    "KEY_ROLE",
+    "KEY_WRAPPED_PREFIX",
+    "KEY_WRAPPED_SECRET",
+    "KEY_WRAP_PUBLIC",
+    "KEY_WRAP_PUBLICS",
     "METRICS",
     "MSG_EVALUATE",
     "MSG_KEYS_SETUP",
@@ -28,11 +44,26 @@ __all__ = [
     "MSG_SCREEN",
     "MSG_TRAIN",
     "MSG_VERIFY",
+    "M_BYTES_UP",
+    "M_CLIPPED_VALUES",
+    "M_DECRYPT_SECONDS",
+    "M_ENCRYPT_SECONDS",
+    "M_EPSILON",
+    "M_EVAL_SECONDS",
+    "M_NOISE_MULTIPLIER",
+    "M_PARTITION_ID",
+    "M_STEPS",
+    "M_TRAIN_LOSS",
+    "M_TRAIN_SECONDS",
+    "NODE_NUM_PARTITIONS",
+    "NODE_PARTITION_ID",
     "NUM_EXAMPLES",
     "PROVENANCE",
     "PROV_ROUNDS",
     "PROV_SEEDS",
     "PROV_WEIGHTS",
+    "ROLE_GENERATOR",
+    "ROLE_MEMBER",
     "SCREEN",
     "SCREEN_LENGTH",
     "SCREEN_NONCE",
@@ -42,11 +73,14 @@ __all__ = [
     "SCREEN_VALUES",
     "STATUS",
     "STATUS_BUDGET_EXHAUSTED",
+    "STATUS_CODE",
     "STATUS_ERROR",
     "STATUS_OK",
+    "STATUS_REASON",
     "STATUS_REFUSED_GLOBAL",
     "UPDATE_CIPHER",
     "UPDATE_PLAIN",
+    "VECTOR_ITEM",
     "VOTE",
     "VOTE_ACCEPT",
     "VOTE_REASON",
@@ -105,6 +139,52 @@ EVAL_EXAMPLES: Final = "eval-examples"  # test examples evaluated (the weight of
 EVAL_LOSS: Final = "eval-loss"  # mean of the task's per-example loss
 EVAL_PRIMARY: Final = "eval-primary"  # mean of the task's primary metric (any finite number)
 EVAL_METRIC_PREFIX: Final = "eval-m-"  # eval-m-NAME: mean of the task's metric NAME
+
+# -- fields of STATUS (ConfigRecord of every reply) ----------------------------------------------
+STATUS_CODE: Final = "code"  # str: one of the STATUS_* codes below
+STATUS_REASON: Final = "reason"  # str: why, when the code is not STATUS_OK (at most 500 characters)
+
+# -- fields of CFG (ConfigRecord; besides the flat run config of federation.config) ------------
+CFG_ROUND: Final = "round"  # int >= 1: the round the message belongs to
+CFG_NODE_ID: Final = "node-id"  # int: the receiving node, as the server knows it
+
+# -- fields of KEYS (ConfigRecord) ---------------------------------------------------------------
+KEY_ROLE: Final = "role"  # str (key setup request): ROLE_GENERATOR or ROLE_MEMBER
+ROLE_GENERATOR: Final = "generator"  # makes the CKKS keys and wraps the secret for the others
+ROLE_MEMBER: Final = "member"  # receives the wrapped secret
+KEY_PRESET: Final = "preset"  # str: CKKS preset id (crypto.ckks.Preset)
+KEY_WRAP_PUBLIC: Final = "wrap-public"  # bytes (setup reply): the trainer's 32-byte X25519 key
+KEY_PUBLIC_CONTEXT: Final = "public-context"  # bytes (generator's setup reply)
+KEY_FINGERPRINT: Final = "fingerprint"  # str (generator's setup reply): CKKS key fingerprint
+KEY_RECIPIENTS: Final = "recipients"  # list[str] (wrap request): node ids to wrap for
+KEY_WRAP_PUBLICS: Final = "wrap-publics"  # list[bytes] (wrap request), aligned with recipients
+KEY_WRAPPED_PREFIX: Final = "blob-"  # blob-<recipient>: bytes (wrap reply), one per recipient
+KEY_WRAPPED_SECRET: Final = "wrapped-secret"  # bytes (train, once): this trainer's wrapped secret
+KEY_RECIPIENT: Final = "recipient"  # str: whom KEY_WRAPPED_SECRET is wrapped for
+KEY_DENOMINATOR: Final = "denominator"  # int: the decrypted global sum is divided by it
+
+# -- items of the byte records (federation.records.bytes_record) ---------------------------------
+BLOB_GLOBAL: Final = "g"  # in GLOBAL_CIPHER: the encrypted global model's envelope
+BLOB_UPDATE: Final = "u"  # in UPDATE_CIPHER: the encrypted update's envelope
+VECTOR_ITEM: Final = "v"  # in GLOBAL_PLAIN / UPDATE_PLAIN / CANDIDATES: a flat float32 vector
+
+# -- fields of a train reply's METRICS record (besides the EVAL_* fields above) -------------------
+M_PARTITION_ID: Final = "partition-id"  # int: the trainer's data partition (its client label)
+M_STEPS: Final = "steps"  # int: DP-SGD steps of this round
+M_EPSILON: Final = "epsilon"  # float: ε of the trainer's whole ledger after this round
+M_NOISE_MULTIPLIER: Final = "noise-multiplier"  # float: sigma of this round
+M_TRAIN_LOSS: Final = "train-loss"  # float: mean training loss
+M_BYTES_UP: Final = "bytes-up"  # int: bytes of the encrypted update
+M_CLIPPED_VALUES: Final = "clipped-values"  # int: update values clipped to the CKKS value bound
+M_TRAIN_SECONDS: Final = "train-seconds"  # float: wall time of local training
+M_ENCRYPT_SECONDS: Final = "encrypt-seconds"  # float: wall time of encrypting the update
+M_DECRYPT_SECONDS: Final = "decrypt-seconds"  # float: wall time of decrypting the global model
+M_EVAL_SECONDS: Final = "eval-seconds"  # float: wall time of evaluating the received model
+EVAL_EXTRA_PREFIX: Final = "eval-x-"  # eval-x-NAME (+ eval-x-NAME-examples): hook metrics, e.g. asr
+
+# -- node config keys a trainer reads (set by the simulation engine or `fedguard client`) --------
+NODE_PARTITION_ID: Final = "partition-id"  # int: which partition of the data this node holds
+NODE_NUM_PARTITIONS: Final = "num-partitions"  # int: how many partitions the data is split into
 
 # -- reply status codes (ConfigRecord STATUS, key "code") ----------------------------------------
 STATUS_OK: Final = "ok"

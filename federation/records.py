@@ -6,12 +6,13 @@ import numpy as np
 import numpy.typing as npt
 from flwr.app import Array, ArrayRecord
 
+from federation import protocol as P
 from federation.errors import RejectedUpdate
 
 __all__ = ["BYTES_STYPE", "bytes_record", "record_bytes", "record_vector", "vector_record"]
 
 BYTES_STYPE = "fedguard/bytes-v1"
-_VECTOR_KEY = "v"
+_VECTOR_KEY = P.VECTOR_ITEM
 
 
 def vector_record(vec: npt.NDArray[np.float32]) -> ArrayRecord:

@@ -162,7 +162,8 @@ class CkksScheme:
         generator = nodes[0]
         contents = {
             n: RecordDict({P.KEYS: ConfigRecord({
-                "role": "generator" if n == generator else "member", "preset": self.preset.id})})
+                P.KEY_ROLE: P.ROLE_GENERATOR if n == generator else P.ROLE_MEMBER,
+                P.KEY_PRESET: self.preset.id})})
             for n in nodes
         }
         replies, lost = exchange(grid, contents, P.MSG_KEYS_SETUP, 0, cfg.run.round_timeout)
@@ -170,9 +171,9 @@ class CkksScheme:
             raise CryptoError(f"in-band key setup failed: the generator node {generator} "
                               f"did not answer ({lost.get(generator, 'no reply')})")
         gen = replies[generator].content.config_records.get(P.KEYS)
-        if gen is None or not isinstance(gen.get("public-context"), bytes):
+        if gen is None or not isinstance(gen.get(P.KEY_PUBLIC_CONTEXT), bytes):
             raise CryptoError("in-band key setup failed: no public context from the generator")
-        public = PublicContext.from_bytes(gen["public-context"])  # type: ignore[arg-type]
+        public = PublicContext.from_bytes(gen[P.KEY_PUBLIC_CONTEXT])  # type: ignore[arg-type]
         if public.preset is not self.preset:
             raise CryptoError("in-band key setup failed: the generator used another preset")
         recipients, publics = [], []
@@ -180,7 +181,7 @@ class CkksScheme:
             if n == generator or n not in replies:
                 continue
             rec = replies[n].content.config_records.get(P.KEYS)
-            pub = rec.get("wrap-public") if rec is not None else None
+            pub = rec.get(P.KEY_WRAP_PUBLIC) if rec is not None else None
             if isinstance(pub, bytes) and len(pub) == 32:
                 recipients.append(str(n))
                 publics.append(pub)
@@ -191,13 +192,13 @@ class CkksScheme:
             self._audit.append({"round": 0, "node": n, "event": "key-setup-failed", "reason": why})
         if recipients:
             wrap_req = {generator: RecordDict({P.KEYS: ConfigRecord(
-                {"recipients": recipients, "wrap-publics": publics})})}
+                {P.KEY_RECIPIENTS: recipients, P.KEY_WRAP_PUBLICS: publics})})}
             wrapped, lost2 = exchange(grid, wrap_req, P.MSG_KEYS_WRAP, 0, cfg.run.round_timeout)
             if generator not in wrapped:
                 raise CryptoError(f"in-band key setup failed: wrapping ({lost2.get(generator)})")
             blobs = wrapped[generator].content.config_records.get(P.KEYS) or ConfigRecord({})
             for r in recipients:
-                blob = blobs.get(f"blob-{r}")
+                blob = blobs.get(P.KEY_WRAPPED_PREFIX + r)
                 if isinstance(blob, bytes) and len(blob) < 16 * 2**20:
                     self._wrapped[int(r)] = blob
         log.info("in-band CKKS keys: generator node %s, %d wrapped copies, fingerprint %s",
@@ -209,18 +210,18 @@ class CkksScheme:
         rd = RecordDict()
         meta = self._meta()
         if node in self._wrapped:  # delivered once, with the first message after setup
-            meta.update({"wrapped-secret": self._wrapped.pop(node), "recipient": str(node)})
+            meta.update({P.KEY_WRAPPED_SECRET: self._wrapped.pop(node), P.KEY_RECIPIENT: str(node)})
         if self.global_enc is None:
             rd[P.GLOBAL_PLAIN] = vector_record(self.initial)  # public seeded initialisation
         else:
-            rd[P.GLOBAL_CIPHER] = bytes_record({"g": self._blob()})
+            rd[P.GLOBAL_CIPHER] = bytes_record({P.BLOB_GLOBAL: self._blob()})
             rd[P.PROVENANCE] = provenance_record([self._prov])
         rd[P.KEYS] = ConfigRecord(meta)
         return rd
 
     def _meta(self) -> dict[str, Any]:
         fingerprint = self.public.fingerprint if self.public is not None else ""
-        return {"denominator": WEIGHT_DENOMINATOR, "preset": self.preset.id,
+        return {P.KEY_DENOMINATOR: WEIGHT_DENOMINATOR, P.KEY_PRESET: self.preset.id,
                 "fingerprint": fingerprint}
 
     def candidate_records(self, groups: Sequence[tuple[Sequence[Any], Sequence[int]]],
@@ -276,7 +277,7 @@ class CkksScheme:
         if P.UPDATE_CIPHER not in content.array_records:
             raise RejectedUpdate("malformed", "reply has no encrypted update")
         max_bytes = wire.encoded_size(self.preset, self.dim, seeded=False)
-        blob = record_bytes(content.array_records[P.UPDATE_CIPHER], "u", max_bytes)
+        blob = record_bytes(content.array_records[P.UPDATE_CIPHER], P.BLOB_UPDATE, max_bytes)
         try:
             enc = wire.decode(blob, self._public(), expected_length=self.dim, max_bytes=max_bytes)
         except InvalidCiphertext as exc:
@@ -365,7 +366,7 @@ class CkksScheme:
             P.SCREEN_ROUND: challenge.round, P.SCREEN_REPETITIONS: challenge.repetitions,
             P.SCREEN_LENGTH: challenge.length, P.SCREEN_NONCE: challenge.nonce,
             P.SCREEN_SEEDS: list(challenge.seeds)})
-        contents = {h: RecordDict({P.SCREEN: request, P.CFG: ConfigRecord({"round": round_})})
+        contents = {h: RecordDict({P.SCREEN: request, P.CFG: ConfigRecord({P.CFG_ROUND: round_})})
                     for h in holders}
         replies, lost = exchange(grid, contents, P.MSG_SCREEN, round_, self.cfg.run.round_timeout)
         n, r = len(challenge.seeds), challenge.repetitions
@@ -402,8 +403,8 @@ class CkksScheme:
     # -- checkpoints (ciphertexts only) -----------------------------------------------------
     def checkpoint(self) -> dict[str, Any]:
         return {"scheme": self.name, "preset": self.preset.id,
-                "fingerprint": self._public().fingerprint, "global-enc": self._blob(),
-                "global-round": self.global_round,
+                "fingerprint": self._public().fingerprint, P.GLOBAL_CIPHER: self._blob(),
+                P.GLOBAL_ROUND: self.global_round,
                 "prov-seeds": b"".join(s for s, _w, _r in self._prov),
                 "prov-weights": np.array([w for _s, w, _r in self._prov], dtype=np.int64),
                 "prov-rounds": np.array([r for _s, _w, r in self._prov], dtype=np.int64)}
@@ -411,7 +412,7 @@ class CkksScheme:
     def restore(self, state: dict[str, Any]) -> None:
         if str(state.get("scheme")) != self.name:
             raise ValueError("checkpoint was not written by an encrypted run")
-        blob = state["global-enc"]
+        blob = state[P.GLOBAL_CIPHER]
         self._restored_blob = blob.tobytes() if hasattr(blob, "tobytes") else bytes(blob)
         raw = state.get("prov-seeds")
         seeds = (raw.tobytes() if hasattr(raw, "tobytes") else bytes(raw)) if raw is not None else b""
@@ -422,7 +423,7 @@ class CkksScheme:
         self._prov = [(seeds[i * SEED_BYTES:(i + 1) * SEED_BYTES], weights[i], rounds[i])
                       for i in range(len(weights))]
         self._seen_seeds = {s for s, _w, _r in self._prov}
-        self._restored_round = int(np.asarray(state.get("global-round", state.get("round", 0))))
+        self._restored_round = int(np.asarray(state.get(P.GLOBAL_ROUND, state.get("round", 0))))
 
     def _decode_global(self, blob: bytes) -> EncryptedVector:
         public = self._public()

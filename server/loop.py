@@ -235,7 +235,7 @@ def _status_of(content: RecordDict) -> tuple[str, str]:
     rec = content.config_records.get(P.STATUS)
     if rec is None:
         raise ProtocolError("reply has no status record")
-    code, reason = rec.get("code"), rec.get("reason", "")
+    code, reason = rec.get(P.STATUS_CODE), rec.get(P.STATUS_REASON, "")
     if code not in (P.STATUS_OK, P.STATUS_BUDGET_EXHAUSTED, P.STATUS_ERROR, P.STATUS_REFUSED_GLOBAL):
         raise ProtocolError("unknown status code")
     return str(code), str(reason)[:500]
@@ -243,12 +243,13 @@ def _status_of(content: RecordDict) -> tuple[str, str]:
 
 def _weighted_extra(results: Sequence[ClientResult]) -> dict[str, float]:
     """Weighted means of ``eval-x-NAME`` metrics (weights ``eval-x-NAME-examples``)."""
-    names = {k[len("eval-x-"):] for r in results for k in r.metrics
-             if k.startswith("eval-x-") and not k.endswith("-examples")}
+    names = {k[len(P.EVAL_EXTRA_PREFIX):] for r in results for k in r.metrics
+             if k.startswith(P.EVAL_EXTRA_PREFIX) and not k.endswith("-examples")}
     out = {}
     for name in sorted(names):
-        pairs = [(r.metrics[f"eval-x-{name}"], r.metrics.get(f"eval-x-{name}-examples", 0.0))
-                 for r in results if f"eval-x-{name}" in r.metrics]
+        key = P.EVAL_EXTRA_PREFIX + name
+        pairs = [(r.metrics[key], r.metrics.get(key + "-examples", 0.0))
+                 for r in results if key in r.metrics]
         total = sum(w for _v, w in pairs if w > 0)
         if total > 0:
             out[name] = sum(v * w for v, w in pairs if w > 0) / total
@@ -306,7 +307,7 @@ def _contents(scheme: Scheme, flat: dict[str, Any], nodes: Sequence[int], rnd: i
     out: dict[int, RecordDict] = {}
     for node in nodes:
         rd = scheme.global_records(node, rnd)
-        rd[P.CFG] = ConfigRecord({**flat, "round": rnd, "node-id": node,
+        rd[P.CFG] = ConfigRecord({**flat, P.CFG_ROUND: rnd, P.CFG_NODE_ID: node,
                                   P.GLOBAL_ROUND: scheme.global_round})
         out[node] = rd
     return out
@@ -384,7 +385,7 @@ def _recover(grid: GridLike, cfg: FedConfig, scheme: Scheme, obs: RunObserver,
         content = RecordDict()
         for key, record in rd.items():
             content[key] = record
-        content[P.CFG] = ConfigRecord({**flat, "round": rnd, "node-id": node, P.GLOBAL_ROUND: undone})
+        content[P.CFG] = ConfigRecord({**flat, P.CFG_ROUND: rnd, P.CFG_NODE_ID: node, P.GLOBAL_ROUND: undone})
         contents[node] = content
     replies, lost = exchange(grid, contents, P.MSG_VERIFY, rnd, cfg.run.round_timeout)
     info["phases"] = 1
@@ -525,7 +526,7 @@ def run_federation(
                     # global it trained on contradicts itself.
                     if isinstance(vote, tuple) and not vote[0]:
                         raise ProtocolError("an update trained on a global it refused")
-                    res.num_examples = _positive_count(res.metrics.get("num-examples"))
+                    res.num_examples = _positive_count(res.metrics.get(P.NUM_EXAMPLES))
                     res.payload = scheme.parse_update(node, reply.content)
             except RejectedUpdate as exc:
                 res.status, res.reason = "rejected", exc.reason + (f": {exc.detail}" if exc.detail else "")
@@ -584,9 +585,9 @@ def run_federation(
             rejected={r.node_id: r.reason for r in results if r.status == "rejected"},
             refused={r.node_id: f"{r.status}: {r.reason}" for r in results
                      if r.status not in (P.STATUS_OK, "rejected")},
-            train_loss=_mean([r.metrics.get("train-loss") for r in accepted]),
-            epsilon_by_client={_client_label(r): r.metrics["epsilon"] for r in evals
-                               if "epsilon" in r.metrics},
+            train_loss=_mean([r.metrics.get(P.M_TRAIN_LOSS) for r in accepted]),
+            epsilon_by_client={_client_label(r): r.metrics[P.M_EPSILON] for r in evals
+                               if P.M_EPSILON in r.metrics},
             decisions=[d.to_record() for _n, d in sorted(decisions.items())],
             clients={r.node_id: _client_label(r) for r in evals},
             refusals=refusals,
@@ -624,7 +625,7 @@ def run_federation(
         report.seconds = clock() - t0
         report.timings = {"train-phase": t_train, "screen": t_screen, "aggregate": t_agg,
                           **extra_timings, **_sum_client_timings(accepted)}
-        report.bytes_up = {r.node_id: int(r.metrics.get("bytes-up", 0)) for r in accepted}
+        report.bytes_up = {r.node_id: int(r.metrics.get(P.M_BYTES_UP, 0)) for r in accepted}
         report.bytes_down = down
         if t_agg > 0 or not scheme.hides_updates:
             obs.on_checkpoint(rnd, {"round": rnd, **scheme.checkpoint()})
@@ -695,7 +696,7 @@ def _positive_count(value: float | None) -> int:
 
 
 def _client_label(r: ClientResult) -> str:
-    pid = r.metrics.get("partition-id")
+    pid = r.metrics.get(P.M_PARTITION_ID)
     return f"client-{int(pid)}" if pid is not None else f"node-{r.node_id}"
 
 
@@ -705,7 +706,7 @@ def _mean(values: Iterable[float | None]) -> float | None:
 
 
 def _sum_client_timings(results: Sequence[ClientResult]) -> dict[str, float]:
-    keys = ("train-seconds", "encrypt-seconds", "decrypt-seconds", "verify-seconds", "eval-seconds")
+    keys = (P.M_TRAIN_SECONDS, P.M_ENCRYPT_SECONDS, P.M_DECRYPT_SECONDS, "verify-seconds", P.M_EVAL_SECONDS)
     out = {}
     for k in keys:
         vals = [r.metrics[k] for r in results if k in r.metrics]

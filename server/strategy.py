@@ -174,7 +174,7 @@ class FedguardStrategy(Strategy):
                 self._has_initial.add(node)
             user_cfg = msg.content.config_records.get(P.CONFIG)
             rd[P.CONFIG] = user_cfg if user_cfg is not None else ConfigRecord({})
-            rd[P.CFG] = ConfigRecord({**flat, "round": server_round, "node-id": node,
+            rd[P.CFG] = ConfigRecord({**flat, P.CFG_ROUND: server_round, P.CFG_NODE_ID: node,
                                       P.GLOBAL_ROUND: self.scheme.global_round})
             out.append(Message(rd, dst_node_id=node, message_type=msg.metadata.message_type,
                                group_id=str(server_round)))
@@ -254,9 +254,9 @@ class FedguardStrategy(Strategy):
         self.scheme.aggregate([payloads[n] for n in accepted], [int(w) for w in weights],
                               server_round)
         report.timings = {"aggregate-and-screen": time.monotonic() - t0}
-        report.bytes_up = {n: int(metrics[n].get("bytes-up", 0)) for n in accepted}
+        report.bytes_up = {n: int(metrics[n].get(P.M_BYTES_UP, 0)) for n in accepted}
         agg = _weighted_metrics([metrics[n] for n in accepted], [counts[n] for n in accepted])
-        report.train_loss = agg.get("train-loss", agg.get("train_loss"))
+        report.train_loss = agg.get(P.M_TRAIN_LOSS, agg.get("train_loss"))
         arrays = None
         if isinstance(self.scheme, PlaintextScheme):
             arrays = self.layout.unflatten(self.scheme.global_model)
@@ -270,7 +270,7 @@ class FedguardStrategy(Strategy):
         status = content.config_records.get(P.STATUS)
         if status is None:
             raise _Refused(f"{NOT_FEDGUARD_CAPABLE}: its reply has no fedguard status record")
-        code, reason = status.get("code"), str(status.get("reason", ""))[:500]
+        code, reason = status.get(P.STATUS_CODE), str(status.get(P.STATUS_REASON, ""))[:500]
         if code == P.STATUS_BUDGET_EXHAUSTED:
             raise _Refused(f"{P.STATUS_BUDGET_EXHAUSTED}: {reason}")
         if code != P.STATUS_OK:
@@ -321,7 +321,7 @@ class FedguardStrategy(Strategy):
                 why = describe_error_reply(reply.error.code, reply.error.reason)
             elif P.STATUS in reply.content.config_records:
                 status = reply.content.config_records[P.STATUS]
-                why = f"{status.get('code')!s:.40}: {str(status.get('reason', ''))[:300]}"
+                why = f"{status.get(P.STATUS_CODE)!s:.40}: {str(status.get(P.STATUS_REASON, ''))[:300]}"
             elif P.NUM_EXAMPLES not in next(iter(reply.content.metric_records.values()), {}):
                 why = "evaluation reply has no metrics with 'num-examples'"
             if why:
@@ -332,7 +332,7 @@ class FedguardStrategy(Strategy):
         result = self.strategy.aggregate_evaluate(server_round, good) if good else None
         if self._pending is not None and result is not None:
             value = result.get(self.primary_metric)
-            loss = next((result[k] for k in ("loss", "eval_loss", "eval-loss") if k in result), None)
+            loss = next((result[k] for k in ("loss", "eval_loss", P.EVAL_LOSS) if k in result), None)
             self._pending.accuracy = float(value) if isinstance(value, (int, float)) else None
             self._pending.loss = float(loss) if isinstance(loss, (int, float)) else None
         self._flush()

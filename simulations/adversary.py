@@ -58,7 +58,7 @@ def asr_eval(model: torch.nn.Module, cfg: FedConfig, pid: int, num: int,
 
     keep = ty != target
     rate = attack_success_rate(predict, tx, ty, target)
-    return {"eval-x-asr": float(rate), "eval-x-asr-examples": float(keep.sum())}
+    return {P.EVAL_EXTRA_PREFIX + "asr": float(rate), P.EVAL_EXTRA_PREFIX + "asr-examples": float(keep.sum())}
 
 
 def _benign_estimates(cfg: FedConfig, pid: int, num: int, global_vec: npt.NDArray[np.float32],
@@ -113,8 +113,8 @@ def check_attack(text: str) -> None:
 
 def hooks_for(cfg: FedConfig, node_config: Mapping[str, Any]) -> ClientHooks:
     """The hooks of the client with this node config: an attacker's, or only the ASR probe."""
-    pid = int(node_config.get("partition-id", -1))
-    num = int(node_config.get("num-partitions", cfg.run.clients))
+    pid = int(node_config.get(P.NODE_PARTITION_ID, -1))
+    num = int(node_config.get(P.NODE_NUM_PARTITIONS, cfg.run.clients))
     name, params = parse_attack(cfg.attack.attack)
     backdoor = name == "backdoor"
     extra = functools.partial(asr_eval, target=int(params.get("target", BACKDOOR_TARGET))) \
@@ -162,18 +162,20 @@ def _tamper_ciphertext(arrays: dict[str, Any], state: Any, attack: UploadAttack,
                        ctx: AttackContext) -> dict[str, Any]:
     """Decode the attacker's own encrypted upload, apply the ciphertext attack, re-encode."""
     secret = secret_context(RecordDict(), state, {}, 0)  # the key is in this node's state
-    blob = record_bytes(arrays[P.UPDATE_CIPHER], "u", 1 << 31)
+    blob = record_bytes(arrays[P.UPDATE_CIPHER], P.BLOB_UPDATE, 1 << 31)
     enc = wire.decode(blob, secret, expected_length=None, max_bytes=len(blob))
-    return {**arrays, P.UPDATE_CIPHER: bytes_record({"u": wire.encode(attack.poison_upload(enc, ctx))})}
+    tampered = wire.encode(attack.poison_upload(enc, ctx))
+    return {**arrays, P.UPDATE_CIPHER: bytes_record({P.BLOB_UPDATE: tampered})}
 
 
 def _garbage_upload(attack: Garbage, seed: int, pid: int, arrays: dict[str, Any],
                     info: dict[str, Any]) -> dict[str, Any]:
     rng = np.random.default_rng([seed, pid, int(info["round"]), 7])
     if P.UPDATE_CIPHER in arrays:
-        honest = bytes(arrays[P.UPDATE_CIPHER]["u"].data)
-        return {**arrays, P.UPDATE_CIPHER: bytes_record({"u": attack.garbage_envelope(honest, rng)})}
-    dim = int(arrays[P.UPDATE_PLAIN]["v"].shape[0])
+        honest = bytes(arrays[P.UPDATE_CIPHER][P.BLOB_UPDATE].data)
+        garbage = attack.garbage_envelope(honest, rng)
+        return {**arrays, P.UPDATE_CIPHER: bytes_record({P.BLOB_UPDATE: garbage})}
+    dim = int(arrays[P.UPDATE_PLAIN][P.VECTOR_ITEM].shape[0])
     return {**arrays, P.UPDATE_PLAIN: vector_record(attack.garbage_update(dim, rng))}
 
 
