@@ -16,18 +16,23 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@echo "installing fedguard into $(VENV) (first time only) ..."
-	$(BIN)/python -m pip install -q --upgrade pip
-	# torch first, pinned to the CPU build: any other version pulls a multi-GB CUDA build.
-	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e '.[dev]' --config-settings editable_mode=compat
+	@test -x $(BIN)/python || { echo "[1/4] creating the virtual environment $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); }
+	@echo "[2/4] updating pip inside $(VENV)"
+	@$(BIN)/python -m pip install -q --upgrade pip
+	@# torch first, pinned to the CPU build: any other version pulls a multi-GB CUDA build.
+	@echo "[3/4] installing torch 2.13.0 (CPU build; the largest download, a few minutes the first time)"
+	@$(BIN)/python -m pip install -q torch==2.13.0
+	@echo "[4/4] installing fedguard and its dependencies (Flower, Opacus, TenSEAL, test tools)"
+	@$(BIN)/python -m pip install -q -e '.[dev]' --config-settings editable_mode=compat
 	@touch $(STAMP)
+	@echo "installed; later runs skip this step until pyproject.toml changes"
 
 demo: $(STAMP)
-	$(BIN)/fedguard demo
+	@echo "running the demo: three federations (attack-free, attacked, attacked + encrypted filter), a few minutes"
+	@$(BIN)/fedguard demo
 
 test: $(STAMP)
+	@echo "lint (ruff), types (mypy), then the test suite"
 	$(BIN)/ruff check federation clients server crypto simulations tests
 	$(BIN)/mypy federation crypto clients server simulations
 	$(BIN)/python -m pytest -q

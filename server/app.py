@@ -193,8 +193,14 @@ def resolve_for_run(cfg: FedConfig, grid: Any, settle: float = 2.0,
 
 def make_server_app(overrides: Mapping[str, Any] | None = None,
                     progress: Callable[[str], None] | None = None,
-                    resume: bool = False) -> ServerApp:
-    """A ServerApp whose run config is ``context.run_config`` updated with ``overrides``."""
+                    resume: bool = False,
+                    grid_hook: Callable[[Grid], Any] | None = None) -> ServerApp:
+    """A ServerApp whose run config is ``context.run_config`` updated with ``overrides``.
+
+    ``grid_hook`` wraps the Flower grid before the round loop sees it (e.g.
+    :meth:`server.progress.RoundProgress.watch` for a live progress line); it replaces the
+    fast reply polling of :func:`fast_polling`, so it must poll replies itself.
+    """
     server_app = ServerApp()
 
     @server_app.main()
@@ -206,7 +212,8 @@ def make_server_app(overrides: Mapping[str, Any] | None = None,
         except ConfigError as exc:  # one line naming the key, not a traceback
             print(f"fedguard: bad setting: {exc}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
-        run_server(fast_polling(grid), cfg, resume=resume_flag, progress=progress)
+        watched = grid_hook(grid) if grid_hook is not None else fast_polling(grid)
+        run_server(watched, cfg, resume=resume_flag, progress=progress)
 
     return server_app
 

@@ -23,8 +23,8 @@ import numpy as np
 from server.audit import AuditLog
 from server.loop import RoundReport, RunResult
 
-__all__ = ["RunWriter", "atomic_write", "checkpoint_files", "format_round", "load_checkpoint",
-           "plot_run"]
+__all__ = ["RunWriter", "atomic_write", "checkpoint_files", "format_round", "integer_rounds",
+           "load_checkpoint", "plot_run", "read_rows"]
 
 log = logging.getLogger("fedguard.server")
 
@@ -92,7 +92,8 @@ class RunWriter:
 
     Layout of ``out_dir``: ``config.json`` (written by the caller), ``metrics.jsonl``,
     ``audit.jsonl`` (append-only decisions and refusals), ``checkpoints/round-NNNN.npz``,
-    ``summary.json``, ``accuracy.png`` and, with DP, ``epsilon.png``.
+    ``summary.json``, ``accuracy.png``, with DP ``epsilon.png``, and ``report.html`` (the
+    self-contained run report of :mod:`server.html_report`).
     """
 
     def __init__(self, out_dir: Path, total_rounds: int,
@@ -117,8 +118,9 @@ class RunWriter:
 
     def on_checkpoint(self, round_: int, state: dict[str, Any]) -> None:
         buf = io.BytesIO()
-        arrays = {k: (np.frombuffer(v, dtype=np.uint8) if isinstance(v, bytes) else np.asarray(v))
-                  for k, v in state.items()}
+        arrays: dict[str, Any] = {
+            k: (np.frombuffer(v, dtype=np.uint8) if isinstance(v, bytes) else np.asarray(v))
+            for k, v in state.items()}
         np.savez(buf, allow_pickle=False, **arrays)
         atomic_write(self.out_dir / "checkpoints" / f"round-{round_:04d}.npz", buf.getvalue())
         # Keep the two newest checkpoints: enough to resume, bounded on disk.
@@ -128,19 +130,7 @@ class RunWriter:
 
     def rows(self) -> list[dict[str, Any]]:
         """Every round line of ``metrics.jsonl`` (earlier runs of a resumed run included)."""
-        by_round: dict[int, dict[str, Any]] = {}
-        if self.metrics_path.exists():
-            for line in self.metrics_path.read_text().splitlines():
-                if not line.strip():
-                    continue
-                row = json.loads(line)
-                k = int(row["round"])
-                if row.get("note") and k in by_round:  # a resumed run's evaluation of round k
-                    by_round[k].update({key: v for key, v in row.items()
-                                        if key in ("accuracy", "loss") or key.startswith("eval_")})
-                else:
-                    by_round[k] = row
-        return [by_round[k] for k in sorted(by_round)]
+        return read_rows(self.metrics_path)
 
     def finish(self, result: RunResult, extra: dict[str, Any]) -> dict[str, Any]:
         """Write ``summary.json`` and the plots from every round of ``metrics.jsonl``."""
@@ -176,7 +166,49 @@ class RunWriter:
             plot_run(self.out_dir, rows)
         except Exception as exc:  # noqa: BLE001 - a plot must never fail a finished run
             log.warning("could not draw plots: %s", exc)
+        try:
+            from server.html_report import write_report
+
+            write_report(self.out_dir)
+        except Exception as exc:  # noqa: BLE001 - nor may the report page
+            log.warning("could not write report.html: %s", exc)
         return summary
+
+
+def read_rows(metrics_path: Path) -> list[dict[str, Any]]:
+    """The round lines of a ``metrics.jsonl``, one per round, in round order.
+
+    A resumed run re-evaluates its last checkpointed round (a line with a ``note``): its
+    accuracy, loss and ``eval_*`` values update that round's line instead of replacing it.
+    A missing file reads as no rounds; a torn last line (a crash mid-write) is skipped.
+    """
+    by_round: dict[int, dict[str, Any]] = {}
+    if not metrics_path.exists():
+        return []
+    for line in metrics_path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            k = int(row["round"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        if row.get("note") and k in by_round:  # a resumed run's evaluation of round k
+            by_round[k].update({key: v for key, v in row.items()
+                                if key in ("accuracy", "loss") or key.startswith("eval_")})
+        else:
+            by_round[k] = row
+    return [by_round[k] for k in sorted(by_round)]
+
+
+def integer_rounds(ax: Any, rounds: list[int]) -> None:
+    """A matplotlib round axis with whole-number ticks only (there is no round 1.5)."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    if rounds:
+        ax.set_xlim(min(rounds) - 0.5, max(rounds) + 0.5)
+    ax.set_xlabel("round")
 
 
 def load_checkpoint(out_dir: Path) -> dict[str, Any] | None:
@@ -190,7 +222,7 @@ def load_checkpoint(out_dir: Path) -> dict[str, Any] | None:
 
 def _gap(v: Any) -> float:
     # A round without a value (no evaluation yet, a client that did not report) is a gap in the line.
-    return float(v) if v is not None else math.nan
+    return float(v) if isinstance(v, (int, float)) else math.nan
 
 
 def plot_run(out_dir: Path, rows: list[dict[str, Any]]) -> None:
@@ -203,7 +235,7 @@ def plot_run(out_dir: Path, rows: list[dict[str, Any]]) -> None:
     rounds = [r["round"] for r in rows]
     fig, ax1 = plt.subplots(figsize=(6, 4))
     ax1.plot(rounds, [_gap(r.get("accuracy")) for r in rows], "o-", color="tab:blue", label="accuracy")
-    ax1.set_xlabel("round")
+    integer_rounds(ax1, rounds)
     ax1.set_ylabel("test accuracy", color="tab:blue")
     ax2 = ax1.twinx()
     ax2.plot(rounds, [_gap(r.get("loss")) for r in rows], "s--", color="tab:red", label="loss")
@@ -219,7 +251,7 @@ def plot_run(out_dir: Path, rows: list[dict[str, Any]]) -> None:
         fig, ax = plt.subplots(figsize=(6, 4))
         for c in clients:
             ax.plot(rounds, [_gap(e.get(c)) for e in eps], marker=".", label=c)
-        ax.set_xlabel("round")
+        integer_rounds(ax, rounds)
         ax.set_ylabel("ε spent (cumulative)")
         ax.set_title("Privacy spent per client")
         if len(clients) <= 12:

@@ -127,6 +127,8 @@ class PlaintextScheme:
         if g.shape != self.global_model.shape:
             raise ValueError("checkpoint model has the wrong shape")
         self.global_model = g
+        self._round = int(np.asarray(state.get("round", 0)))  # no rollback past a restart
+        self._history = []
 
     def bytes_down(self, node: int) -> int:
         return int(self.global_model.nbytes)

@@ -16,10 +16,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+
 from crypto.bench import bench_crypto
 from federation.config import from_flat
+from server.progress import RoundProgress
 
 __all__ = ["bench_crypto_all", "bench_rounds"]
+
+
+_stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _say(message: str) -> None:
@@ -28,7 +34,10 @@ def _say(message: str) -> None:
 
 def bench_rounds(*, clients: int, rounds: int, data_dir: str, dp_epsilon: float,
                  defense: str = "none") -> dict[str, Any]:
-    """Median seconds per round (rounds 2..R), plaintext vs CKKS, DP on in both."""
+    """Median seconds per round (rounds 2..R), plaintext vs CKKS, DP on in both.
+
+    Rounds print on stderr under a live progress line (none when stderr is not a terminal).
+    """
     from simulations.simulate import simulate
 
     out: dict[str, Any] = {"clients": clients, "rounds": rounds, "dp_epsilon": dp_epsilon,
@@ -41,7 +50,8 @@ def bench_rounds(*, clients: int, rounds: int, data_dir: str, dp_epsilon: float,
                              "defense": defense, "out-dir": str(Path(tmp) / mode)})
             _say(f"round timing: secure-aggregation {mode}")
             t = time.perf_counter()
-            summary = simulate(cfg, progress=lambda line: _say("  " + line))
+            with RoundProgress(rounds, console=_stderr, prefix="[bench crypto]   ") as display:
+                summary = simulate(cfg, display=display)
             per_round = summary["seconds_per_round"]
             out[mode] = {
                 "wall_seconds": round(time.perf_counter() - t, 2),

@@ -18,6 +18,7 @@ from rich.console import Console
 
 from federation.config import FedConfig, from_flat
 from federation.errors import ConfigError, FedguardError
+from server.progress import RoundProgress
 from simulations.simulate import DP_RECIPE, with_dp_recipe
 
 __all__ = ["app", "main"]
@@ -114,8 +115,9 @@ def _pct(v: float | None) -> str:
     return "n/a" if v is None else f"{100 * v:.2f} %"
 
 
-def run_simulation_cli(cfg: FedConfig) -> dict[str, Any]:
-    """Run a simulation with a header and per-round progress; exit non-zero on failure."""
+def run_simulation_cli(cfg: FedConfig, *, header: bool = True) -> dict[str, Any]:
+    """Run a simulation with a header (unless ``header`` is False), a live progress line and one
+    line per round; exit non-zero on failure."""
     from federation.data import load_fashion_mnist
     from federation.tasks import FASHION_MNIST, FASHION_MNIST_TANH, build_model, resolve_task
     from simulations.simulate import simulate as run_sim
@@ -131,20 +133,23 @@ def run_simulation_cli(cfg: FedConfig) -> dict[str, Any]:
             source = load_fashion_mnist(cfg.data.data_dir or None).source
     except FedguardError as exc:
         _fail(str(exc))
-    console.print(
-        f"[bold]fedguard simulate[/]: {cfg.run.clients} clients, {cfg.run.rounds} rounds, "
-        f"partition {cfg.data.partition}, data {source}, "
-        f"DP {'ε=' + str(cfg.dp.epsilon) if cfg.dp.epsilon else ('σ=' + str(cfg.dp.noise_multiplier) if cfg.dp.noise_multiplier else 'off')}, "
-        f"secure aggregation {cfg.secure.mode.value}, defence {','.join(cfg.defense.defenses) or 'none'}"
-        + (f", attack {cfg.attack.attack} ({cfg.attack.malicious:.0%})" if cfg.attack.attack else "")
-    )
-    t = cfg.train
-    console.print(f"training: {cfg.data.task}, {t.local_epochs} local epoch(s), batch {t.batch_size}, "
-                  f"lr {t.lr:g}, momentum {t.momentum:g}"
-                  + (f", clipping {cfg.dp.max_grad_norm:g}" if cfg.dp.enabled else ""))
+    if header:
+        dp = ("ε=" + str(cfg.dp.epsilon) if cfg.dp.epsilon
+              else ("σ=" + str(cfg.dp.noise_multiplier) if cfg.dp.noise_multiplier else "off"))
+        console.print(
+            f"[bold]fedguard simulate[/]: {cfg.run.clients} clients, {cfg.run.rounds} rounds, "
+            f"partition {cfg.data.partition}, data {source}, DP {dp}, "
+            f"secure aggregation {cfg.secure.mode.value}, defence {','.join(cfg.defense.defenses) or 'none'}"
+            + (f", attack {cfg.attack.attack} ({cfg.attack.malicious:.0%})" if cfg.attack.attack else "")
+        )
+        t = cfg.train
+        console.print(f"training: {cfg.data.task}, {t.local_epochs} local epoch(s), batch {t.batch_size}, "
+                      f"lr {t.lr:g}, momentum {t.momentum:g}"
+                      + (f", clipping {cfg.dp.max_grad_norm:g}" if cfg.dp.enabled else ""))
     console.print(f"run folder: {cfg.run.out_dir}")
     try:
-        return run_sim(cfg, progress=lambda line: console.print(line))
+        with RoundProgress(cfg.run.rounds, console=console) as display:
+            return run_sim(cfg, display=display)
     except Exception as exc:
         _fail(f"the federation failed: {type(exc).__name__}: {exc}", code=1)
         raise
@@ -156,37 +161,55 @@ def run_simulation_cli(cfg: FedConfig) -> dict[str, Any]:
 
 @app.command()
 def demo(
-    rounds: Annotated[int, typer.Option("--rounds")] = 5,
-    out: Annotated[Path | None, typer.Option("--out", help="Parent folder of the two run folders.")] = None,
-    baseline: Annotated[bool, typer.Option("--baseline/--no-baseline", help="Also run the unfiltered baseline.")] = True,
-    data_dir: Annotated[str | None, typer.Option("--data-dir", help="Fashion-MNIST IDX folder, or 'subset'.")] = None,
+    rounds: Annotated[int | None, typer.Option("--rounds", min=1, help="Rounds per run (default: 3 on the full set, 8 on the bundled subset).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Parent folder of the three run folders (default runs/demo-TIME).")] = None,
+    data_dir: Annotated[str | None, typer.Option("--data-dir", help="Fashion-MNIST IDX folder, or 'subset' for the bundled subset.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the split, the initial model, the attackers and DP noise.")] = 0,
+    install_data: Annotated[bool, typer.Option("--install-data/--no-install-data", help="When the full set is missing and this runs as root with apt-get, install dataset-fashion-mnist.")] = True,
 ) -> None:
-    """The flagship: 10 clients, 2 attackers, DP, CKKS and encrypted filtering, vs no filter."""
-    parent = resolve_out(out, "demo")
-    from federation.data import load_fashion_mnist
+    """The flagship: DP + CKKS with 20 % attackers, attack-free vs unfiltered vs encrypted filter.
 
-    if load_fashion_mnist(data_dir or None).source == "subset":
-        console.print("[yellow]note:[/] running on the bundled 1,800-image subset: with DP every "
-                      "client holds ~180 images, so accuracy stays low. For the real demo install "
-                      "the full set (apt-get install dataset-fashion-mnist) or pass --data-dir.")
-    common = with_dp_recipe({
-        "num-clients": 10, "num-server-rounds": rounds, "partition": "dirichlet:0.5",
-        "dp-epsilon": 8.0, "secure-aggregation": "ckks",
-        "malicious": 0.2, "attack": "scaling", "max-malicious": 2, "seed": 0,
-        "data-dir": data_dir,
-    })
-    guarded = build_config({**common, "defense": "norm,multikrum,cosine",
-                            "out-dir": str(parent / "guarded")})
-    s1 = run_simulation_cli(guarded)
-    results = [("encrypted filter (norm,multikrum,cosine)", s1, parent / "guarded")]
-    if baseline:
-        plain = build_config({**common, "defense": "none", "out-dir": str(parent / "unfiltered")})
-        console.print("\n[bold]baseline[/]: the same federation without filtering")
-        results.append(("no filter (baseline)", run_simulation_cli(plain), parent / "unfiltered"))
+    Runs three federations and ends with a table (accuracy, who was rejected, ε spent, upload
+    bytes per parameter, run folders); DEMO_FOLDER/report.html shows the three curves in one plot.
+    """
+    from simulations import demo as D
+
+    parent = resolve_out(out, "demo")
+    try:
+        profile, chosen_dir = D.pick_profile(data_dir, lambda m: console.print(f"[yellow]note:[/] {m}"),
+                                             allow_install=install_data)
+    except FedguardError as exc:
+        _fail(f"--data-dir: {exc}")
+        raise
+    sizes = D.PROFILES[profile]
+    console.print(f"[bold]fedguard demo[/] on the {'full Fashion-MNIST set' if profile == 'full' else 'bundled subset'}: "
+                  f"{sizes['num-clients']} clients ({sizes['malicious']:.0%} attacking with {D.ATTACK}), "
+                  f"DP ε = {sizes['dp-epsilon']:g} per client, CKKS aggregation; three runs, seed {seed}")
+
+    def run(label: str, cfg: FedConfig) -> dict[str, Any]:
+        console.print(f"\n[bold]{label}[/]")
+        return run_simulation_cli(cfg, header=False)
+
+    runs = D.run_demo(profile, parent, seed=seed, rounds=rounds, data_dir=chosen_dir, run=run)
     console.print()
-    for label, s, folder in results:
-        console.print(f"{label:<42} final accuracy {_pct(s.get('final_accuracy')):>9}   "
-                      f"max ε {s.get('max_epsilon') or 0:.2f}   run folder: {folder}")
+    console.print(D.render_table(runs), markup=False)
+    console.print(D.verdict(runs))
+    console.print(f"report: {parent / 'report.html'}")
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder (with metrics.jsonl), e.g. runs/sim-20261201-120000.")],
+) -> None:
+    """(Re)write RUN_DIR/report.html: a self-contained page of the run's rounds, ε, filter decisions and costs."""
+    from server.html_report import write_report
+
+    try:
+        path = write_report(run_dir.expanduser().resolve())
+    except FileNotFoundError as exc:
+        _fail(f"RUN_DIR: {exc}")
+        raise
+    console.print(f"written: {path}")
 
 
 @bench_app.command("dp")
@@ -210,7 +233,8 @@ def bench_dp_cmd(
                 "num-clients": 10, "num-server-rounds": rounds, "partition": "dirichlet:0.5",
                 "dp-epsilon": eps, "out-dir": str(out.parent / f"{out.stem}-federated-eps{eps:g}")}))
             err.print(f"[bench dp] federated ε={eps:g}: {cfg.run.clients} clients, {rounds} rounds")
-            summary = run_sim(cfg, progress=lambda line: err.print("  " + line))
+            with RoundProgress(rounds, console=err, prefix="  ") as display:
+                summary = run_sim(cfg, display=display)
             runs.append({"target_epsilon": eps, "max_epsilon": summary["max_epsilon"],
                          "final_accuracy": summary["final_accuracy"],
                          "accuracy_by_round": summary["accuracy_by_round"],
@@ -308,11 +332,19 @@ def scenarios(
 
     quiet_flower()
     try:
-        rows = run_matrix(matrix, out_dir, progress=lambda line: console.print(line), only=only,
-                          fresh=fresh)
+        rows = run_matrix(matrix, out_dir, progress=lambda line: console.print(line, markup=False),
+                          only=only, fresh=fresh, console=console)
     except ValueError as e:
         _fail(str(e))
-    console.print((out_dir / "results.md").read_text())
+    from server.html_report import write_comparison
+
+    page = write_comparison(out_dir / "report.html",
+                            [(r["scenario"], Path(r["run_folder"])) for r in rows
+                             if (Path(r["run_folder"]) / "metrics.jsonl").is_file()],
+                            title=f"fedguard scenarios ({matrix})",
+                            table=(out_dir / "results.md").read_text())
+    console.print((out_dir / "results.md").read_text(), markup=False)
+    console.print(f"report: {page}")
     console.print(f"{len(rows)} scenario(s); results in {out_dir}")
 
 

@@ -21,11 +21,14 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from federation.config import FedConfig, from_flat
 from simulations.attacks import ATTACKS
 from simulations.simulate import with_dp_recipe
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 __all__ = ["MATRICES", "Scenario", "markdown_table", "run_matrix", "scenarios"]
 
@@ -106,10 +109,13 @@ def run_matrix(
     dp_epsilon: float = 8.0,
     only: Iterable[str] | None = None,
     fresh: bool = False,
+    console: Console | None = None,
 ) -> list[dict[str, Any]]:
     """Run every scenario of ``matrix`` (or those whose name contains one of ``only``).
 
     Scenarios already recorded in ``out_dir/results.json`` are skipped unless ``fresh``.
+    With ``console``, each scenario's rounds print there under a live progress line
+    (:class:`server.progress.RoundProgress`) instead of through ``progress``.
     """
     from simulations.simulate import simulate
 
@@ -125,7 +131,13 @@ def run_matrix(
         progress(f"[{i}/{len(chosen)}] {sc.name}")
         t = time.time()
         cfg = _config(sc, MATRICES[matrix]["flat"], out_dir, dp_epsilon)
-        summary = simulate(cfg, progress=lambda line: progress("    " + line))
+        if console is not None:
+            from server.progress import RoundProgress
+
+            with RoundProgress(cfg.run.rounds, console=console, prefix="    ") as display:
+                summary = simulate(cfg, display=display)
+        else:
+            summary = simulate(cfg, progress=lambda line: progress("    " + line))
         rows.append({
             "scenario": sc.name, "attack": sc.attack, "defense": sc.defense, "mode": sc.mode,
             "dp": sc.dp, "final_accuracy": summary.get("final_accuracy"),

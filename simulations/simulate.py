@@ -15,10 +15,13 @@ import tempfile
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from federation.config import DP_RECIPE, FedConfig, to_flat
 from federation.errors import ConfigError
+
+if TYPE_CHECKING:
+    from server.progress import RoundProgress
 
 
 def with_dp_recipe(flat: Mapping[str, Any]) -> dict[str, Any]:
@@ -53,11 +56,14 @@ def simulate(
     progress: Callable[[str], None] | None = None,
     cpus: int | None = None,
     client_app: Any = None,
+    display: RoundProgress | None = None,
 ) -> dict[str, Any]:
     """Run ``cfg`` with ``cfg.run.clients`` simulated SuperNodes and return the run summary.
 
     ``cfg.run.out_dir`` must be absolute. ``cpus`` caps the Ray workers (default: all cores,
-    one client per core, one torch thread per client).
+    one client per core, one torch thread per client). With ``display``, every message phase
+    shows on its live line and the round lines go through :meth:`RoundProgress.line`
+    (``progress`` is then ignored); the caller starts and stops the display.
     """
     if cfg.run.clients < 1:  # 0 ("every connected node") has no meaning when we create them
         raise ConfigError("num-clients", "a simulation needs a number of clients (>= 1)")
@@ -70,12 +76,19 @@ def simulate(
 
     if client_app is None:
         client_app = _client_app_for(cfg)
-    server_app = make_server_app(to_flat(cfg), progress=progress)
+    if display is not None:
+        server_app = make_server_app(to_flat(cfg), progress=display.line, grid_hook=display.watch)
+    else:
+        server_app = make_server_app(to_flat(cfg), progress=progress)
     ncpu = cpus or os.cpu_count() or 1
     backend: Mapping[str, Any] = {
         "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
         "init_args": {"num_cpus": ncpu, "num_gpus": 0, "include_dashboard": False,
-                      "log_to_driver": True, "logging_level": logging.ERROR},
+                      # Worker output stays in Ray's log files ($RAY_TMPDIR/session_latest/logs):
+                      # forwarded, every ClientAppActor adds a coloured "Manually terminating"
+                      # warning at shutdown (Flower logs it, Opacus' root handler prints it).
+                      # A failing client is still seen: its error reply is recorded with a reason.
+                      "log_to_driver": False, "logging_level": logging.ERROR},
     }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)

@@ -37,6 +37,10 @@ def test_simulation_trains_and_writes_its_run_folder(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "round   1/2" in proc.stdout and "round   2/2" in proc.stdout
     assert "final accuracy" in proc.stdout
+    # a clean console (issue 14): no Ray actor-shutdown warnings, no colour codes in a pipe
+    assert "Manually terminating" not in proc.stdout + proc.stderr
+    assert "\x1b[" not in proc.stdout + proc.stderr
+    assert (out / "report.html").read_text().startswith("<!DOCTYPE html>")
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["rounds_completed"] == 2

@@ -186,3 +186,28 @@ def test_garbage_without_a_filter_is_rolled_back_attributed_and_redone(
     # the same attacker's group is excluded every round
     common = set(rec.rounds[0].recovery["excluded"]) & set(rec.rounds[1].recovery["excluded"])
     assert len(common) >= 1
+
+
+def test_a_loss_regression_is_rolled_back_and_a_round_too_small_to_attribute_is_lost(
+        fake_grid, recorder) -> None:
+    from federation.records import record_vector
+
+    cfg = _cfg(**{"secure-aggregation": "none", "num-server-rounds": 2})
+
+    def boost(node: int, reply):  # a x50 update: in range, but it ruins the model
+        if node == 101 and reply.metadata.message_type == P.MSG_TRAIN and reply.has_content() \
+                and P.UPDATE_PLAIN in reply.content.array_records:
+            vec = record_vector(reply.content.array_records[P.UPDATE_PLAIN], 39210)
+            reply.content[P.UPDATE_PLAIN] = vector_record(vec * 50)
+        return reply
+
+    rec = recorder()
+    scheme = make_scheme(cfg)
+    result = run_federation(fake_grid(client_app, 3, tamper=boost), cfg, scheme, observer=rec)
+    assert result.rounds_completed == 2 and not result.stopped_early
+    assert result.rolled_back_rounds == [1, 2]
+    refused = [e for e in rec.audit if e.get("event") == "global-refused"]
+    assert refused and all(str(e["reason"]).startswith("loss-regression") for e in refused)
+    lost = [e for e in rec.audit if e.get("event") == "round-lost"]
+    assert [e["round"] for e in lost] == [1, 2]  # 3 updates: one group, nothing to attribute
+    assert scheme.global_round == 0  # the initial model stands; the run still ended normally

@@ -1,0 +1,211 @@
+"""A live progress line for long federations: which round, which phase, who replied, how long.
+
+One component serves ``fedguard simulate``, ``scenarios``, ``bench`` and the deployment server.
+It needs two things from a run, neither of which changes the round loop:
+
+* :meth:`RoundProgress.watch` wraps the Flower ``Grid`` the loop talks to. Every message phase of
+  the loop (train, screen, key setup, final evaluation) is one ``send_and_receive`` call; the
+  wrapper pushes the messages, pulls replies itself and updates the live line after each pull
+  (``replied / expected``, seconds since the phase began). Round number and phase come from the
+  messages' ``group_id`` and ``message_type`` (:mod:`federation.protocol`).
+* :meth:`RoundProgress.line` is the ``progress`` callable of :class:`server.report.RunWriter`:
+  finished round lines are printed above the live line, so the console keeps one line per round.
+
+Wiring in a ServerApp::
+
+    display = RoundProgress(total_rounds=cfg.run.rounds)
+    with display:
+        app = make_server_app(flat, progress=display.line, grid_hook=display.watch)
+
+When the console is not a terminal (a pipe, a file, CI) there is no live line and no terminal
+control codes at all: only the finished lines are printed, as plain text.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from types import TracebackType
+from typing import Any
+
+from flwr.app import Message
+from rich.console import Console
+from rich.live import Live
+from rich.text import Text
+
+from federation import protocol as P
+
+__all__ = ["PHASE_NAMES", "RoundProgress", "phase_name"]
+
+PHASE_NAMES: dict[str, str] = {
+    P.MSG_TRAIN: "train",
+    P.MSG_EVALUATE: "final evaluation",
+    P.MSG_KEYS_SETUP: "key setup",
+    P.MSG_KEYS_WRAP: "key setup",
+    P.MSG_SCREEN: "encrypted screening",
+}
+"""Message type -> the phase name shown on the live line."""
+
+_MIN_PULL_WAIT = 0.05  # s: first pause between two pulls of replies
+_MAX_PULL_WAIT = 0.5  # s: the pause grows by half after every empty pull, up to this
+
+
+def phase_name(message_type: str) -> str:
+    """The live line's name for a message type (the type itself when it is not ours)."""
+    return PHASE_NAMES.get(message_type, message_type)
+
+
+class RoundProgress:
+    """Live ``round r/R · phase · k/n replied · t s`` line plus the finished round lines.
+
+    Parameters
+    ----------
+    total_rounds:
+        Rounds the run plans (the ``R`` shown); > 0.
+    console:
+        Where to draw; default a new stdout console. The live line is drawn only when this
+        console is a terminal.
+    live:
+        Force the live line on or off (default: on exactly when ``console.is_terminal``).
+    clock:
+        Monotonic seconds (a parameter so tests can drive time).
+    prefix:
+        Put before every finished line and the live line (e.g. an indent under a heading).
+
+    Thread safety: the ServerApp of a simulation runs in a thread of its own; every update
+    goes through one lock, and rich's ``Live`` redraws from its own thread.
+    """
+
+    def __init__(self, total_rounds: int, *, console: Console | None = None,
+                 live: bool | None = None, clock: Callable[[], float] = time.monotonic,
+                 prefix: str = "") -> None:
+        if total_rounds < 1:
+            raise ValueError(f"total_rounds must be >= 1, got {total_rounds}")
+        self.total_rounds = total_rounds
+        self.console = console or Console(highlight=False, soft_wrap=True)
+        self.enabled = self.console.is_terminal if live is None else live
+        self._clock = clock
+        self.prefix = prefix
+        self._lock = threading.Lock()
+        self._live: Live | None = None
+        self._status = ""
+        self.lines: list[str] = []
+        """Every finished line printed so far (plain text)."""
+        self.phases: list[tuple[str, str, int, int]] = []
+        """``(round, phase, replied, expected)`` at the end of every phase seen so far."""
+
+    # -- lifetime -------------------------------------------------------------------------
+    def __enter__(self) -> RoundProgress:
+        self.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Start drawing the live line (nothing happens when it is disabled)."""
+        with self._lock:
+            self._status = f"{self.prefix}starting: clients, data and models load before the first phase"
+            if self.enabled and self._live is None:
+                self._live = Live(Text(self._status, style="dim"), console=self.console, transient=True,
+                                  refresh_per_second=4, redirect_stdout=False,
+                                  redirect_stderr=False)
+                self._live.start()
+
+    def stop(self) -> None:
+        """Remove the live line; finished lines stay."""
+        with self._lock:
+            if self._live is not None:
+                self._live.stop()
+                self._live = None
+
+    # -- what the run feeds in --------------------------------------------------------------
+    def line(self, text: str) -> None:
+        """Print a finished line (a round, a note) above the live line, as plain text."""
+        with self._lock:
+            self.lines.append(text)
+            self.console.print(Text(self.prefix + text))
+
+    def status(self) -> str:
+        """The live line's current text ('' before the first phase)."""
+        with self._lock:
+            return self._status
+
+    def _update(self, round_: str, message_type: str, replied: int, expected: int,
+                seconds: float) -> None:
+        if not round_.isdigit() or int(round_) > self.total_rounds:
+            where = "after the last round"
+        elif int(round_) == 0:  # setup phases (keys) come before round 1
+            where = "before round 1"
+        else:
+            where = f"round {round_}/{self.total_rounds}"
+        text = (f"{self.prefix}{where} · {phase_name(message_type)} · {replied}/{expected} replied · "
+                f"{seconds:.1f} s")
+        with self._lock:
+            self._status = text
+            if self._live is not None:
+                self._live.update(Text(text, style="dim"), refresh=True)
+
+    def _phase_done(self, round_: str, message_type: str, replied: int, expected: int) -> None:
+        with self._lock:
+            self.phases.append((round_, phase_name(message_type), replied, expected))
+            if message_type == P.MSG_EVALUATE:  # the last phase: what remains is shutdown
+                self._status = f"{self.prefix}finishing: writing the run folder, stopping the clients"
+                if self._live is not None:
+                    self._live.update(Text(self._status, style="dim"))
+
+    def watch(self, grid: Any) -> Any:
+        """``grid`` with its message phases reported on the live line (everything else as is)."""
+        return _WatchedGrid(grid, self)
+
+
+class _WatchedGrid:
+    """A Grid whose ``send_and_receive`` reports its progress; the rest is delegated.
+
+    It pushes the messages and pulls the replies itself (the same contract as Flower's
+    ``send_and_receive``: return the replies that arrived before ``timeout``), pausing
+    ``_MIN_PULL_WAIT`` s after a pull that brought replies and up to ``_MAX_PULL_WAIT`` s after
+    empty ones.
+    """
+
+    def __init__(self, grid: Any, progress: RoundProgress) -> None:
+        self._grid = grid
+        self._progress = progress
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)
+
+    def send_and_receive(self, messages: Iterable[Message], *,
+                         timeout: float | None = None) -> Iterable[Message]:
+        msgs = list(messages)
+        if not msgs:
+            return []
+        round_, mtype = msgs[0].metadata.group_id, msgs[0].metadata.message_type
+        clock = self._progress._clock
+        started = clock()
+        if not hasattr(self._grid, "push_messages"):  # a grid that only knows the whole phase
+            self._progress._update(round_, mtype, 0, len(msgs), 0.0)
+            got = list(self._grid.send_and_receive(msgs, timeout=timeout))
+            self._progress._update(round_, mtype, len(got), len(msgs), clock() - started)
+            self._progress._phase_done(round_, mtype, len(got), len(msgs))
+            return got
+        pending = set(self._grid.push_messages(msgs))
+        expected = len(pending)
+        replies: list[Message] = []
+        wait = _MIN_PULL_WAIT
+        end = None if timeout is None else started + timeout
+        self._progress._update(round_, mtype, 0, expected, 0.0)
+        while pending:
+            got = list(self._grid.pull_messages(pending))
+            replies.extend(got)
+            pending.difference_update(m.metadata.reply_to_message_id for m in got)
+            now = clock()
+            self._progress._update(round_, mtype, len(replies), expected, now - started)
+            if not pending or (end is not None and now >= end):
+                break
+            wait = _MIN_PULL_WAIT if got else min(wait * 1.5, _MAX_PULL_WAIT)
+            time.sleep(wait if end is None else max(min(wait, end - now), 0.0))
+        self._progress._phase_done(round_, mtype, len(replies), expected)
+        return replies

@@ -1,0 +1,94 @@
+"""The live progress line, fed by a real round loop and the real ClientApp over a push/pull grid."""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flwr.app import Message
+from rich.console import Console
+
+from clients.app import app as client_app
+from federation.config import FedConfig, from_flat
+from server.app import run_server
+from server.progress import RoundProgress
+
+ANSI = re.compile(r"\x1b\[")
+
+
+class _PushPullGrid:
+    """The conftest FakeGrid behind Flower's push/pull interface: one reply per pull."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.queue: dict[str, Message] = {}
+        self.pulls = 0
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.inner.get_node_ids())
+
+    def push_messages(self, messages: Iterable[Message]) -> list[str]:
+        msgs = list(messages)
+        replies = self.inner.send_and_receive(msgs)
+        for reply in replies:
+            self.queue[reply.metadata.reply_to_message_id] = reply
+        return [m.metadata.message_id for m in msgs]
+
+    def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
+        self.pulls += 1
+        for mid in message_ids:
+            if mid in self.queue:
+                return [self.queue.pop(mid)]
+        return []
+
+
+def _cfg(tmp_path: Path, **flat: Any) -> FedConfig:
+    return from_flat({"num-clients": 3, "num-server-rounds": 2, "partition": "iid",
+                      "data-dir": "subset", "batch-size": 32, "out-dir": str(tmp_path / "run"),
+                      "secure-aggregation": "ckks", "defense": "norm,cosine", **flat})
+
+
+def test_every_phase_shows_replied_over_expected_and_rounds_print_once(fake_grid: Any, tmp_path: Path) -> None:
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=True, width=120)
+    cfg = _cfg(tmp_path)
+    grid = _PushPullGrid(fake_grid(client_app, 3))
+    with RoundProgress(cfg.run.rounds, console=console) as display:
+        assert display.enabled
+        summary = run_server(display.watch(grid), cfg, progress=display.line)
+    assert summary["rounds_completed"] == 2
+    phases = display.phases
+    # key setup, then per round: train and encrypted screening; then the final evaluation
+    assert ("1", "train", 3, 3) in phases and ("2", "train", 3, 3) in phases
+    assert ("1", "encrypted screening", 2, 2) in phases  # a quorum of 2 key holders
+    assert phases[0][1] == "key setup" and phases[-1] == ("3", "final evaluation", 3, 3)
+    assert grid.pulls >= 3 * 2  # replies were pulled one by one: the line could count them
+    assert phases[0][0] == "0"  # shown as "before round 1"
+    assert display.status().startswith("finishing")  # after the last phase only shutdown remains
+    # one finished line per round, in order, above the live line
+    assert [line.split()[1] for line in display.lines] == ["1/2", "2/2"]
+    text = buf.getvalue()
+    assert "round   1/2" in text and "round   2/2" in text
+    assert re.search(r"round 2/2 · train · [0-3]/3 replied · \d+\.\d s", text)  # the drawn live line
+
+
+def test_not_a_terminal_means_no_live_line_and_no_control_codes(fake_grid: Any, tmp_path: Path) -> None:
+    buf = io.StringIO()
+    console = Console(file=buf, width=120)  # a StringIO is not a terminal
+    cfg = _cfg(tmp_path, **{"num-server-rounds": 1, "secure-aggregation": "none", "defense": "none"})
+    with RoundProgress(1, console=console) as display:
+        assert not display.enabled
+        run_server(display.watch(_PushPullGrid(fake_grid(client_app, 3))), cfg, progress=display.line)
+    text = buf.getvalue()
+    assert not ANSI.search(text)
+    assert text.splitlines() == display.lines and len(display.lines) == 1
+    assert display.phases[0] == ("1", "train", 3, 3)  # still counted, only not drawn
+
+
+def test_rounds_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="total_rounds"):
+        RoundProgress(0)
