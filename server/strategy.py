@@ -41,7 +41,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from federation import protocol as P
-from federation.aggregation import integer_weights
+from federation.aggregation import capped_counts, integer_weights
 from federation.arrays import ArrayLayout
 from federation.config import FLAT_KEYS, FedConfig, SecureAggregation, from_flat, to_flat
 from federation.errors import ConfigError, FedguardError, ProtocolError, RejectedUpdate
@@ -174,7 +174,8 @@ class FedguardStrategy(Strategy):
                 self._has_initial.add(node)
             user_cfg = msg.content.config_records.get(P.CONFIG)
             rd[P.CONFIG] = user_cfg if user_cfg is not None else ConfigRecord({})
-            rd[P.CFG] = ConfigRecord({**flat, "round": server_round, "node-id": node})
+            rd[P.CFG] = ConfigRecord({**flat, "round": server_round, "node-id": node,
+                                      P.GLOBAL_ROUND: self.scheme.global_round})
             out.append(Message(rd, dst_node_id=node, message_type=msg.metadata.message_type,
                                group_id=str(server_round)))
         self._sent = out
@@ -244,8 +245,12 @@ class FedguardStrategy(Strategy):
         if not accepted:
             report.note = "no update accepted: the global model is unchanged this round"
             return None, None
-        weights = integer_weights([counts[n] for n in accepted])
-        self.scheme.aggregate([payloads[n] for n in accepted], [int(w) for w in weights])
+        # the same weights as fedguard's own loop: counts capped at weight-cap x median, then
+        # integers summing to K (trainers check both before they decrypt)
+        capped = capped_counts([counts[n] for n in accepted], self.cfg.recover.weight_cap)
+        weights = integer_weights(capped)
+        self.scheme.aggregate([payloads[n] for n in accepted], [int(w) for w in weights],
+                              server_round)
         report.timings = {"aggregate-and-screen": time.monotonic() - t0}
         report.bytes_up = {n: int(metrics[n].get("bytes-up", 0)) for n in accepted}
         agg = _weighted_metrics([metrics[n] for n in accepted], [counts[n] for n in accepted])
