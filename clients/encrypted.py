@@ -1,5 +1,5 @@
 """The trainer's side of CKKS: key setup, decrypting the global model, encrypting updates,
-and decrypting masked screening statistics.
+and answering screening challenges (seed-bound projections; it never decrypts a statistic).
 
 Key material lives in the node's persistent state (``context.state``: SuperNode memory,
 never sent anywhere): the X25519 wrap key of the in-band setup and the CKKS secret context.
@@ -24,7 +24,7 @@ from flwr.app import ConfigRecord, ConfigRecordValues, MetricRecord, RecordDict
 from crypto import Preset, SecretContext, decrypt, encrypt, wire
 from crypto.keys import WrapKeyPair, load_trainer_bundle, unwrap_secret, wrap_secret
 from crypto.provenance import SEED_BYTES, SeedSum, matches, seed_sum
-from crypto.stats import decrypt_scalars
+from crypto.stats import Challenge, holder_projections
 from federation import protocol as P
 from federation.aggregation import UPDATE_VALUE_BOUND, WEIGHT_DENOMINATOR, weights_within_cap
 from federation.config import FLAT_KEYS, MAX_WEIGHT_CAP, MIN_GROUP_SIZE, FedConfig, from_flat
@@ -51,10 +51,11 @@ __all__ = [
 
 _STATE_CKKS = "fg-ckks"  # ConfigRecord {"secret": bytes}
 _STATE_WRAP = "fg-wrap"  # ConfigRecord {"private": bytes}
-_STATE_ROUND = "fg-round"  # ConfigRecord {"round", "clients", "screened"}: limits decryptions
+_STATE_ROUND = "fg-round"  # ConfigRecord {"round", "clients", "screened"}: limits screening
+_STATE_SCREENED = "fg-screened"  # ConfigRecord {"last-round", "seeds"}: every seed answered
 _STATE_SEED_SUM = "fg-seed-sum"  # ConfigRecord {"run", "digest", "sum"}: c1 of the last global
 _STATE_ATTRIBUTED = "fg-attributed"  # ConfigRecord {"rounds": [...]}: one attribution per round
-MAX_SCREEN_STATISTICS = 100_000
+MAX_SCREEN_VALUES = 2**27  # longest vector a screening request may name (bounds the work)
 MAX_PROVENANCE = 1_000_000  # uploads one global may list (rounds x clients)
 MAX_CANDIDATES = 64  # candidate sums in one attribution request
 
@@ -394,33 +395,64 @@ def note_round(state: RecordDict, round_: int, clients: int) -> None:
     state[_STATE_ROUND] = ConfigRecord({"round": round_, "clients": clients, "screened": 0})
 
 
-def handle_screen(content: RecordDict, state: RecordDict, node_config: Mapping[str, Any],
-                  run_id: int) -> RecordDict:
-    """Decrypt masked statistics and return only each one's slot sum.
+def _screen_challenge(content: RecordDict, state: RecordDict) -> Challenge:
+    """Parse and check a screening request against what this key holder knows.
 
-    A key holder is a decryption oracle for whoever asks, so it answers at most one
-    screening request per round it trained in, with at most ``n + n(n-1)/2`` statistics
-    (squared norms and pair distances of the round's n clients).
+    A key holder answers at most one request per round it trained in, for rounds that only
+    increase, with at most as many seeds as the federation has clients, each seed distinct
+    and never answered before (in any round), and ``r <= MAX_REPETITIONS``. The challenge's
+    ``z`` is recomputed from the seeds it names, so the server cannot choose it.
     """
-    ctx = secret_context(content, state, node_config, run_id)
-    arrays = content.array_records.get(P.SCREEN)
-    cfg = content.config_records.get(P.CFG)
+    req = content.config_records.get(P.SCREEN)
     seen = state.config_records.get(_STATE_ROUND)
-    if arrays is None or cfg is None or seen is None:
-        raise ProtocolError("bad screening request")
-    n = int(seen["clients"])  # type: ignore[arg-type]
-    if cfg.get("round") != seen["round"]:
+    if req is None or seen is None:
+        raise ProtocolError("screening request without a round this trainer trained in")
+    round_, reps, length = (req.get(P.SCREEN_ROUND), req.get(P.SCREEN_REPETITIONS),
+                            req.get(P.SCREEN_LENGTH))
+    nonce, seeds = req.get(P.SCREEN_NONCE), req.get(P.SCREEN_SEEDS)
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (round_, reps, length)):
+        raise ProtocolError("screening request: round, repetitions and length must be ints")
+    if round_ != seen["round"]:
         raise ProtocolError("screening request for another round")
     if seen["screened"]:
         raise ProtocolError("a second screening request in this round")
-    if len(arrays) > min(MAX_SCREEN_STATISTICS, n + n * (n - 1) // 2):
-        raise ProtocolError("more statistics than this round can need")
+    history = state.config_records.get(_STATE_SCREENED)
+    last = int(history["last-round"]) if history is not None else 0  # type: ignore[arg-type]
+    if int(round_) <= last:  # type: ignore[arg-type]
+        raise ProtocolError("screening request for a round already screened")
+    if not isinstance(seeds, list) or not seeds or len(seeds) > int(seen["clients"]):  # type: ignore[arg-type]
+        raise ProtocolError("screening request: more seeds than the round can have")
+    if not 1 <= int(length) <= MAX_SCREEN_VALUES:  # type: ignore[arg-type]
+        raise ProtocolError("screening request: bad vector length")
+    answered = bytes(history["seeds"]) if history is not None else b""  # type: ignore[arg-type]
+    known = {answered[i:i + 32] for i in range(0, len(answered), 32)}
+    if any(isinstance(sd, bytes) and sd in known for sd in seeds):
+        raise ProtocolError("screening request names a seed answered before")
+    try:
+        return Challenge(int(round_), int(reps), int(length), nonce, tuple(seeds))  # type: ignore[arg-type]
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(f"bad screening request: {exc}") from None
+
+
+def handle_screen(content: RecordDict, state: RecordDict, node_config: Mapping[str, Any],
+                  run_id: int) -> RecordDict:
+    """Answer a screening challenge with flooded projections of ``a_i * s`` (no ``c0`` seen).
+
+    See :mod:`crypto.stats`: the answer is ``<z_k, a_i * s> + f_ik mod q`` for every seed
+    ``i`` and repetition ``k``, ``n * r`` residues; the request is checked first
+    (:func:`_screen_challenge`) and its seeds are remembered so none is answered twice.
+    """
+    ctx = secret_context(content, state, node_config, run_id)
+    challenge = _screen_challenge(content, state)
+    seen = state.config_records[_STATE_ROUND]
     seen["screened"] = 1
-    limit = wire.statistic_size(ctx.preset, 3)
-    blobs = [record_bytes(arrays, k, limit) for k in sorted(arrays.keys())]
-    values = decrypt_scalars(ctx, blobs)
+    history = state.config_records.get(_STATE_SCREENED)
+    answered = bytes(history["seeds"]) if history is not None else b""  # type: ignore[arg-type]
+    state[_STATE_SCREENED] = ConfigRecord({"last-round": challenge.round,
+                                           "seeds": answered + b"".join(challenge.seeds)})
+    values = holder_projections(ctx, challenge)
     return RecordDict({
-        P.SCREEN: MetricRecord({"values": [float(v) for v in values]}),
+        P.SCREEN: MetricRecord({P.SCREEN_VALUES: [int(v) for row in values for v in row]}),
         P.STATUS: ConfigRecord({"code": P.STATUS_OK, "reason": ""}),
         P.METRICS: MetricRecord({}),
     })

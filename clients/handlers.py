@@ -281,7 +281,8 @@ def handle_train(
         metrics["train-loss"] = result.mean_loss
     arrays = secure.encode_update(update, state, cfg, metrics)
     if hooks.poison_upload is not None:
-        arrays = hooks.poison_upload(arrays, {"round": round_, "cfg": cfg, "partition-id": pid})
+        arrays = hooks.poison_upload(arrays, {"round": round_, "cfg": cfg, "partition-id": pid,
+                                              "state": state, "global": global_vec})
     return _with_vote(_reply(P.STATUS_OK, "", metrics, arrays), global_round, True, "")
 
 

@@ -7,7 +7,6 @@ add; only a :class:`SecretContext` (trainers') can decrypt.
 
 from crypto.ckks import (
     EncryptedVector,
-    MaskedStatistic,
     Preset,
     PublicContext,
     SecretContext,
@@ -19,7 +18,6 @@ from crypto.ckks import (
 
 __all__ = [
     "EncryptedVector",
-    "MaskedStatistic",
     "Preset",
     "PublicContext",
     "SecretContext",

@@ -38,7 +38,7 @@ import os
 import struct
 import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Final
 
 import numpy as np
@@ -65,10 +65,6 @@ _CT_META = struct.Struct("<4QBQQQdQ")  # parms_id, is_ntt, size, degree, rns cou
 _PT_META = struct.Struct("<4QQd")  # parms_id, coeff count, scale
 _EXTRA_WORDS: Final = 64  # oversampling per expanded row (rejections are ~1e-5 likely each)
 
-# Statistic plan operation codes (see lazy_statistics).
-OP_SQUARE: Final = 0
-OP_DIFF_SQUARE: Final = 1
-OP_PRODUCT: Final = 2
 
 
 class _Scratch:
@@ -421,88 +417,137 @@ class SecretKeys:
             out[c] = r.decode(pt, complex_slots=complex_slots)
         return out
 
-    def decrypt_polys(self, polys: U64Array, scale: float) -> F64Array:
-        """Decrypt one ciphertext of 2 or 3 polynomials; returns the real slot values."""
-        r = self.ring
-        ct = r.load_ciphertext(polys, scale)
-        pt = _S.Plaintext()
-        self._decryptor.decrypt(ct, pt)
-        return np.asarray(r.decode(pt, complex_slots=False), dtype=np.float64)
+
+# -- coefficient-domain projections (screening without ciphertext products) ------------------
+#
+# SEAL keeps ciphertexts in NTT form. A projection <z, dec> in the *coefficient* domain needs
+# the inverse negacyclic NTT; SEAL's Python binding would make us read every coefficient out
+# one by one (~250 ns each), so the transform is done here in numpy, batched over polynomials.
+# It reproduces SEAL's forward transform (Harvey/Cooley-Tukey, bit-reversed powers of the
+# minimal primitive 2N-th root of unity), and inverts it stage by stage; the tests check it
+# against SEAL itself (the secret key comes out ternary, a decryption comes out small).
 
 
-Operand = tuple[U64Array, Callable[[int, int], U64Array]]
-"""``(c0 of every chunk, function (start, stop) -> c1 of those chunks)``."""
+def _mulmod_f(
+    a: U64Array, w: U64Array | np.uint64, w_over_q: F64Array | np.float64, q: int
+) -> U64Array:
+    """``a * w mod q`` for ``a, w < q < 2^57`` (elementwise, broadcasting), exact.
 
-
-def lazy_statistics(
-    public: PublicKeys,
-    operands: Sequence[Operand],
-    plan: Sequence[tuple[int, int, int]],
-    masks: Sequence[C128Array],
-    scale: float,
-    chunks: int,
-    *,
-    block: int = 16,
-    progress: Callable[[int, int], None] | None = None,
-) -> tuple[list[U64Array], set[int]]:
-    """Sum lazy ciphertext products over chunks, one masked ciphertext per plan entry.
-
-    Each plan entry ``(op, i, j)`` asks for ``sum_chunks f(x_i, x_j)`` where ``f`` is
-    ``x_i * x_i`` (``OP_SQUARE``), ``(x_i - x_j)^2`` (``OP_DIFF_SQUARE``) or
-    ``x_i * x_j`` (``OP_PRODUCT``), computed without relinearisation or rescaling, so
-    the result has 3 polynomials at scale ``scale**2``. Its accumulator starts as a
-    fresh public-key encryption of ``masks[k]`` (also at ``scale**2``), which both
-    adds the zero-sum mask and re-randomises the result.
-
-    Work is done chunk block by chunk block, plan entry by plan entry, so one
-    accumulator stays in cache while the operand block is reused.
-
-    Returns
-    -------
-    (list of numpy.ndarray, set of int)
-        ``(3, primes, N)`` coefficients per plan entry, and the plan entries for which
-        some chunk difference ``x_i - x_j`` had an all-zero second polynomial (the two
-        ciphertexts share their randomness: a copy or replay). Such chunks are skipped,
-        so those statistics are incomplete.
+    The quotient is estimated in float64 (off by at most ~32 for 57-bit operands); the
+    remainder ``a*w - quot*q`` is exact in wrapping 64-bit arithmetic and, read as signed,
+    lies in ``(-40q, 40q)`` -- well inside int64 -- so one signed remainder finishes it.
     """
-    r = public.ring
-    ev = r._evaluator
-    product_scale = scale * scale
-    accs = [public.encrypt_to_seal(m, product_scale) for m in masks]
-    tmp = _S.Ciphertext(r._ctx, list(r._data_pid), 3)
-    degenerate: set[int] = set()
-    try:
-        for start in range(0, chunks, block):
-            stop = min(chunks, start + block)
-            loaded = []
-            for c0, c1_of in operands:
-                c1 = c1_of(start, stop)
-                loaded.append(
-                    [
-                        r.load_ciphertext(np.stack([c0[c], c1[c - start]]), scale)
-                        for c in range(start, stop)
-                    ]
-                )
-            for k, (op, i, j) in enumerate(plan):
-                acc = accs[k]
-                xs, ys = loaded[i], loaded[j]
-                for b in range(stop - start):
-                    if op == OP_SQUARE:
-                        ev.square(xs[b], tmp)
-                    elif op == OP_DIFF_SQUARE:
-                        try:
-                            ev.sub(xs[b], ys[b], tmp)
-                        except RuntimeError as exc:
-                            if "transparent" not in str(exc):
-                                raise
-                            degenerate.add(k)
-                            continue
-                        ev.square_inplace(tmp)
-                    else:
-                        ev.multiply(xs[b], ys[b], tmp)
-                    ev.add_inplace(acc, tmp)
-            if progress is not None:
-                progress(stop, chunks)
-    except (RuntimeError, ValueError) as exc:
-        raise CryptoError("encrypted statistic failed inside SEAL") from exc
-    return [r.read_ciphertext(acc) for acc in accs], degenerate
+    quot = (a.astype(np.float64) * w_over_q).astype(np.int64).view(np.uint64)  # >= 0: trunc = floor
+    rem = (a * w - quot * np.uint64(q)).view(np.int64)
+    out: U64Array = np.remainder(rem, np.int64(q)).view(np.uint64)
+    return out
+
+
+def _bitrev(k: int, bits: int) -> int:
+    return int(format(k, f"0{bits}b")[::-1], 2) if bits else 0
+
+
+def _minimal_root(order: int, q: int) -> int:
+    """The smallest primitive ``order``-th root of unity mod ``q`` (what SEAL picks)."""
+    if (q - 1) % order:
+        raise CryptoError("modulus does not support the NTT")
+    factors, rest, p = [], q - 1, 2
+    while p * p <= rest:
+        if rest % p == 0:
+            factors.append(p)
+            while rest % p == 0:
+                rest //= p
+        p += 1
+    if rest > 1:
+        factors.append(rest)
+    g = 2
+    while any(pow(g, (q - 1) // f, q) == 1 for f in factors):
+        g += 1
+    root = pow(g, (q - 1) // order, q)
+    # every primitive order-th root is root^k for odd k (order is a power of two)
+    square = root * root % q
+    best, cur = root, root
+    for _ in range(order // 2 - 1):
+        cur = cur * square % q
+        best = min(best, cur)
+    return best
+
+
+class NttTables:
+    """Precomputed twiddles of SEAL's negacyclic NTT for one prime and degree."""
+
+    def __init__(self, degree: int, q: int) -> None:
+        bits = degree.bit_length() - 1
+        psi = _minimal_root(2 * degree, q)
+        powers = [1] * degree
+        for i in range(1, degree):
+            powers[i] = powers[i - 1] * psi % q
+        rev = [powers[_bitrev(i, bits)] for i in range(degree)]  # SEAL's root_powers order
+        inv = [pow(w, q - 2, q) for w in rev]
+        self.degree: Final = degree
+        self.q: Final = q
+        self.fwd = np.array(rev, dtype=np.uint64)
+        self.fwd_q = np.array([w / q for w in rev], dtype=np.float64)
+        self.inv = np.array(inv, dtype=np.uint64)
+        self.inv_q = np.array([w / q for w in inv], dtype=np.float64)
+        n_inv = pow(degree, q - 2, q)
+        self.n_inv = np.uint64(n_inv)
+        self.n_inv_q = np.float64(n_inv / q)
+
+
+@functools.cache
+def ntt_tables(degree: int, q: int) -> NttTables:
+    return NttTables(degree, q)
+
+
+def _addmod(a: U64Array, b: U64Array, qq: np.uint64) -> U64Array:
+    s = a + b
+    out: U64Array = np.minimum(s, s - qq)
+    return out
+
+
+def ntt_forward(coeffs: U64Array, q: int) -> U64Array:
+    """SEAL's forward negacyclic NTT of each row of ``coeffs`` (``(..., N)``, reduced mod q)."""
+    shape = coeffs.shape
+    degree = shape[-1]
+    t_ = ntt_tables(degree, q)
+    qq = np.uint64(q)
+    a = np.array(coeffs, dtype=np.uint64).reshape(-1, degree)
+    m, t = 1, degree // 2
+    while m < degree:
+        v = a.reshape(len(a), m, 2, t)
+        x, y = v[:, :, 0, :], v[:, :, 1, :]
+        wy = _mulmod_f(y, t_.fwd[m : 2 * m, None], t_.fwd_q[m : 2 * m, None], q)
+        top = _addmod(x, wy, qq)
+        bottom = _addmod(x, qq - wy, qq)
+        v[:, :, 0, :] = top
+        v[:, :, 1, :] = bottom
+        m, t = 2 * m, t // 2
+    out: U64Array = a.reshape(shape)
+    return out
+
+
+def ntt_inverse(values: U64Array, q: int) -> U64Array:
+    """Inverse of :func:`ntt_forward` (NTT form -> coefficients), rows of ``(..., N)``."""
+    shape = values.shape
+    degree = shape[-1]
+    t_ = ntt_tables(degree, q)
+    qq = np.uint64(q)
+    a = np.array(values, dtype=np.uint64).reshape(-1, degree)
+    m, t = degree // 2, 1
+    while m >= 1:
+        v = a.reshape(len(a), m, 2, t)
+        x, y = v[:, :, 0, :], v[:, :, 1, :]
+        top = _addmod(x, y, qq)
+        diff = _addmod(x, qq - y, qq)
+        v[:, :, 1, :] = _mulmod_f(diff, t_.inv[m : 2 * m, None], t_.inv_q[m : 2 * m, None], q)
+        v[:, :, 0, :] = top
+        m, t = m // 2, 2 * t
+    a = _mulmod_f(a, t_.n_inv, np.float64(t_.n_inv_q), q)
+    out: U64Array = a.reshape(shape)
+    return out
+
+
+def pointwise_mulmod(a: U64Array, b: U64Array, q: int) -> U64Array:
+    """``a * b mod q`` elementwise for reduced operands (NTT-domain polynomial product)."""
+    return _mulmod_f(a, b, b.astype(np.float64) / float(q), q)

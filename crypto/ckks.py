@@ -6,7 +6,7 @@ Who holds what
   same CKKS secret key; TenSEAL has no threshold decryption). They encrypt their
   updates -- as *seeded* ciphertexts, half the size -- and decrypt aggregates.
 * **The server** holds only a :class:`PublicContext`. It can encrypt, add and weight
-  ciphertexts, and compute the lazy products of :mod:`crypto.stats`; it has no way to
+  ciphertexts, and project them for :mod:`crypto.stats`; it has no way to
   decrypt: a public context is a different type with no ``decrypt`` and no secret key
   inside (not a flag).
 
@@ -46,14 +46,15 @@ from federation.errors import CryptoError, KeyMismatch
 __all__ = [
     "Context",
     "EncryptedVector",
-    "MaskedStatistic",
     "Packing",
     "Preset",
     "PresetSpec",
     "PublicContext",
     "SecretContext",
     "add",
+    "add_coefficients",
     "decrypt",
+    "encode_coefficients",
     "encrypt",
     "weighted_sum",
 ]
@@ -146,7 +147,7 @@ class PresetSpec:
 class Preset(enum.Enum):
     """The CKKS parameter sets fedguard supports (no free-form knobs).
 
-    Measured on this project's 2-core reference machine (``crypto.bench``); fresh
+    Measured on this project's 2-core reference machine (``simulations.bench_crypto``); fresh
     symmetric encryption noise is a per-value absolute error.
     """
 
@@ -568,42 +569,6 @@ class EncryptedVector:
         )
 
 
-@dataclass(frozen=True, eq=False, repr=False)
-class MaskedStatistic:
-    """One ciphertext whose slot sum is a statistic, the slots hidden by a zero-sum mask.
-
-    Made by :mod:`crypto.stats` on the server; decrypted by a key holder, who learns
-    only the slot sum. ``scale_power`` is 2 for lazy products (scale Delta^2).
-    """
-
-    preset: Preset
-    fingerprint: str
-    scale_power: int
-    _polys: U64Array
-
-    def __post_init__(self) -> None:
-        spec = self.preset.spec
-        size = self._polys.shape[0] if self._polys.ndim == 3 else 0
-        if (
-            self._polys.dtype != np.uint64
-            or size not in (2, 3)
-            or self._polys.shape[1:] != (len(spec.data_moduli), spec.poly_degree)
-            or self.scale_power not in (1, 2)
-        ):
-            raise ValueError("inconsistent MaskedStatistic")
-        _readonly(self._polys)
-
-    @property
-    def polynomial_count(self) -> int:
-        return int(self._polys.shape[0])
-
-    def __repr__(self) -> str:
-        return (
-            f"MaskedStatistic(preset={self.preset.id!r}, fingerprint={self.fingerprint!r}, "
-            f"polynomials={self.polynomial_count})"
-        )
-
-
 # -- operations ------------------------------------------------------------------------
 
 
@@ -830,3 +795,57 @@ def weighted_sum(
 def add(ctx: Context, a: EncryptedVector, b: EncryptedVector) -> EncryptedVector:
     """``a + b`` on ciphertexts (same key, preset and length)."""
     return weighted_sum(ctx, [a, b], [1, 1])
+
+
+# -- plaintext coefficients --------------------------------------------------------------
+
+
+def encode_coefficients(preset: Preset, values: np.ndarray) -> npt.NDArray[np.int64]:
+    """The integer plaintext polynomials that encode ``values`` (one row of ``N`` per chunk).
+
+    ``values`` fills whole chunks (``chunks * values_per_chunk`` entries, padding included);
+    the result is ``round(Delta * embedding^-1(values))``, centred, ``(chunks, N)`` int64.
+    Any magnitude up to about ``q / (2 Delta)`` is allowed: this is what an attacker can put
+    into a plaintext, which is why the screen checks coefficients, not claims.
+    """
+    spec = preset.spec
+    if len(spec.data_moduli) != 1:
+        raise ValueError("encode_coefficients supports single-prime presets")
+    flat = np.asarray(values, dtype=np.float64).ravel()
+    per = spec.values_per_chunk
+    if flat.size == 0 or flat.size % per or not np.all(np.isfinite(flat)):
+        raise ValueError(f"values must fill whole chunks of {per} finite values")
+    q = spec.data_moduli[0]
+    r = _ring(preset)
+    rows = _slot_rows(flat, spec, 0, flat.size // per)
+    out = np.empty((len(rows), spec.poly_degree), dtype=np.int64)
+    for c in range(len(rows)):
+        row: npt.NDArray[np.float64] | npt.NDArray[np.complex128] = rows[c]
+        ntt = r.read_plaintext(r.encode(row, spec.scale))[0]
+        coeffs = _seal.ntt_inverse(ntt, q).view(np.int64)
+        out[c] = np.where(coeffs > q // 2, coeffs - q, coeffs)
+    return out
+
+
+def add_coefficients(enc: EncryptedVector, coefficients: np.ndarray) -> EncryptedVector:
+    """``enc`` with the integer polynomials ``coefficients`` added to its plaintext (mod q).
+
+    Needs no key (``c0 += NTT(coefficients)``) and keeps the seed: anyone holding a
+    ciphertext can shift its plaintext by any polynomial. ``coefficients`` is
+    ``(chunks, N)`` integers of any sign with ``|c| < 2^62``.
+    """
+    spec = enc.preset.spec
+    if len(spec.data_moduli) != 1:
+        raise ValueError("add_coefficients supports single-prime presets")
+    coeffs = np.asarray(coefficients)
+    shape = (enc.chunk_count, spec.poly_degree)
+    if coeffs.shape != shape or not np.issubdtype(coeffs.dtype, np.integer):
+        raise ValueError(f"coefficients must be integers shaped {shape}")
+    q = spec.data_moduli[0]
+    reduced = np.mod(coeffs.astype(np.int64), np.int64(q)).astype(np.uint64)
+    delta = _seal.ntt_forward(reduced, q)
+    moduli = np.array([q], dtype=np.uint64)
+    c0 = np.array(enc._c0, dtype=np.uint64)
+    _addmod_into(c0[:, 0], delta, moduli[0])
+    return EncryptedVector(enc.preset, enc.fingerprint, enc.length, enc.multiplier, c0,
+                           None if enc._c1 is None else np.array(enc._c1), enc._seed)

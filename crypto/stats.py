@@ -1,390 +1,551 @@
-"""Encrypted statistics for the poisoning filters, revealed as single scalars.
+"""Encrypted screening by coefficient-domain projections: sound, linear, and no oracle.
 
-Protocol (DESIGN.md section 3, "screen")
------------------------------------------
-1. **Server** (holds a :class:`~crypto.ckks.PublicContext` of
-   :attr:`~crypto.ckks.Preset.SCREENING`): :func:`compute_statistics` takes the
-   clients' :class:`~crypto.ckks.EncryptedVector` updates (and optionally a reference
-   vector such as the encrypted global model or an aggregate) and, for each requested
-   statistic, sums *lazy* slot-wise ciphertext products over all chunks into ONE
-   ciphertext -- no relinearisation, no rescale, no Galois keys, so it has 3
-   polynomials at scale Delta^2. It then adds a fresh random mask whose slots sum to
-   exactly zero, with amplitude ``2**mask_bits`` times the largest possible slot value
-   (as a fresh public-key encryption, which also re-randomises the ciphertext).
-2. **Key holders** (a small quorum of trainers, holding the
-   :class:`~crypto.ckks.SecretContext`): :func:`decrypt_scalars` decrypts each masked
-   ciphertext and returns only the sum of its slots -- the statistic. Every individual
-   slot they see is dominated by the mask, so they learn one scalar per statistic.
-3. **Server**: :func:`reconcile` compares the key holders' answers (honest holders
-   return bit-identical values) and names holders who disagree with a strict majority.
-   :func:`assemble` turns the agreed values into norm / distance / inner-product arrays.
+What is computed
+----------------
+A seeded upload ``i`` is, per chunk, an RLWE ciphertext ``(c0_i, a_i)`` with
+``a_i = PRG(seed_i)``; it decrypts to the integer coefficient vector
+``dec_i = c0_i + a_i * s  (mod q)`` = ``m_i + e_i`` (the encoded update plus encryption
+noise), over **all** ``D = chunks * N`` coefficients, padding included. Decryption is
+linear, so for a public vector ``z``::
 
-Statistics
-----------
-* squared norm ``||x_i||^2``;
-* squared distance ``||x_i - x_j||^2``, computed from the true difference of the
-  ciphertexts (as cheap as an inner product, and no cancellation error);
-* inner product ``<x_i, r>`` with a reference ``r``.
+    <z, dec_i> = <z, c0_i> + <z, a_i * s>   (mod q)
 
-Precision: relative error ~1e-5 or better for the values of fedguard updates
-(``|x|`` in 1e-3..1e-1 and at least a few thousand values); see the tests.
+* The **server** computes ``<z, c0_i>`` itself (:func:`server_projections`): it has ``c0``.
+* A **key holder** (a trainer) computes ``<z, a_i * s> + f_i`` (:func:`holder_projections`)
+  from the seeds alone -- it never sees ``c0``, so it learns nothing about any update.
+  ``f_i`` is a flooding term from a PRF keyed by the secret key (see below).
+* :func:`combine` adds both mod ``q`` and centres: ``v_ik = <z_k, m_i + e_i> + f_ik``.
 
-Bounds: ``value_bound`` must bound ``|x|`` of every element of the client vectors
-(and ``reference_bound`` of the reference). They set the mask amplitude and are
-checked against the modulus: Delta^2 * slot bound * (1 + 2^mask_bits) must stay below a
-quarter of the 88-bit modulus, or :func:`compute_statistics` refuses.
+``z_k`` (``k < r``) has i.i.d. entries ``-1 / 0 / +1`` with probabilities 1/4, 1/2, 1/4,
+expanded from ``z_seed = H(round, r, length, server nonce, every upload seed)``
+(:class:`Challenge`): drawn after all uploads of the round are fixed, and bound to them.
+
+What it certifies (docs/soundness.md has the argument; :func:`screen_parameters` derives
+every number from it): a client passes only if ``|v_ik| <= t`` for every ``k``. An update
+with some coefficient ``|dec| > 2t`` (centred mod q: wraps, mass in padding, a half-modulus
+shift, garbage) passes with probability ``<= 2^-r``; one whose norm exceeds the certified
+gap over the honest bound passes with probability ``<= 2^-soundness_bits``. The same
+projections are a random-projection sketch: :func:`sketch_statistics` estimates squared
+norms and pair distances (``<m_i, m_j> = (2 Delta^2 / N) <x_i, x_j>``).
+
+What a key holder checks before it answers (``clients.encrypted.handle_screen`` keeps the
+state): one screening per round it trained in, rounds increasing, at most as many seeds as
+the round sampled, every seed distinct and never answered before, ``r`` equal to the
+agreed value. It recomputes ``z`` from the seeds it is sent, so the server cannot choose
+``z``, and ``a_i = PRG(seed_i)`` is pseudo-random, so the server cannot choose the
+polynomial multiplied by ``s``. Each answer is then an LWE sample with flooding noise
+(pseudo-random coefficients, error uniform in ``[-F, F]``), never an exact equation in
+``s``; repeated queries are refused, so the noise cannot be averaged away.
+
+Nothing here logs; no exception contains key material.
 """
 
 from __future__ import annotations
 
-import enum
+import hashlib
+import hmac
 import math
 import os
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
 import numpy.typing as npt
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from crypto import _seal
-from crypto.ckks import (
-    Context,
-    EncryptedVector,
-    MaskedStatistic,
-    Preset,
-    SecretContext,
-    _public_of,
-)
-from crypto.wire import decode_statistic, encode_statistic
+from crypto.ckks import Context, EncryptedVector, Preset, SecretContext, _public_of
 from federation.errors import KeyMismatch
 
 __all__ = [
-    "ScreeningRequest",
-    "ScreeningValues",
-    "StatKind",
-    "StatLabel",
-    "assemble",
-    "compute_statistics",
-    "decrypt_scalars",
+    "FLOOD_BITS",
+    "MAX_REPETITIONS",
+    "NONCE_BYTES",
+    "Challenge",
+    "ScreenParameters",
+    "SketchStatistics",
+    "check_projections",
+    "combine",
+    "directions",
+    "holder_projections",
+    "new_challenge",
     "reconcile",
+    "screen_parameters",
+    "server_projections",
+    "sketch_statistics",
 ]
 
-_MASK_GRID_BITS: Final = 40  # mask values are integers times 2^(e-40): exact zero sums
+NONCE_BYTES: Final = 32
+"""Length of the server's fresh per-round nonce."""
+
+FLOOD_BITS: Final = 10
+"""Flooding amplitude ``F = 2^10`` (coefficient units, scale ``2^28``): each key-holder
+answer carries a PRF-derived integer uniform in ``[-F, F]``. Why 10: it is ~190x SEAL's
+own noise deviation (3.2), which makes each answer an LWE sample at least as hard as the
+uploads themselves, while it changes a squared-norm estimate by ``F^2 N / (3 Delta^2)``
+= 2e-8 (absolute, squared parameter units) and a projection of an update of norm 0.01
+by 0.04 %."""
+
+MAX_REPETITIONS: Final = 512
+"""Largest ``r`` a key holder accepts (bounds its work per request)."""
+
+THETA: Final = 0.25
+"""Paley-Zygmund level: a repetition rejects an over-long update when ``p^2`` exceeds
+``THETA * E[p^2]``, which happens with probability ``>= (1 - THETA)^2 / 3``. 1/4 balances
+the repetitions needed (r = 137 for 2^-40) against the certified norm gap (~23x)."""
+
+_Z_DOMAIN: Final = b"fedguard.screen.z.v1\x00"
+_FLOOD_INFO: Final = b"fedguard.screen.flood.v1"
+_LIMB_BITS: Final = 28
+_BLOCK: Final = 8  # chunks per block: 8 * 4096 terms of < 2^28 keep float64 matmuls exact
+_NOISE_MAX: Final = 6 * 3.2  # SEAL clips its Gaussian noise at 6 sigma (sigma = 3.2)
+_ROUNDING: Final = 0.5  # encoding rounds each coefficient to the nearest integer
+_U64 = npt.NDArray[np.uint64]
+_I64 = npt.NDArray[np.int64]
+_F64 = npt.NDArray[np.float64]
 
 
-class StatKind(enum.Enum):
-    """What a masked statistic measures."""
-
-    SQUARED_NORM = "squared-norm"
-    SQUARED_DISTANCE = "squared-distance"
-    INNER_PRODUCT = "inner-product"
+# -- parameters from the soundness argument ------------------------------------------------
 
 
 @dataclass(frozen=True)
-class StatLabel:
-    """Which statistic a masked ciphertext holds (kept by the server, never sent).
+class ScreenParameters:
+    """Every number of the projection check, derived in :func:`screen_parameters`.
 
-    ``i`` indexes the client vectors; ``j`` is the second vector of a distance
-    (``i < j``) and ``None`` otherwise (inner products are with the reference).
+    Units: ``threshold``, ``honest_coefficient_norm``, ``flood`` and
+    ``certified_coefficient_bound`` are integer coefficient units (values times
+    ``Delta = 2^28``, after the canonical embedding); ``norm_bound`` and
+    ``certified_norm`` are parameter units (the update's L2 norm).
     """
 
-    kind: StatKind
-    i: int
-    j: int | None = None
+    preset: Preset
+    length: int
+    norm_bound: float
+    repetitions: int
+    threshold: int
+    honest_coefficient_norm: float
+    flood: int
+    certified_coefficient_bound: int
+    certified_norm: float
+    soundness_bits: int
+    false_reject_bits: int
+
+    @property
+    def chunks(self) -> int:
+        return -(-self.length // self.preset.spec.values_per_chunk)
+
+    @property
+    def dimension(self) -> int:
+        """Coefficients projected per client (every chunk, padding included)."""
+        return self.chunks * self.preset.spec.poly_degree
+
+    @property
+    def sketch_relative_error(self) -> float:
+        """Standard deviation of a squared-norm estimate, relative: ``sqrt(2 / r)``."""
+        return math.sqrt(2.0 / self.repetitions)
 
 
-@dataclass(frozen=True)
-class ScreeningRequest:
-    """The server's side of one screening round.
-
-    Attributes
-    ----------
-    labels:
-        One label per statistic, in order. The server keeps these.
-    statistics:
-        The masked ciphertexts, same order; send :meth:`blobs` to the key holders.
-    shared_randomness:
-        Pairs ``(i, j)`` whose ciphertexts share randomness in some chunk (one is a
-        copy or replay of the other). Their distance statistic is incomplete: reject
-        those updates rather than trusting it.
-    """
-
-    labels: tuple[StatLabel, ...]
-    statistics: tuple[MaskedStatistic, ...]
-    shared_randomness: tuple[tuple[int, int], ...] = field(default=())
-
-    def blobs(self) -> list[bytes]:
-        """Wire envelopes of :attr:`statistics`, for :func:`decrypt_scalars`."""
-        return [encode_statistic(s) for s in self.statistics]
-
-
-def _zero_sum_mask(
-    slots: int, amplitude: float, rng: Callable[[int], bytes]
-) -> npt.NDArray[np.complex128]:
-    """Complex mask, real and imaginary parts each ~uniform in [-A, A], real sum exactly 0.
-
-    Values are integers times a power of two, so their float64 sum is exact; the last
-    ``(sum mod slots)`` units are spread one per slot, keeping every slot near-uniform.
-    """
-    exponent = math.floor(math.log2(amplitude))
-    unit = 2.0 ** (exponent - _MASK_GRID_BITS)
-    half = 1 << _MASK_GRID_BITS
-    parts = []
-    for _ in range(2):
-        raw = np.frombuffer(rng(8 * slots), dtype="<u8")
-        ints = (raw % np.uint64(2 * half)).astype(np.int64) - half
-        total = int(ints.sum())
-        quotient, remainder = divmod(total, slots)
-        ints -= quotient
-        ints[:remainder] -= 1
-        parts.append(ints.astype(np.float64) * unit)
-    return parts[0] + 1j * parts[1]
-
-
-_OPS: Final = {
-    StatKind.SQUARED_NORM: _seal.OP_SQUARE,
-    StatKind.SQUARED_DISTANCE: _seal.OP_DIFF_SQUARE,
-    StatKind.INNER_PRODUCT: _seal.OP_PRODUCT,
-}
-
-
-def compute_statistics(
-    ctx: Context,
-    vectors: Sequence[EncryptedVector],
+def screen_parameters(
+    preset: Preset,
+    length: int,
+    norm_bound: float,
     *,
-    reference: EncryptedVector | None = None,
-    norms: bool = True,
-    distances: bool = True,
-    inner: bool = True,
-    value_bound: float = 1.0,
-    reference_bound: float | None = None,
-    mask_bits: int = 20,
-    rng: Callable[[int], bytes] = os.urandom,
-    progress: Callable[[int, int], None] | None = None,
-) -> ScreeningRequest:
-    """Masked encrypted statistics of client updates (server side, no secret key).
+    soundness_bits: int = 40,
+    false_reject_bits: int = 40,
+    max_weight: int = 4096,
+) -> ScreenParameters:
+    """Derive repetitions, threshold and certified bounds from the written argument.
 
     Parameters
     ----------
-    ctx:
-        Context of the :attr:`~crypto.ckks.Preset.SCREENING` key (the server's public one).
-    vectors:
-        The clients' encrypted updates: same key, preset and length.
-    reference:
-        Optional vector for the inner products (e.g. the encrypted global model).
-    norms, distances, inner:
-        Which statistics to compute; ``inner`` needs ``reference``. Order of the result:
-        all norms, then distances ``(i, j), i < j`` in row order, then inner products.
-    value_bound:
-        Bound on ``|x|`` of every client value (public, e.g. from the clipping norm).
-    reference_bound:
-        Bound on ``|r|`` of the reference values; defaults to ``value_bound``. For a
-        weighted sum pass ``value_bound * total weight`` (or a tighter true bound).
-    mask_bits:
-        Mask amplitude over the largest possible slot value, in bits (>= 8).
-    rng:
-        Source of uniformly random bytes for the masks (a CSPRNG; parameter for tests).
-    progress:
-        Optional callback ``(chunks done, chunks total)``.
+    preset:
+        CKKS preset of the uploads (``AGGREGATION``: one prime, complex packing).
+    length:
+        Values per update.
+    norm_bound:
+        Public bound ``B`` on an honest update's L2 norm (parameter units).
+    soundness_bits:
+        ``s``: an out-of-bound update passes with probability ``<= 2^-s``.
+    false_reject_bits:
+        An honest update (``||x|| <= B``) is rejected with probability ``<= 2^-this``.
+    max_weight:
+        Largest total integer weight of an aggregate (``WEIGHT_DENOMINATOR``).
+
+    Raises
+    ------
+    ValueError
+        A bound the modulus cannot certify (the message names ``norm_bound``).
+    """
+    spec = preset.spec
+    if len(spec.data_moduli) != 1:
+        raise ValueError("projection screening needs a single-prime preset (AGGREGATION)")
+    if not (math.isfinite(norm_bound) and norm_bound > 0):
+        raise ValueError(f"norm_bound must be a positive number, got {norm_bound!r}")
+    if length < 1 or soundness_bits < 1 or false_reject_bits < 1:
+        raise ValueError("length and bit targets must be positive")
+    q = spec.data_moduli[0]
+    n_deg = spec.poly_degree
+    chunks = -(-length // spec.values_per_chunk)
+    dim = chunks * n_deg
+    # Repetitions: the 3-point lemma needs 2^-r <= 2^-s; for a long unwrapped vector the
+    # error splits in two halves, Paley-Zygmund (1 - (1 - THETA)^2 / 3)^r <= 2^-(s+1) and
+    # the event that some projection is so large that it wraps (Hoeffding, 2^-(s+1)).
+    pz_pass = 1.0 - (1.0 - THETA) ** 2 / 3.0
+    r = max(soundness_bits, math.ceil((soundness_bits + 1) / -math.log2(pz_pass)))
+    if r > MAX_REPETITIONS:
+        raise ValueError(f"soundness_bits={soundness_bits} needs {r} > {MAX_REPETITIONS} repetitions")
+    # Honest coefficient norm: Parseval for the canonical embedding, ||m||^2 = 2 Delta^2
+    # ||x||^2 / N, plus noise and rounding (each coefficient at most 6 sigma + 1/2).
+    honest = spec.scale * math.sqrt(2.0 / n_deg) * norm_bound + (_NOISE_MAX + _ROUNDING) * math.sqrt(dim)
+    # Hoeffding per projection, union bound over r: P[|<z,m>| > alpha ||m||] <= 2^-frb / r.
+    alpha = math.sqrt(2.0 * (false_reject_bits * math.log(2.0) + math.log(2.0 * r)))
+    flood = 2**FLOOD_BITS
+    t = math.ceil(alpha * honest) + flood
+    coeff_bound = 2 * t
+    # Modulus requirements: the 3-point lemma needs q > 4t; for the norm argument a vector
+    # with every coefficient <= 2t (so ||dec|| <= 2t sqrt(D)) must not wrap its projections:
+    # by Hoeffding |<z, dec>| <= alpha_w * 2t sqrt(D) except with probability 2^-(s+1), and
+    # that plus the flood must stay below q / 2; the aggregate of max_weight passing updates
+    # must not wrap either (max_weight * 2t < q / 2).
+    alpha_w = math.sqrt(2.0 * ((soundness_bits + 1) * math.log(2.0) + math.log(2.0 * r)))
+    no_wrap = 2 * (math.ceil(alpha_w * 2 * t * math.sqrt(dim)) + flood)
+    need = max(4 * t, no_wrap, 4 * t * max_weight)
+    if need >= q:
+        limit = norm_bound * q / need
+        raise ValueError(
+            f"norm_bound={norm_bound:g} is too large for the modulus with {length} values "
+            f"(projections could wrap); it must stay below {limit:.3g}"
+        )
+    certified_coeff_norm = math.sqrt(2.0 / THETA) * (t + flood)
+    certified = certified_coeff_norm * math.sqrt(n_deg / 2.0) / spec.scale
+    return ScreenParameters(
+        preset=preset,
+        length=length,
+        norm_bound=float(norm_bound),
+        repetitions=r,
+        threshold=t,
+        honest_coefficient_norm=honest,
+        flood=flood,
+        certified_coefficient_bound=coeff_bound,
+        certified_norm=certified,
+        soundness_bits=soundness_bits,
+        false_reject_bits=false_reject_bits,
+    )
+
+
+# -- the challenge -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Challenge:
+    """One round's screening challenge: what the server sends to the key holders.
+
+    ``z_seed`` is a hash of every field, so ``z`` is bound to the round, the repetition
+    count, the vector length, the server's fresh nonce and the uploads' seeds (in order).
+    """
+
+    round: int
+    repetitions: int
+    length: int
+    nonce: bytes
+    seeds: tuple[bytes, ...]
+
+    def __post_init__(self) -> None:
+        if isinstance(self.round, bool) or not isinstance(self.round, int) or self.round < 1:
+            raise ValueError("round must be a positive int")
+        if not 1 <= self.repetitions <= MAX_REPETITIONS:
+            raise ValueError(f"repetitions must lie in [1, {MAX_REPETITIONS}]")
+        if self.length < 1:
+            raise ValueError("length must be positive")
+        if not isinstance(self.nonce, bytes) or len(self.nonce) != NONCE_BYTES:
+            raise ValueError(f"nonce must be {NONCE_BYTES} bytes")
+        seeds = tuple(self.seeds)
+        if not seeds or any(not isinstance(s, bytes) or len(s) != _seal.SEED_BYTES for s in seeds):
+            raise ValueError(f"seeds must be {_seal.SEED_BYTES}-byte strings")
+        if len(set(seeds)) != len(seeds):
+            raise ValueError("seeds must be distinct")
+        object.__setattr__(self, "seeds", seeds)
+
+    @property
+    def z_seed(self) -> bytes:
+        h = hashlib.sha256(_Z_DOMAIN)
+        h.update(self.round.to_bytes(8, "big") + self.repetitions.to_bytes(4, "big"))
+        h.update(self.length.to_bytes(8, "big") + self.nonce)
+        for seed in self.seeds:
+            h.update(seed)
+        return h.digest()
+
+
+def new_challenge(
+    round_: int,
+    vectors: Sequence[EncryptedVector],
+    repetitions: int,
+    *,
+    rng: Callable[[int], bytes] = os.urandom,
+) -> Challenge:
+    """Draw the round's challenge after every upload is received (fresh nonce from ``rng``).
+
+    Raises
+    ------
+    ValueError
+        A vector is not seeded, lengths differ, or two uploads share a seed.
+    """
+    if not vectors:
+        raise ValueError("need at least one vector")
+    seeds = []
+    for v in vectors:
+        if v._seed is None:
+            raise ValueError("projection screening needs seeded uploads")
+        seeds.append(v._seed)
+    if len({v.length for v in vectors}) != 1:
+        raise ValueError("vectors have different lengths")
+    return Challenge(round_, repetitions, vectors[0].length, rng(NONCE_BYTES), tuple(seeds))
+
+
+_TERNARY: Final = np.array(
+    [[((b >> (2 * j)) & 1) - ((b >> (2 * j + 1)) & 1) for j in range(4)] for b in range(256)],
+    dtype=np.float64,
+).view(np.dtype((np.void, 32))).reshape(256)  # byte -> its four entries (z = low - high bit)
+
+
+def _z_block(z_seed: bytes, start: int, stop: int, degree: int, r: int) -> _F64:
+    """``z`` for chunks ``start..stop-1`` (one block) as ``(r, (stop-start) * N)`` float64.
+
+    Entries are in {-1, 0, 1}, two bits each (``z = b0 - b1``: probabilities 1/4, 1/2,
+    1/4). Blocks are :data:`_BLOCK` chunks (the last may be shorter) and ``start`` must be
+    a multiple of it: block ``b`` owns the AES-256-CTR(key=z_seed) bytes from
+    ``b * _BLOCK * N * r / 4`` on, read repetition-major, so one block is one contiguous
+    ``(r, block * N)`` matrix.
+    """
+    if start % _BLOCK:
+        raise ValueError("z blocks start at multiples of the block size")
+    per_chunk = degree * r // 4  # bytes: 2 bits per entry
+    first_block, nbytes = start * per_chunk // 16, (stop - start) * per_chunk
+    ctr = Cipher(algorithms.AES(z_seed), modes.CTR(first_block.to_bytes(16, "big")))
+    raw = np.frombuffer(ctr.encryptor().update(bytes(nbytes)), dtype=np.uint8)
+    out: _F64 = np.take(_TERNARY, raw).view(np.float64).reshape(r, (stop - start) * degree)
+    return out
+
+
+def directions(challenge: Challenge) -> _F64:
+    """The challenge's ``z``: ``(r, D)`` float64 in {-1, 0, 1}, ``D = chunks * N``.
+
+    Row ``k`` is repetition ``k`` over every coefficient of every chunk (padding included).
+    Server and key holders derive it identically from ``z_seed``, block by block.
+    """
+    spec = Preset.AGGREGATION.spec
+    chunks = -(-challenge.length // spec.values_per_chunk)
+    parts = [_z_block(challenge.z_seed, b, min(chunks, b + _BLOCK), spec.poly_degree,
+                      challenge.repetitions) for b in range(0, chunks, _BLOCK)]
+    return np.concatenate(parts, axis=1)
+
+
+def _centre(y: _U64, q: int) -> _I64:
+    signed = y.view(np.int64)
+    out: _I64 = np.where(y > np.uint64(q // 2), signed - np.int64(q), signed)
+    return out
+
+
+def _project(
+    polys_of: Callable[[int, int], _U64],
+    count: int,
+    params_chunks: int,
+    z_seed: bytes,
+    degree: int,
+    r: int,
+    q: int,
+) -> list[list[int]]:
+    """``<z_k, y_i> mod q`` for ``y_i`` given block by block as ``(count, block, N)`` coefficients."""
+    hi_acc = np.zeros((count, r), dtype=np.int64)
+    lo_acc = np.zeros((count, r), dtype=np.int64)
+    for start in range(0, params_chunks, _BLOCK):
+        stop = min(params_chunks, start + _BLOCK)
+        z = _z_block(z_seed, start, stop, degree, r)  # (r, B * N)
+        y = _centre(polys_of(start, stop), q).reshape(count, -1)  # (count, B * N)
+        limbs = np.concatenate([y & np.int64((1 << _LIMB_BITS) - 1), y >> _LIMB_BITS])
+        # exact: |entries| < 2^28 and B * N <= 2^15 terms, so every sum is below 2^43 < 2^53
+        both = (z @ limbs.astype(np.float64).T).astype(np.int64)  # (r, 2 * count)
+        lo_acc += both[:, :count].T
+        hi_acc += both[:, count:].T
+    shift = 1 << _LIMB_BITS
+    return [[(int(h) * shift + int(lo_)) % q for h, lo_ in zip(hr, lr, strict=True)]
+            for hr, lr in zip(hi_acc, lo_acc, strict=True)]
+
+
+def server_projections(
+    ctx: Context, vectors: Sequence[EncryptedVector], challenge: Challenge
+) -> list[list[int]]:
+    """Server side: ``<z_k, c0_i> mod q`` for every upload ``i`` and repetition ``k``.
+
+    Cost ``O(n * D * (log N + r))``: an inverse NTT of every ``c0`` chunk, then two exact
+    float64 matrix products per block (28-bit limbs against ternary ``z``).
 
     Raises
     ------
     KeyMismatch
-        A vector belongs to another key or the context is not SCREENING.
+        A vector belongs to another key or preset.
     ValueError
-        Bounds do not fit the modulus, inconsistent lengths, nothing requested.
+        The vectors do not match the challenge (count, seeds, length).
     """
     public = _public_of(ctx)
-    if public.preset is not Preset.SCREENING:
-        raise KeyMismatch("encrypted statistics need the SCREENING preset")
+    spec = public.preset.spec
     vectors = list(vectors)
-    operands = [*vectors, *([reference] if reference is not None else [])]
-    if not vectors:
-        raise ValueError("need at least one vector")
-    for v in operands:
-        if not isinstance(v, EncryptedVector):
-            raise TypeError("expected EncryptedVector items")
+    for v in vectors:
         if v.preset is not public.preset or v.fingerprint != public.fingerprint:
             raise KeyMismatch("a vector was made under another key or preset")
-        if v.length != vectors[0].length:
-            raise ValueError("vectors have different lengths")
-    if inner and reference is None:
-        inner = False
-    if not (norms or distances or inner):
-        raise ValueError("no statistic requested")
-    if mask_bits < 8:
-        raise ValueError("mask_bits must be at least 8")
-    if not (value_bound > 0 and math.isfinite(value_bound)):
-        raise ValueError("value_bound must be positive")
-    ref_bound = value_bound if reference_bound is None else reference_bound
-    if not (ref_bound > 0 and math.isfinite(ref_bound)):
-        raise ValueError("reference_bound must be positive")
-
-    n = len(vectors)
-    labels: list[StatLabel] = []
-    if norms:
-        labels += [StatLabel(StatKind.SQUARED_NORM, i) for i in range(n)]
-    if distances:
-        labels += [
-            StatLabel(StatKind.SQUARED_DISTANCE, i, j) for i in range(n) for j in range(i + 1, n)
-        ]
-    if inner:
-        labels += [StatLabel(StatKind.INNER_PRODUCT, i) for i in range(n)]
-
-    spec = public.preset.spec
+    if tuple(v._seed for v in vectors) != challenge.seeds or any(
+        v.length != challenge.length for v in vectors
+    ):
+        raise ValueError("the vectors are not the challenge's uploads")
+    if len(spec.data_moduli) != 1:
+        raise KeyMismatch("projection screening needs a single-prime preset")
+    q = spec.data_moduli[0]
     chunks = vectors[0].chunk_count
-    slot_bound = {
-        StatKind.SQUARED_NORM: chunks * value_bound**2,
-        StatKind.SQUARED_DISTANCE: chunks * (2 * value_bound) ** 2,
-        StatKind.INNER_PRODUCT: chunks * value_bound * ref_bound,
-    }
-    modulus_bits = sum(math.log2(q) for q in spec.data_moduli)
-    for label in labels:
-        bound = slot_bound[label.kind]
-        need = 2 * spec.scale_bits + math.log2(bound * (1 + 2.0**mask_bits)) + 2
-        if need > modulus_bits - 1:
-            raise ValueError(
-                f"{label.kind.value}: slot bound {bound:.3g} with a 2^{mask_bits} mask needs "
-                f"{need:.1f} bits, the modulus has {modulus_bits - 1:.1f}; lower value_bound "
-                "or mask_bits"
-            )
 
-    plan = [(_OPS[lab.kind], lab.i, _second_operand(lab, n)) for lab in labels]
-    masks = [
-        _zero_sum_mask(spec.slots, slot_bound[lab.kind] * 2.0**mask_bits, rng) for lab in labels
-    ]
-    seal_operands: list[_seal.Operand] = [(v._c0, v._c1_block) for v in operands]
-    polys, degenerate = _seal.lazy_statistics(
-        public._keys, seal_operands, plan, masks, spec.scale, chunks, progress=progress
-    )
-    statistics = tuple(MaskedStatistic(public.preset, public.fingerprint, 2, p) for p in polys)
-    shared = sorted((lab.i, lab.j) for lab in (labels[k] for k in degenerate) if lab.j is not None)
-    return ScreeningRequest(tuple(labels), statistics, tuple(shared))
+    def c0_coefficients(start: int, stop: int) -> _U64:
+        block = np.stack([v._c0[start:stop, 0] for v in vectors])
+        return _seal.ntt_inverse(block, q)
+
+    return _project(c0_coefficients, len(vectors), chunks, challenge.z_seed, spec.poly_degree,
+                     challenge.repetitions, q)
 
 
-def _second_operand(label: StatLabel, n: int) -> int:
-    if label.kind is StatKind.INNER_PRODUCT:
-        return n  # the reference is appended after the n client vectors
-    return label.i if label.j is None else label.j
+def _flood_key(secret: SecretContext) -> bytes:
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_FLOOD_INFO)
+    return hkdf.derive(secret._sk_packed)
 
 
-def decrypt_scalars(secret_ctx: SecretContext, masked_stat_blobs: Sequence[bytes]) -> list[float]:
-    """Key-holder side: decrypt masked statistics and return each one's slot sum.
+def _flood(key: bytes, z_seed: bytes, seed: bytes, r: int, bound: int) -> list[int]:
+    """``r`` integers uniform in ``[-bound, bound]`` from PRF(key, z_seed, seed)."""
+    row_key = hmac.new(key, z_seed + seed, hashlib.sha256).digest()
+    stream = Cipher(algorithms.AES(row_key), modes.CTR(bytes(16))).encryptor()
+    raw = np.frombuffer(stream.update(bytes(8 * r)), dtype="<u8")
+    width = 2 * bound + 1  # modulo bias < width / 2^64: negligible
+    return [int(w) % width - bound for w in raw]
 
-    Each blob is validated as a statistic envelope of our key (2 or 3 polynomials,
-    coefficients in range) before SEAL sees it. The mask's slots sum to zero, so the
-    sum is the statistic; the individual slots are never returned.
+
+def holder_projections(secret: SecretContext, challenge: Challenge) -> list[list[int]]:
+    """Key-holder side: ``<z_k, a_i * s> + f_ik mod q`` from the seeds alone.
+
+    Deterministic: honest holders (same secret key) agree bit for bit. The caller
+    (``clients.encrypted.handle_screen``) checks the challenge against its own state first.
 
     Raises
     ------
     TypeError
-        If ``secret_ctx`` is not a :class:`~crypto.ckks.SecretContext`.
-    InvalidCiphertext
-        If a blob is malformed (its ``reason`` says why).
+        If ``secret`` is not a :class:`~crypto.ckks.SecretContext`.
     """
-    if not isinstance(secret_ctx, SecretContext):
-        raise TypeError("decrypting statistics needs a SecretContext")
-    spec = secret_ctx.preset.spec
-    out: list[float] = []
-    for blob in masked_stat_blobs:
-        stat = decode_statistic(blob, secret_ctx)
-        slots = secret_ctx._keys.decrypt_polys(stat._polys, spec.scale**stat.scale_power)
-        out.append(math.fsum(slots.tolist()))
+    if not isinstance(secret, SecretContext):
+        raise TypeError("key-holder projections need a SecretContext")
+    spec = secret.preset.spec
+    if len(spec.data_moduli) != 1:
+        raise KeyMismatch("projection screening needs a single-prime preset")
+    q = spec.data_moduli[0]
+    s_ntt = secret._keys.to_array()[0]
+    chunks = -(-challenge.length // spec.values_per_chunk)
+
+    def as_coefficients(start: int, stop: int) -> _U64:
+        a = np.stack([_seal.expand_uniform(seed, spec.data_moduli, spec.poly_degree, start, stop)[:, 0]
+                      for seed in challenge.seeds])
+        return _seal.ntt_inverse(_seal.pointwise_mulmod(a, np.broadcast_to(s_ntt, a.shape), q), q)
+
+    r = challenge.repetitions
+    raw = _project(as_coefficients, len(challenge.seeds), chunks, challenge.z_seed,
+                   spec.poly_degree, r, q)
+    key = _flood_key(secret)
+    zs = challenge.z_seed
+    return [[(p + f) % q for p, f in zip(row, _flood(key, zs, seed, r, 2**FLOOD_BITS), strict=True)]
+            for row, seed in zip(raw, challenge.seeds, strict=True)]
+
+
+def combine(preset: Preset, server: Sequence[Sequence[int]], holder: Sequence[Sequence[int]]) -> _I64:
+    """``v_ik = centred(<z_k, c0_i> + <z_k, a_i s> + f_ik mod q)``: ``(n, r)`` int64.
+
+    Raises
+    ------
+    ValueError
+        Shapes differ or a holder value is not a residue in ``[0, q)``.
+    """
+    q = preset.spec.data_moduli[0]
+    if len(server) != len(holder) or any(len(a) != len(b) for a, b in zip(server, holder, strict=True)):
+        raise ValueError("server and key-holder projections differ in shape")
+    out = np.empty((len(server), len(server[0]) if server else 0), dtype=np.int64)
+    for i, (srow, hrow) in enumerate(zip(server, holder, strict=True)):
+        for k, (a, b) in enumerate(zip(srow, hrow, strict=True)):
+            if isinstance(b, bool) or not isinstance(b, int) or not 0 <= b < q:
+                raise ValueError("a key-holder projection is not a residue mod q")
+            v = (a + b) % q
+            out[i, k] = v - q if v > q // 2 else v
     return out
 
 
-def reconcile(
-    answers: Mapping[str, Sequence[float]], rel_tol: float = 1e-6, *, abs_tol: float = 0.0
-) -> tuple[list[float], frozenset[str]]:
-    """Agree on each statistic from several key holders' answers; name the liars.
+def check_projections(projections: npt.ArrayLike, params: ScreenParameters) -> list[str | None]:
+    """Per client: ``None`` if every ``|v_ik| <= t``, else the rejection reason.
 
-    Honest key holders decrypt the same ciphertexts with the same code and return
-    (bit-)identical values, so a tight tolerance is right. Per statistic, the value
-    with the most holders within tolerance wins if those holders are a strict majority;
-    everyone else is a liar. Without a strict majority (e.g. a quorum of 2 that
-    disagrees) the value is NaN and every holder of that statistic is reported: they
-    conflict and nobody can tell which one lied -- ask another holder.
-
-    A holder whose answer has the wrong length (not the most common one) or a
-    non-finite value is a liar for every statistic.
-
-    Returns
-    -------
-    (list of float, frozenset of str)
-        Agreed values (NaN where undecided) and the holders to distrust.
+    ``"statistic:wraparound"`` when some ``|v_ik| > q/4`` (no honest or merely long update
+    gets there: it means coefficients of the order of the modulus), otherwise
+    ``"statistic:out-of-bound"``.
     """
-    if not answers:
-        raise ValueError("no answers")
-    if rel_tol < 0 or abs_tol < 0:
-        raise ValueError("tolerances must be non-negative")
-    lengths = Counter(len(v) for v in answers.values())
-    count = max(lengths.items(), key=lambda kv: (kv[1], kv[0]))[0]
-    liars: set[str] = set()
-    valid: dict[str, list[float]] = {}
-    for holder, values in answers.items():
-        vals = [float(v) for v in values]
-        if len(vals) != count or not all(math.isfinite(v) for v in vals):
-            liars.add(holder)
+    v = np.asarray(projections, dtype=np.int64)
+    if v.ndim != 2 or v.shape[1] != params.repetitions:
+        raise ValueError(f"expected (clients, {params.repetitions}) projections, got {v.shape}")
+    q = params.preset.spec.data_moduli[0]
+    out: list[str | None] = []
+    for row in np.abs(v):
+        peak = int(row.max()) if row.size else 0
+        if peak <= params.threshold:
+            out.append(None)
+        elif peak > q // 4:
+            out.append("statistic:wraparound")
         else:
-            valid[holder] = vals
-    voters = len(answers)
-    agreed: list[float] = []
-    for k in range(count):
-        pairs = [(h, v[k]) for h, v in valid.items()]
-
-        def close(a: float, b: float) -> bool:
-            return abs(a - b) <= max(rel_tol * max(abs(a), abs(b)), abs_tol)
-
-        best: list[tuple[str, float]] = []
-        for _, candidate in pairs:
-            support = [(h, v) for h, v in pairs if close(v, candidate)]
-            if len(support) > len(best):
-                best = support
-        if 2 * len(best) > voters:
-            members = {h for h, _ in best}
-            agreed.append(float(np.median([v for _, v in best])))
-            liars.update(h for h, _ in pairs if h not in members)
-        else:
-            agreed.append(math.nan)
-            liars.update(h for h, _ in pairs)
-    return agreed, frozenset(liars)
+            out.append("statistic:out-of-bound")
+    return out
 
 
 @dataclass(frozen=True)
-class ScreeningValues:
-    """Plaintext statistics in array form (NaN where not computed or not agreed).
+class SketchStatistics:
+    """Norms and distances estimated from the projections (parameter units squared).
 
-    Attributes
-    ----------
-    squared_norms:
-        ``(n,)``.
-    squared_distances:
-        ``(n, n)``, symmetric, zero diagonal.
-    inner_products:
-        ``(n,)`` with the reference.
+    ``sq_norms[i] = N / (Delta^2 r) * sum_k v_ik^2`` estimates ``||x_i||^2`` and
+    ``sq_dists[i, j]`` likewise ``||x_i - x_j||^2``, each with relative standard deviation
+    about ``sqrt(2 / r)``; they are the Gram matrix of real vectors, so never inconsistent.
     """
 
-    squared_norms: npt.NDArray[np.float64]
-    squared_distances: npt.NDArray[np.float64]
-    inner_products: npt.NDArray[np.float64]
+    sq_norms: _F64
+    sq_dists: _F64
 
 
-def assemble(labels: Sequence[StatLabel], values: Sequence[float], n: int) -> ScreeningValues:
-    """Place reconciled scalars (in label order) into arrays for the filters."""
-    if len(labels) != len(values):
-        raise ValueError("one value per label")
-    norms = np.full(n, np.nan)
-    dist = np.full((n, n), np.nan)
-    np.fill_diagonal(dist, 0.0)
-    inner = np.full(n, np.nan)
-    for label, value in zip(labels, values, strict=True):
-        if label.kind is StatKind.SQUARED_NORM:
-            norms[label.i] = value
-        elif label.kind is StatKind.SQUARED_DISTANCE:
-            assert label.j is not None
-            dist[label.i, label.j] = dist[label.j, label.i] = value
-        else:
-            inner[label.i] = value
-    return ScreeningValues(norms, dist, inner)
+def sketch_statistics(projections: npt.ArrayLike, params: ScreenParameters) -> SketchStatistics:
+    """JL estimates of squared norms and pair distances from ``(n, r)`` projections."""
+    v = np.asarray(projections, dtype=np.float64)
+    spec = params.preset.spec
+    unit = spec.poly_degree / (spec.scale**2 * v.shape[1])
+    sq = unit * np.einsum("ik,ik->i", v, v)
+    diff = v[:, None, :] - v[None, :, :]
+    dists = unit * np.einsum("ijk,ijk->ij", diff, diff)
+    np.fill_diagonal(dists, 0.0)
+    return SketchStatistics(sq, dists)
+
+
+def reconcile(
+    answers: Mapping[str, Sequence[Sequence[int]]],
+) -> tuple[list[list[int]] | None, frozenset[str]]:
+    """Agree on the key holders' projections; name those who differ from a strict majority.
+
+    Honest holders compute the same integers (the flooding is a PRF of the shared secret
+    key), so agreement is exact equality of the whole answer. Without a strict majority
+    the result is ``None`` and every holder is reported (ask another holder).
+    """
+    if not answers:
+        raise ValueError("no answers")
+    keyed = {h: tuple(tuple(int(x) for x in row) for row in rows) for h, rows in answers.items()}
+    votes = Counter(keyed.values())
+    best, support = votes.most_common(1)[0]
+    if 2 * support > len(answers):
+        liars = frozenset(h for h, v in keyed.items() if v != best)
+        return [list(row) for row in best], liars
+    return None, frozenset(answers)

@@ -12,17 +12,17 @@ Layout (little-endian), 57-byte header::
     offset size field
      0      4   magic b"FGCT"
      4      1   format version (1)
-     5      1   kind: 1 = vector, 2 = masked statistic
-     6      1   flags: bit 0 = seeded (vectors only); other bits 0
-     7      1   polynomials per ciphertext (vector 2; statistic 2 or 3)
+     5      1   kind: 1 = vector (2, the retired masked statistic, is refused)
+     6      1   flags: bit 0 = seeded; other bits 0
+     7      1   polynomials per ciphertext (2)
      8     16   preset id, ASCII, NUL-padded
     24      8   key fingerprint (16 hex digits as 8 bytes)
     32      4   ring degree N
-    36      1   scale power (vector 1; statistic 1 or 2: scale Delta^power)
+    36      1   scale power (1)
     37      3   reserved, zero
     40      4   chunk count (ciphertexts)
-    44      8   value count (vector length; 1 for a statistic)
-    52      4   multiplier (total integer weight; 1 for a statistic)
+    44      8   value count (vector length)
+    52      4   multiplier (total integer weight)
     56      1   reserved, zero
     57     32   seed (seeded vectors only)
     ..          payload: per chunk, per travelling polynomial, per prime:
@@ -46,7 +46,6 @@ from crypto import _seal
 from crypto.ckks import (
     Context,
     EncryptedVector,
-    MaskedStatistic,
     Preset,
     PublicContext,
     _pack_rns,
@@ -63,17 +62,13 @@ __all__ = [
     "HEADER_BYTES",
     "REASONS",
     "decode",
-    "decode_statistic",
     "encode",
-    "encode_statistic",
     "encoded_size",
-    "statistic_size",
 ]
 
 FORMAT_VERSION: Final = 1
 _MAGIC: Final = b"FGCT"
 _KIND_VECTOR: Final = 1
-_KIND_STATISTIC: Final = 2
 _FLAG_SEEDED: Final = 0x01
 _HEADER = struct.Struct("<4sBBBB16s8sIB3sIQIB")
 HEADER_BYTES: Final = _HEADER.size
@@ -146,11 +141,6 @@ def encoded_size(preset: Preset, length: int, *, seeded: bool) -> int:
     return HEADER_BYTES + seed + chunks * polys * _poly_bytes(preset)
 
 
-def statistic_size(preset: Preset, polynomials: int = 3) -> int:
-    """Exact envelope size of a masked statistic of ``polynomials`` polynomials."""
-    return HEADER_BYTES + polynomials * _poly_bytes(preset)
-
-
 def _header(
     kind: int,
     flags: int,
@@ -203,24 +193,6 @@ def encode(enc: EncryptedVector) -> bytes:
     assert enc._c1 is not None
     both = np.stack([enc._c0, enc._c1], axis=1)  # (chunks, 2, primes, N)
     return head + _pack_rns(both, spec.data_moduli)
-
-
-def encode_statistic(stat: MaskedStatistic) -> bytes:
-    """Serialize a :class:`~crypto.ckks.MaskedStatistic` (2 or 3 polynomials)."""
-    if not isinstance(stat, MaskedStatistic):
-        raise TypeError("expected a MaskedStatistic")
-    head = _header(
-        _KIND_STATISTIC,
-        0,
-        stat.polynomial_count,
-        stat.preset,
-        stat.fingerprint,
-        stat.scale_power,
-        1,
-        1,
-        1,
-    )
-    return head + _pack_rns(stat._polys, stat.preset.spec.data_moduli)
 
 
 def _reject(reason: str, detail: str = "") -> InvalidCiphertext:
@@ -284,8 +256,7 @@ def _parse_header(view: memoryview, public: PublicContext, kind: int, max_bytes:
         raise _reject(REASON_WRONG_KIND, f"kind {got_kind}")
     if reserved != bytes(3) or reserved2 != 0:
         raise _reject(REASON_BAD_HEADER, "reserved bytes are not zero")
-    allowed_flags = _FLAG_SEEDED if kind == _KIND_VECTOR else 0
-    if flags & ~allowed_flags:
+    if flags & ~_FLAG_SEEDED:
         raise _reject(REASON_BAD_HEADER, f"flags {flags:#04x}")
     preset = _preset_from_field(preset_field)
     if preset is None:
@@ -296,12 +267,11 @@ def _parse_header(view: memoryview, public: PublicContext, kind: int, max_bytes:
         raise _reject(REASON_KEY_MISMATCH)
     if degree != preset.spec.poly_degree:
         raise _reject(REASON_BAD_DEGREE, f"N={degree}")
-    low, high = (2, 2) if kind == _KIND_VECTOR else (2, 3)
-    if polys > high:
+    if polys > 2:
         raise _reject(REASON_EXTRA_POLYNOMIALS, f"{polys} polynomials")
-    if polys < low:
+    if polys < 2:
         raise _reject(REASON_MISSING_POLYNOMIALS, f"{polys} polynomials")
-    if scale_power not in ((1,) if kind == _KIND_VECTOR else (1, 2)):
+    if scale_power != 1:
         raise _reject(REASON_BAD_SCALE, f"scale power {scale_power}")
     return _Header(preset, flags, polys, scale_power, chunks, values, multiplier)
 
@@ -380,30 +350,3 @@ def decode(
             raise _reject(REASON_TRANSPARENT, "a chunk has an all-zero second polynomial")
     return EncryptedVector(head.preset, public.fingerprint, head.values, head.multiplier,
                            np.ascontiguousarray(coeffs[:, 0]), c1, seed)
-
-
-def decode_statistic(
-    data: bytes | bytearray | memoryview, ctx: Context, *, max_bytes: int | None = None
-) -> MaskedStatistic:
-    """Validate and parse a masked-statistic envelope (2 or 3 polynomials, nothing else).
-
-    ``max_bytes`` defaults to the size of a 3-polynomial statistic of ``ctx``'s preset.
-
-    Raises
-    ------
-    InvalidCiphertext
-        With a ``reason`` from :data:`REASONS`.
-    """
-    public = _public_of(ctx)
-    limit = statistic_size(public.preset) if max_bytes is None else max_bytes
-    view = memoryview(data).cast("B")
-    head = _parse_header(view, public, _KIND_STATISTIC, limit)
-    if head.values != 1 or head.chunks != 1:
-        raise _reject(REASON_COUNT_MISMATCH, "a statistic is one ciphertext of one value")
-    if head.multiplier != 1:
-        raise _reject(REASON_BAD_MULTIPLIER, f"multiplier {head.multiplier}")
-    _check_size(view, HEADER_BYTES + head.polys * _poly_bytes(head.preset), limit)
-    polys = _coefficients(view[HEADER_BYTES:], head.polys, head.preset)
-    if not polys[1:].any():
-        raise _reject(REASON_TRANSPARENT)
-    return MaskedStatistic(head.preset, public.fingerprint, head.scale_power, polys)

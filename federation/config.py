@@ -154,6 +154,10 @@ class DefenseConfig:
     defenses: tuple[str, ...] = ()
     screen_quorum: int = 2
     max_malicious: int = -1  # -1: automatic, federation.robust.max_krum_f (the most Krum tolerates)
+    # Public bound on an honest update's L2 norm (parameter units) for the encrypted
+    # soundness check (docs/soundness.md). Honest Fashion-MNIST updates measure ~0.5-5
+    # (plain and DP recipes); 50 leaves 10x margin and is far below the modulus limit.
+    screen_norm_bound: float = 50.0
 
 
 @dataclass(frozen=True)
@@ -235,6 +239,7 @@ FLAT_KEYS: dict[str, tuple[str, str]] = {
     "defense": ("defense", "defenses"),
     "screen-quorum": ("defense", "screen_quorum"),
     "max-malicious": ("defense", "max_malicious"),
+    "screen-norm-bound": ("defense", "screen_norm_bound"),
     "verify-value-bound": ("recover", "value_bound"),
     "verify-max-loss-ratio": ("recover", "max_loss_ratio"),
     "verify-group-loss-ratio": ("recover", "group_loss_ratio"),
@@ -416,6 +421,11 @@ def _validate(cfg: FedConfig) -> None:
         1 <= f.screen_quorum <= known,
         "screen-quorum",
         f"got {f.screen_quorum}; allowed: 1..num-clients ({r.clients})",
+    )
+    _check(
+        math.isfinite(f.screen_norm_bound) and f.screen_norm_bound > 0,
+        "screen-norm-bound",
+        f"got {f.screen_norm_bound}; allowed: > 0 (L2 norm bound of an honest update)",
     )
     _check(
         -1 <= f.max_malicious < known,

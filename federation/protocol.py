@@ -34,6 +34,12 @@ __all__ = [
     "PROV_SEEDS",
     "PROV_WEIGHTS",
     "SCREEN",
+    "SCREEN_LENGTH",
+    "SCREEN_NONCE",
+    "SCREEN_REPETITIONS",
+    "SCREEN_ROUND",
+    "SCREEN_SEEDS",
+    "SCREEN_VALUES",
     "STATUS",
     "STATUS_BUDGET_EXHAUSTED",
     "STATUS_ERROR",
@@ -52,7 +58,7 @@ MSG_TRAIN: Final = "train"  # global model in, update + evaluation of the receiv
 MSG_EVALUATE: Final = "evaluate"  # final evaluation of the last global model
 MSG_KEYS_SETUP: Final = "query.keys"  # in-band keys: every trainer sends its wrap key; one generates
 MSG_KEYS_WRAP: Final = "query.wrap"  # in-band keys: the generator wraps the secret for each trainer
-MSG_SCREEN: Final = "query.screen"  # key holders decrypt masked scalar statistics
+MSG_SCREEN: Final = "query.screen"  # key holders answer seed-bound projections (crypto.stats)
 MSG_VERIFY: Final = "query.verify"  # attribution: trainers check candidate globals (group sums)
 
 # -- record keys ---------------------------------------------------------------------------------
@@ -64,7 +70,15 @@ GLOBAL_CIPHER: Final = "global-enc"  # ArrayRecord: encrypted global model (uint
 UPDATE_PLAIN: Final = "update"  # ArrayRecord: plaintext update (float32, flat)
 UPDATE_CIPHER: Final = "update-enc"  # ArrayRecord: encrypted update (uint8 envelope)
 KEYS: Final = "keys"  # ConfigRecord: public keys, wrapped secrets, public context (bytes)
-SCREEN: Final = "screen"  # ArrayRecord / MetricRecord of the screen phase
+SCREEN: Final = "screen"  # ConfigRecord (request) / MetricRecord (answer) of the screen phase
+
+# -- field keys of the screen exchange (crypto.stats.Challenge) ---------------------------------
+SCREEN_ROUND: Final = "round"  # int: the round being screened
+SCREEN_REPETITIONS: Final = "repetitions"  # int: projections per upload (r)
+SCREEN_LENGTH: Final = "length"  # int: values per update
+SCREEN_NONCE: Final = "nonce"  # bytes: the server's fresh nonce, drawn after all uploads
+SCREEN_SEEDS: Final = "seeds"  # list[bytes]: the uploads' seeds, in the server's order
+SCREEN_VALUES: Final = "values"  # list[int]: the key holder's n * r residues, row-major
 PROVENANCE: Final = "provenance"  # ConfigRecord: which uploads (seed, weight, round) a global sums
 CANDIDATES: Final = "candidates"  # ArrayRecord: candidate globals of an attribution request
 VOTE: Final = "vote"  # ConfigRecord: a trainer's verdict on the global(s) it received

@@ -59,18 +59,23 @@ import numpy.typing as npt
 from federation.config import parse_defenses  # the one home of defence names and their parser
 
 __all__ = [
+    "CONSISTENCY_RTOL",
     "DEFAULT_COSINE_THRESHOLD",
     "DEFAULT_NORM_K",
+    "DUPLICATE_RATIO",
     "ClientId",
     "Decision",
     "UpdateStats",
     "Verdict",
     "angular_sq_dists",
     "cosine_filter",
+    "cosine_floor",
     "gram_matrix",
+    "inconsistent_clients",
     "krum_scores",
     "max_krum_f",
     "multikrum_filter",
+    "near_duplicates",
     "no_filter",
     "norm_filter",
     "pairwise_cosines",
@@ -102,6 +107,9 @@ have small positive cosines to each other, so a positive threshold would reject 
 clients; 0 only rejects updates that actively oppose the majority.
 """
 
+CONSISTENCY_RTOL: Final[float] = 1e-6
+"""Relative slack of :func:`inconsistent_clients`. Why 1e-6: plaintext and sketch statistics
+are exact up to float64 rounding (~1e-12 relative), so anything beyond 1e-6 is not noise."""
 
 
 # --------------------------------------------------------------------------- statistics
@@ -138,6 +146,11 @@ class UpdateStats:
         ``(n,)`` inner products ``<u_i, m>`` with a reference vector ``m``, or ``None``.
     ref_sq_norm:
         ``||m||²``; given exactly when ``inner_with_ref`` is.
+    rejected:
+        Clients already rejected by the producer of the statistics, with the reason (e.g.
+        ``"statistic:wraparound"`` from the encrypted soundness check). :func:`screen`
+        rejects them and runs the filters on the others only, so a rejected update cannot
+        move any median or neighbour sum.
     """
 
     client_ids: tuple[ClientId, ...]
@@ -145,6 +158,8 @@ class UpdateStats:
     pair_sq_dists: FloatArray | None = None
     inner_with_ref: FloatArray | None = None
     ref_sq_norm: float | None = None
+    rejected: Mapping[ClientId, str] = field(default_factory=dict)
+    sketch_repetitions: int = 0
 
     def __post_init__(self) -> None:
         # numpy integer ids (e.g. from an index array) become plain ints, for JSON and order.
@@ -170,6 +185,20 @@ class UpdateStats:
             inner = _frozen_f64(self.inner_with_ref, "inner_with_ref", (n,))
             object.__setattr__(self, "inner_with_ref", inner)
             object.__setattr__(self, "ref_sq_norm", float(self.ref_sq_norm))
+        rejected = {int(c) if isinstance(c, np.integer) else c: str(r)
+                    for c, r in self.rejected.items()}
+        if any(c not in ids for c in rejected):
+            raise ValueError("rejected names a client that is not in client_ids")
+        object.__setattr__(self, "rejected", MappingProxyType(rejected))
+
+    def subset(self, keep: Sequence[int]) -> UpdateStats:
+        """The statistics of the clients at positions ``keep`` (nothing rejected)."""
+        idx = list(keep)
+        pick = np.array(idx, dtype=np.intp)
+        dists = None if self.pair_sq_dists is None else self.pair_sq_dists[np.ix_(pick, pick)]
+        inner = None if self.inner_with_ref is None else self.inner_with_ref[pick]
+        return UpdateStats(tuple(self.client_ids[i] for i in idx), self.sq_norms[pick], dists,
+                           inner, self.ref_sq_norm, sketch_repetitions=self.sketch_repetitions)
 
     @property
     def n(self) -> int:
@@ -251,7 +280,7 @@ def pairwise_cosines(stats: UpdateStats) -> FloatArray:
     """
     gram = gram_matrix(stats)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        norms = np.sqrt(np.maximum(stats.sq_norms, 0.0))
+        norms = np.sqrt(np.where(stats.sq_norms >= 0.0, stats.sq_norms, np.nan))
         denom = norms[:, None] * norms[None, :]
         cos = np.where(denom > 0.0, gram / np.where(denom > 0.0, denom, 1.0), np.nan)
         cos = np.where(np.isfinite(cos), np.clip(cos, -1.0, 1.0), np.nan)
@@ -294,7 +323,8 @@ def krum_scores(pair_sq_dists: npt.ArrayLike, f: int) -> FloatArray:
     scores = np.zeros(n, dtype=np.float64)
     if k < 1:
         return scores
-    dists = np.where(np.isfinite(dists), np.maximum(dists, 0.0), np.inf)
+    # a negative squared distance is impossible: it counts as unknown (+inf), never as 0
+    dists = np.where(np.isfinite(dists) & (dists >= 0.0), dists, np.inf)
     for i in range(n):
         row = np.sort(np.delete(dists[i], i))
         scores[i] = float(np.sum(row[:k]))
@@ -394,7 +424,8 @@ def norm_filter(stats: UpdateStats, *, k: float = DEFAULT_NORM_K) -> tuple[Verdi
     The median is taken over the finite norms of the round, so up to half the clients can
     be arbitrarily large without moving it. A client is rejected with
     ``"norm>{k}*median"`` when ``||u_i|| > k * median``, or ``"norm:non-finite"`` when its
-    squared norm is NaN/Inf. Slightly negative squared norms (CKKS noise around 0) count as 0.
+    squared norm is NaN/Inf or negative (impossible: :func:`screen` rejects such statistics as
+``statistic:inconsistent`` before any filter runs).
 
     Parameters
     ----------
@@ -405,8 +436,8 @@ def norm_filter(stats: UpdateStats, *, k: float = DEFAULT_NORM_K) -> tuple[Verdi
     """
     if not (math.isfinite(k) and k > 0):
         raise ValueError(f"norm k must be a positive finite number, got {k}")
-    finite = _finite(stats.sq_norms)
-    norms = np.sqrt(np.maximum(np.where(finite, stats.sq_norms, 0.0), 0.0))
+    finite = _finite(stats.sq_norms) & (stats.sq_norms >= 0.0)
+    norms = np.sqrt(np.where(finite, stats.sq_norms, 0.0))
     median = float(np.median(norms[finite])) if finite.any() else math.nan
     limit = k * median
     out: list[Verdict] = []
@@ -439,7 +470,9 @@ def _effective_f(n: int, f: int) -> int:
     return max_krum_f(n)
 
 
-def multikrum_filter(stats: UpdateStats, *, f: int, angular: bool = False) -> tuple[Verdict, ...]:
+def multikrum_filter(
+    stats: UpdateStats, *, f: int, angular: bool = False, selection: str = "top"
+) -> tuple[Verdict, ...]:
     """``multikrum``: keep the ``m = n - f`` clients with the lowest Krum scores.
 
     ``angular=True`` scores on :func:`angular_sq_dists` (the updates' directions) instead of
@@ -464,15 +497,26 @@ def multikrum_filter(stats: UpdateStats, *, f: int, angular: bool = False) -> tu
     other non-finite distances count as ``+inf``. Ties in score are broken by client id,
     never by position.
 
+    ``selection="threshold"`` is the score-threshold variant the server uses: a client is
+    dropped (``"multikrum:outlier"``) only when its score is an outlier among the round's
+    scores (above ``median + 3 * 1.4826 * MAD``) and, on directions, its nearest neighbours
+    point away from it on average (mean angular squared distance above 2, i.e. negative
+    cosine, beyond :func:`cosine_floor`); at most ``f`` of them, highest first. An
+    all-honest round then loses nobody instead of always ``f``.
+
     Parameters
     ----------
     stats:
         Needs ``pair_sq_dists`` (and ``sq_norms`` for the finiteness check).
     f:
         Assumed number of attackers, ``>= 0``.
+    selection:
+        ``"top"`` (keep the ``n - f`` best) or ``"threshold"`` (drop only outliers).
     """
     if isinstance(f, bool) or not isinstance(f, int) or f < 0:
         raise ValueError(f"f must be an int >= 0, got {f!r}")
+    if selection not in ("top", "threshold"):
+        raise ValueError(f"selection must be 'top' or 'threshold', got {selection!r}")
     if stats.pair_sq_dists is None:
         raise ValueError("multikrum needs pair_sq_dists")
     n_all = stats.n
@@ -491,6 +535,22 @@ def multikrum_filter(stats: UpdateStats, *, f: int, angular: bool = False) -> tu
         note = (f"multikrum:degraded(n={n}<=2f+2, f={f}->{f_eff})",)
     scores = krum_scores(dists[np.ix_(idx, idx)], f_eff)
     keep = n - f_eff
+    dropped_reason = "multikrum:not-selected"
+    if selection == "threshold" and n >= 3:
+        med = float(np.median(scores))
+        mad = float(np.median(np.abs(scores - med)))
+        cut = med + 3.0 * 1.4826 * mad
+        k = n - f_eff - 2
+        if angular and k >= 1:
+            # on directions, also require that the nearest neighbours point away on average
+            # (mean angular distance beyond orthogonal, 2, by more than the statistics' error):
+            # an honest update that is mostly noise is orthogonal to everyone, never opposed
+            cut = max(cut, 2.0 * (1.0 - cosine_floor(stats)) * k)
+        outliers = int(np.sum(scores > cut))
+        keep = n - min(f_eff, outliers)
+        dropped_reason = "multikrum:outlier"
+    elif selection == "threshold":
+        keep = n
     order = sorted(range(n), key=lambda r: (scores[r], _id_key(stats.client_ids[idx[r]])))
     rank = {int(idx[r]): pos for pos, r in enumerate(order)}
     score_of = {int(idx[r]): float(scores[r]) for r in range(n)}
@@ -504,7 +564,7 @@ def multikrum_filter(stats: UpdateStats, *, f: int, angular: bool = False) -> tu
         if rank[i] < keep:
             out.append(Verdict(cid, True, note, sc))
         else:
-            out.append(Verdict(cid, False, ("multikrum:not-selected", *note), sc))
+            out.append(Verdict(cid, False, (dropped_reason, *note), sc))
     return tuple(out)
 
 
@@ -526,7 +586,7 @@ def _noise_aware_cut(scores: Sequence[float], threshold: float) -> float:
 
 
 def cosine_filter(
-    stats: UpdateStats, *, threshold: float = DEFAULT_COSINE_THRESHOLD
+    stats: UpdateStats, *, threshold: float = DEFAULT_COSINE_THRESHOLD, floor: float | None = None
 ) -> tuple[Verdict, ...]:
     """``cosine``: reject updates that point against the consensus.
 
@@ -556,6 +616,11 @@ def cosine_filter(
         Needs ``pair_sq_dists``, or else ``inner_with_ref`` and ``ref_sq_norm``.
     threshold:
         In ``[-1, 1]`` (default :data:`DEFAULT_COSINE_THRESHOLD`).
+    floor:
+        The lowest the noise-aware cut may go: it can never drift into admitting an update
+        that points against the consensus by more than the statistics' own error. ``None``
+        (default) keeps the plain noise-aware cut; :func:`screen` passes
+        :func:`cosine_floor` of the statistics.
     """
     if not (-1.0 <= threshold <= 1.0):
         raise ValueError(f"cosine threshold must be in [-1, 1], got {threshold}")
@@ -573,6 +638,8 @@ def cosine_filter(
             if peers.size:
                 scores[i] = (float(np.median(peers)), float(np.min(peers)))
         cut = _noise_aware_cut([v[0] for v in scores.values()], threshold)
+        if floor is not None:
+            cut = max(cut, min(floor, threshold))
         for i, cid in enumerate(stats.client_ids):
             if not finite_norm[i]:
                 out.append(Verdict(cid, False, ("cosine:non-finite",)))
@@ -628,6 +695,82 @@ def _sample_count_list(
     return [int(c) for c in counts]
 
 
+DUPLICATE_RATIO: Final[float] = 1e-3
+"""Two updates from different clients whose squared distance is below this fraction of the
+round's median pair squared distance are near-duplicates: evidence of collusion (colluders
+that send one update have distance ~0 and would look the most central to Krum). Why 1e-3:
+honest updates differ by their own data and noise, so no two are closer than a fraction of
+the typical pair distance; one plaintext under two encryptions differs only by CKKS noise
+and the screen's flooding, ~1e-8 of it. Euclidean, not angular: a boosted copy of a direction
+is the norm filter's business, not a duplicate."""
+
+
+def near_duplicates(stats: UpdateStats, *, ratio: float = DUPLICATE_RATIO) -> set[int]:
+    """Positions of clients whose update nearly duplicates another client's."""
+    if stats.pair_sq_dists is None or stats.n < 3:
+        return set()
+    ang = stats.pair_sq_dists
+    upper = ang[np.triu_indices(stats.n, 1)]
+    upper = upper[np.isfinite(upper)]
+    if upper.size == 0:
+        return set()
+    limit = ratio * float(np.median(upper))
+    out: set[int] = set()
+    for i in range(stats.n):
+        for j in range(i + 1, stats.n):
+            if np.isfinite(ang[i, j]) and ang[i, j] <= limit:
+                out.update((i, j))
+    return out
+
+
+def cosine_floor(stats: UpdateStats) -> float:
+    """Lowest cosine cut :func:`screen` allows: 0 for exact statistics, ``-1/sqrt(r)`` for
+    sketches from ``r`` projections (one standard deviation of a sketched cosine)."""
+    r = stats.sketch_repetitions
+    return -1.0 / math.sqrt(r) if r > 0 else 0.0
+
+
+def inconsistent_clients(stats: UpdateStats, *, rtol: float = CONSISTENCY_RTOL) -> set[int]:
+    """Positions of clients whose statistics no real vectors can have (evidence, not noise).
+
+    A squared norm below ``-rtol * scale`` (``scale`` = the largest finite squared norm), a
+    squared distance below it, or a pair that breaks the triangle inequality
+    ``|a - b| <= ||u_i - u_j|| <= a + b`` (``a, b`` the two norms) by more than
+    ``rtol * (a + b)``. A client is blamed for a pair violation when it violates with at least
+    half of the other clients (one impossible value cannot make honest clients look bad);
+    a negative squared norm is always its own client's fault.
+    """
+    n = stats.n
+    sq = stats.sq_norms
+    finite = np.isfinite(sq)
+    scale = float(np.max(np.abs(sq[finite]))) if finite.any() else 0.0
+    slack = rtol * scale
+    bad = {i for i in range(n) if finite[i] and sq[i] < -slack}
+    if stats.pair_sq_dists is None or n < 2:
+        return bad
+    d = stats.pair_sq_dists
+    with np.errstate(invalid="ignore"):
+        norms = np.sqrt(np.where(sq >= 0.0, sq, np.nan))
+        dist = np.sqrt(np.where(d >= 0.0, d, np.nan))
+    for i in range(n):
+        if i in bad or not finite[i]:
+            continue
+        violations = 0
+        for j in range(n):
+            if j == i or not (finite[j] and np.isfinite(d[i, j])):
+                continue
+            a_, b_ = float(norms[i]), float(norms[j])
+            if d[i, j] < -slack or math.isnan(a_) or math.isnan(b_):
+                violations += 1
+                continue
+            tol = rtol * (a_ + b_) + math.sqrt(slack)
+            if not abs(a_ - b_) - tol <= float(dist[i, j]) <= a_ + b_ + tol:
+                violations += 1
+        if 2 * violations >= n - 1 and violations > 0:
+            bad.add(i)
+    return bad
+
+
 def screen(
     stats: UpdateStats,
     sample_counts: Sequence[int] | Mapping[ClientId, int],
@@ -637,13 +780,18 @@ def screen(
     norm_k: float = DEFAULT_NORM_K,
     cosine_threshold: float = DEFAULT_COSINE_THRESHOLD,
     angular_krum: bool = False,
+    krum_selection: str = "top",
+    duplicates: bool = False,
+    floored_cosine: bool = False,
 ) -> list[Decision]:
     """Decide who is accepted this round, and with what weight.
 
-    The chosen filters run side by side on the same statistics; a client is accepted only
-    if every chosen filter accepts it, and its reasons and scores are the union of theirs
-    (in canonical filter order). Permuting the clients permutes the result and changes no
-    client's decision.
+    Clients in ``stats.rejected`` and clients whose statistics are impossible
+    (:func:`inconsistent_clients`: ``"statistic:inconsistent"``) are rejected first; the
+    chosen filters then run side by side on the statistics of the remaining clients only. A
+    client is accepted only if every chosen filter accepts it, and its reasons and scores are
+    the union of theirs (in canonical filter order). Permuting the clients permutes the result
+    and changes no client's decision.
 
     Parameters
     ----------
@@ -662,7 +810,18 @@ def screen(
     norm_k, cosine_threshold:
         Thresholds of the ``norm`` and ``cosine`` filters.
     angular_krum:
-        Multi-Krum on directions (see :func:`multikrum_filter`); the server sets it when DP is on.
+        Multi-Krum on directions (see :func:`multikrum_filter`).
+    krum_selection:
+        ``"top"`` or ``"threshold"`` (see :func:`multikrum_filter`).
+    duplicates:
+        Reject near-duplicate updates of different clients (:func:`near_duplicates`) as
+        ``"collusion:near-duplicate"`` before the filters run.
+    floored_cosine:
+        Keep the cosine cut at or above :func:`cosine_floor` of the statistics.
+
+    The fedguard server uses the rule that never punishes size alone: directions
+    (``angular_krum``), score thresholds (``krum_selection="threshold"``), duplicates as
+    evidence, and a cosine cut that cannot fall below :func:`cosine_floor`.
 
     Returns
     -------
@@ -673,16 +832,34 @@ def screen(
         raise ValueError(f"f must be an int >= 0, got {f!r}")
     chosen = _normalise_defenses(defenses)
     counts = _sample_count_list(stats, sample_counts)
+    pre: dict[int, str] = {i: stats.rejected[c] for i, c in enumerate(stats.client_ids)
+                           if c in stats.rejected}
+    if chosen:  # with no filter, nothing is screened
+        rest = [i for i in range(stats.n) if i not in pre]
+        for k in inconsistent_clients(stats.subset(rest)):
+            pre[rest[k]] = "statistic:inconsistent"
+        if duplicates:
+            rest = [i for i in range(stats.n) if i not in pre]
+            for k in near_duplicates(stats.subset(rest)):
+                pre[rest[k]] = "collusion:near-duplicate"
+    keep = [i for i in range(stats.n) if i not in pre]
     runners: dict[str, Callable[[UpdateStats], tuple[Verdict, ...]]] = {
         "none": no_filter,
         "norm": lambda s: norm_filter(s, k=norm_k),
-        "multikrum": lambda s: multikrum_filter(s, f=f, angular=angular_krum),
-        "cosine": lambda s: cosine_filter(s, threshold=cosine_threshold),
+        "multikrum": lambda s: multikrum_filter(s, f=f, angular=angular_krum,
+                                                selection=krum_selection),
+        "cosine": lambda s: cosine_filter(s, threshold=cosine_threshold,
+                                          floor=cosine_floor(s) if floored_cosine else None),
     }
-    results = [runners[name](stats) for name in chosen]
+    sub = stats.subset(keep)
+    results = [runners[name](sub) for name in chosen] if keep else []
+    position = {i: k for k, i in enumerate(keep)}
     decisions: list[Decision] = []
     for i, cid in enumerate(stats.client_ids):
-        verdicts = [res[i] for res in results]
+        if i in pre:
+            decisions.append(Decision(cid, False, 0, (pre[i],), {}))
+            continue
+        verdicts = [res[position[i]] for res in results]
         accepted = all(v.accepted for v in verdicts)
         reasons = tuple(r for v in verdicts for r in v.reasons)
         scores: dict[str, float] = {}

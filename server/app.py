@@ -138,11 +138,10 @@ def fast_polling(grid: Grid) -> Grid:
     The pause between pulls is at most ``$FEDGUARD_GRID_POLL_MAX`` seconds (default 0.5; 0 keeps
     Flower's fixed 3 s). Simulation grids and test fakes are returned unchanged.
     """
-    try:
-        from flwr.superlink.grid.http_grid import HttpGrid
-    except ImportError:  # another Flower version: keep its own polling
-        return grid
-    if not isinstance(grid, HttpGrid):
+    from federation.flower_internals import http_grid_type
+
+    grid_type = http_grid_type()  # None on another Flower version: keep its own polling
+    if grid_type is None or not isinstance(grid, grid_type):
         return grid
     try:
         max_wait = float(os.environ.get(GRID_POLL_ENV, "") or 0.5)

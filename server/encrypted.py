@@ -20,15 +20,18 @@ Keys come either from a provisioned server bundle (``key-dir``) or from the in-b
 (:meth:`CkksScheme.setup`): one trainer generates the CKKS keys and wraps the secret for each
 other trainer; the server only relays opaque blobs and keeps the public context.
 
-Screening (when a defence is on): squared norms and pairwise squared distances are computed
-on ciphertexts (lazy products, summed over chunks, masked by zero-sum random slots), a quorum
-of key holders decrypts each statistic's slot sum, and :func:`crypto.stats.reconcile` checks
-that they agree; a key holder whose answers disagree is reported and not used.
+Screening (when a defence is on): seed-bound random projections (:mod:`crypto.stats`,
+docs/soundness.md). The server projects each upload's ``c0`` itself; a quorum of key holders
+projects the seed parts ``a_i * s`` (never seeing ``c0``), :func:`crypto.stats.reconcile`
+checks that they agree exactly, and a key holder whose answers disagree is reported and not
+used. Out-of-bound updates are rejected with a ``statistic:*`` reason; the filters decide on
+norms and distances estimated from the same projections.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import random
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,11 +44,28 @@ from flwr.app import ConfigRecord, RecordDict
 from crypto import EncryptedVector, Preset, PublicContext, add, weighted_sum, wire
 from crypto.keys import load_server_bundle
 from crypto.provenance import SEED_BYTES, upload_seed
-from crypto.stats import assemble, compute_statistics, reconcile
+from crypto.stats import (
+    Challenge,
+    ScreenParameters,
+    check_projections,
+    combine,
+    new_challenge,
+    reconcile,
+    screen_parameters,
+    server_projections,
+    sketch_statistics,
+)
 from federation import protocol as P
-from federation.aggregation import UPDATE_VALUE_BOUND, WEIGHT_DENOMINATOR
+from federation.aggregation import WEIGHT_DENOMINATOR
 from federation.config import FedConfig
-from federation.errors import CryptoError, InvalidCiphertext, KeyMismatch, ProtocolError, RejectedUpdate
+from federation.errors import (
+    ConfigError,
+    CryptoError,
+    InvalidCiphertext,
+    KeyMismatch,
+    ProtocolError,
+    RejectedUpdate,
+)
 from federation.records import bytes_record, record_bytes, vector_record
 from federation.robust import UpdateStats
 from server.loop import exchange
@@ -83,7 +103,14 @@ class CkksScheme:
         self.initial = initial.astype(np.float32, copy=True)
         self.dim = int(initial.shape[0])
         self.cfg = cfg
-        self.preset = Preset.SCREENING if cfg.defense.defenses else Preset.AGGREGATION
+        # Projection screening is linear: the aggregation preset serves filtering too.
+        self.preset = Preset.AGGREGATION
+        try:  # fails early, naming the key, when the modulus cannot certify the bound
+            self.screen_params: ScreenParameters = screen_parameters(
+                self.preset, self.dim, cfg.defense.screen_norm_bound, max_weight=WEIGHT_DENOMINATOR)
+        except ValueError as exc:
+            raise ConfigError("screen-norm-bound", str(exc)) from None
+        self._nonce = os.urandom
         self.public: PublicContext | None = None
         self.global_enc: EncryptedVector | None = None
         self._global_blob: bytes | None = None
@@ -115,8 +142,8 @@ class CkksScheme:
             public = PublicContext.from_bytes(bundle.ckks_public)
             if public.fingerprint != bundle.ckks_fingerprint:
                 raise CryptoError("the server bundle's public context does not match its manifest")
-            if cfg.defense.defenses and public.preset is not Preset.SCREENING:
-                raise CryptoError("encrypted filtering needs keys of the 'screening' preset")
+            if cfg.defense.defenses and public.preset is not Preset.AGGREGATION:
+                raise CryptoError("encrypted filtering needs keys of the 'aggregation' preset")
             self.preset = public.preset
             self.public = public
         else:
@@ -267,47 +294,91 @@ class CkksScheme:
         return enc
 
     def statistics(self, grid: Any, payloads: dict[int, Any], round_: int) -> UpdateStats:
-        """Encrypted squared norms and pair distances, decrypted as masked sums by a quorum."""
+        """Projection screening (:mod:`crypto.stats`): sound checks and sketch statistics.
+
+        Uploads are seeded, each seed new (:meth:`parse_update`); then, with a nonce drawn
+        now (after every upload of the round is in), the server projects the ``c0`` parts
+        itself and asks a quorum of key holders for the seed parts. Clients whose
+        projections leave the certified band are rejected (``statistic:*``); the filters see
+        only the others, through norms and distances estimated from the projections.
+        """
         ids = sorted(payloads)
-        vectors = [payloads[i] for i in ids]
-        req = compute_statistics(self._public(), vectors, norms=True, distances=True, inner=False,
-                                 value_bound=UPDATE_VALUE_BOUND)
-        blobs = req.blobs()
+        rejected: dict[int | str, str] = {}
+        # parse_update already refused unseeded uploads and any seed seen before (this round
+        # or earlier); this only guards callers that hand in payloads another way
+        seeds = [payloads[i]._seed for i in ids]
+        for i, seed in zip(ids, seeds, strict=True):
+            if seed is None:
+                rejected[i] = "ciphertext:unseeded"
+            elif seeds.count(seed) > 1:
+                rejected[i] = "ciphertext:replayed-seed"
+        screened = [i for i in ids if i not in rejected]
+        n = len(ids)
+        norms = np.full(n, np.nan)
+        dists = np.full((n, n), np.nan)
+        np.fill_diagonal(dists, 0.0)
+        if screened:
+            vectors = [payloads[i] for i in screened]
+            params = self.screen_params
+            challenge = new_challenge(round_, vectors, params.repetitions, rng=self._nonce)
+            server_part = server_projections(self._public(), vectors, challenge)
+            holder_part = self._holders_answer(grid, ids, challenge, round_)
+            if holder_part is None:
+                rejected.update({i: "statistic:no-key-holder-quorum" for i in screened})
+            else:
+                proj = combine(self.preset, server_part, holder_part)
+                reasons = check_projections(proj, params)
+                sketch = sketch_statistics(proj, params)
+                pos = {c: k for k, c in enumerate(ids)}
+                for a_, i in enumerate(screened):
+                    if reasons[a_] is not None:
+                        rejected[i] = str(reasons[a_])
+                        self._audit.append({"round": round_, "node": i, "event": "screen-rejected",
+                                            "reason": reasons[a_]})
+                    norms[pos[i]] = sketch.sq_norms[a_]
+                    for b_, j in enumerate(screened):
+                        dists[pos[i], pos[j]] = sketch.sq_dists[a_, b_]
+        return UpdateStats(client_ids=tuple(ids), sq_norms=norms, pair_sq_dists=dists,
+                           rejected=rejected, sketch_repetitions=self.screen_params.repetitions)
+
+    def _holders_answer(self, grid: Any, ids: list[int], challenge: Challenge,
+                        round_: int) -> list[list[int]] | None:
+        """The quorum's agreed projections, asking one more holder on disagreement or silence."""
         quorum = min(self.cfg.defense.screen_quorum, len(ids))
         holders = sorted(self._rng.sample(ids, quorum))
         spare = [n for n in ids if n not in holders]
-        answers = self._ask(grid, holders, blobs, round_)
-        values, liars = reconcile(answers) if answers else ([float("nan")] * len(blobs), frozenset())
-        if any(np.isnan(values)) and spare:  # disagreement or silence: ask one more holder
+        answers = self._ask(grid, holders, challenge, round_)
+        values, liars = reconcile(answers) if answers else (None, frozenset())
+        if values is None and spare:
             extra = self._rng.choice(spare)
-            answers.update(self._ask(grid, [extra], blobs, round_))
+            answers.update(self._ask(grid, [extra], challenge, round_))
             values, liars = reconcile(answers)
         for liar in sorted(liars):
             self._audit.append({"round": round_, "node": int(liar), "event": "key-holder-disagrees",
                                 "reason": "screening answers differ from the other key holders"})
             log.warning("round %d: key holder %s disagrees with the quorum", round_, liar)
-        sv = assemble(req.labels, values, len(ids))
-        norms = sv.squared_norms.copy()
-        dists = sv.squared_distances.copy()
-        for i, j in req.shared_randomness:  # a copied or replayed ciphertext: distrust both
-            norms[i] = norms[j] = float("nan")
-            self._audit.append({"round": round_, "event": "shared-randomness",
-                                "nodes": [ids[i], ids[j]]})
-        return UpdateStats(client_ids=tuple(ids), sq_norms=norms, pair_sq_dists=dists)
+        return values
 
-    def _ask(self, grid: Any, holders: list[int], blobs: list[bytes], round_: int) -> dict[str, list[float]]:
-        record = bytes_record({f"s{k:06d}": b for k, b in enumerate(blobs)})
-        contents = {h: RecordDict({P.SCREEN: record, P.CFG: ConfigRecord({"round": round_})})
+    def _ask(self, grid: Any, holders: list[int], challenge: Challenge,
+             round_: int) -> dict[str, list[list[int]]]:
+        request = ConfigRecord({
+            P.SCREEN_ROUND: challenge.round, P.SCREEN_REPETITIONS: challenge.repetitions,
+            P.SCREEN_LENGTH: challenge.length, P.SCREEN_NONCE: challenge.nonce,
+            P.SCREEN_SEEDS: list(challenge.seeds)})
+        contents = {h: RecordDict({P.SCREEN: request, P.CFG: ConfigRecord({"round": round_})})
                     for h in holders}
         replies, lost = exchange(grid, contents, P.MSG_SCREEN, round_, self.cfg.run.round_timeout)
-        answers: dict[str, list[float]] = {}
+        n, r = len(challenge.seeds), challenge.repetitions
+        answers: dict[str, list[list[int]]] = {}
         for h, reply in replies.items():
             rec = reply.content.metric_records.get(P.SCREEN)
-            vals = rec.get("values") if rec is not None else None
-            if isinstance(vals, list) and len(vals) == len(blobs):
-                answers[str(h)] = [float(v) for v in vals]
+            vals = rec.get(P.SCREEN_VALUES) if rec is not None else None
+            listed = vals if isinstance(vals, list) else []
+            ints = [v for v in listed if isinstance(v, int) and not isinstance(v, bool)]
+            if len(ints) == n * r == len(listed):
+                answers[str(h)] = [ints[k * r:(k + 1) * r] for k in range(n)]
             else:
-                answers[str(h)] = []  # reconcile treats a wrong length as a liar
+                answers[str(h)] = []  # a malformed answer never matches the honest majority
         for h, why in lost.items():
             self._audit.append({"round": round_, "node": h, "event": "key-holder-silent", "reason": why})
         return answers

@@ -676,9 +676,12 @@ def _decide(grid: GridLike, cfg: FedConfig, scheme: Scheme, candidates: list[Cli
     n = len(candidates)
     f = cfg.defense.max_malicious if cfg.defense.max_malicious >= 0 else max_krum_f(n)
     stats = scheme.statistics(grid, {r.node_id: r.payload for r in candidates}, rnd)
-    # under DP an update's size is mostly its noise, so Multi-Krum compares directions
+    # Size alone never drops an honest client: Multi-Krum compares directions and drops only
+    # score outliers; near-duplicates of different clients are collusion evidence; the cosine
+    # cut cannot fall below the statistics' own error (federation.robust.screen)
     decisions = screen(stats, dict(zip(ids, counts, strict=True)), cfg.defense.defenses, f=f,
-                       angular_krum=cfg.dp.enabled)
+                       angular_krum=True, krum_selection="threshold", duplicates=True,
+                       floored_cosine=True)
     return {int(d.client_id): d for d in decisions}
 
 

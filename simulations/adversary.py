@@ -18,19 +18,23 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
+from flwr.app import RecordDict
 
 from clients.app import make_client_app
+from clients.encrypted import secret_context
 from clients.handlers import ClientHooks, raw_partition
 from clients.training import train_local
+from crypto import wire
 from federation import protocol as P
 from federation.config import FedConfig
 from federation.data import normalize
 from federation.errors import ConfigError
-from federation.records import bytes_record, vector_record
+from federation.records import bytes_record, record_bytes, vector_record
 from federation.tasks import build_model, flatten_params, load_flat_params
 from simulations.attacks import (
     AttackContext,
     Garbage,
+    UploadAttack,
     attack_success_rate,
     make_attack,
     select_malicious,
@@ -140,7 +144,27 @@ def hooks_for(cfg: FedConfig, node_config: Mapping[str, Any]) -> ClientHooks:
                             seed=cfg.run.seed * 1000 + pid)
         return np.asarray(attack.poison_update(update, ctx), dtype=np.float32)
 
-    return ClientHooks(poison_data=attack.poison_data, poison_update=poison_update, extra_eval=extra)
+    upload = None
+    if isinstance(attack, UploadAttack):
+        def upload(arrays: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
+            if P.UPDATE_CIPHER not in arrays:  # plaintext mode: nothing to tamper with
+                return arrays
+            ctx = AttackContext(global_model=info["global"], round=int(info["round"]),
+                                n_clients=num, n_attackers=n_attackers,
+                                defenses=cfg.defense.defenses, seed=cfg.run.seed * 1000 + pid)
+            return _tamper_ciphertext(arrays, info["state"], attack, ctx)
+
+    return ClientHooks(poison_data=attack.poison_data, poison_update=poison_update, extra_eval=extra,
+                       poison_upload=upload)
+
+
+def _tamper_ciphertext(arrays: dict[str, Any], state: Any, attack: UploadAttack,
+                       ctx: AttackContext) -> dict[str, Any]:
+    """Decode the attacker's own encrypted upload, apply the ciphertext attack, re-encode."""
+    secret = secret_context(RecordDict(), state, {}, 0)  # the key is in this node's state
+    blob = record_bytes(arrays[P.UPDATE_CIPHER], "u", 1 << 31)
+    enc = wire.decode(blob, secret, expected_length=None, max_bytes=len(blob))
+    return {**arrays, P.UPDATE_CIPHER: bytes_record({"u": wire.encode(attack.poison_upload(enc, ctx))})}
 
 
 def _garbage_upload(attack: Garbage, seed: int, pid: int, arrays: dict[str, Any],

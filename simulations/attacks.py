@@ -20,8 +20,15 @@ gaussian   ``N(0, sigma²)`` per coordinate, ``sigma sqrt(d)`` = benign norm   m
 alie       ``mean - z std`` per coordinate of the benign estimates            model
 ipm        ``-epsilon x mean`` of the benign estimates                        model
 backdoor   pixel trigger + relabel to ``target`` on a fraction, then boosted  data+model
+min-max    ``mean + gamma p``, max distance to benign <= max benign distance  model
+min-sum    ``mean + gamma p``, sum of sq. distances <= largest benign sum     model
+wrap       boosted update + padding-slot mass that wraps the modulus          ciphertext
+shift      ``(q - 1) / 2`` added to every NTT value of ``c0`` (key-free)       ciphertext
 garbage    uniform coefficients below each prime under a valid header        ciphertext
 ========== ================================================================= ===========
+
+Ciphertext attacks (``wrap``, ``shift``) also implement :class:`UploadAttack`: they change the
+encrypted upload itself (:meth:`UploadAttack.poison_upload`), which only matters under CKKS.
 
 Nothing here mutates its inputs; randomness comes from the ``rng`` argument
 (:meth:`~Attack.poison_data`) or from ``AttackContext.seed`` and the round
@@ -39,6 +46,8 @@ from typing import Any, Final, Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
+from crypto import EncryptedVector
+from crypto.ckks import add_coefficients, encode_coefficients
 from federation.errors import ConfigError
 from federation.robust import DEFAULT_NORM_K
 
@@ -55,8 +64,13 @@ __all__ = [
     "Garbage",
     "Gaussian",
     "LabelFlip",
+    "MinMax",
+    "MinSum",
     "Scaling",
+    "Shift",
     "SignFlip",
+    "UploadAttack",
+    "Wrap",
     "alie_z",
     "apply_trigger",
     "attack_success_rate",
@@ -439,6 +453,161 @@ class Backdoor:
         return boosted.astype(np.float32)
 
 
+_PERTURBATIONS: Final = ("std", "unit", "sign")
+
+
+def _perturbation(kind: str, est: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Shejwalkar & Houmansadr's perturbation directions (unit length)."""
+    mu = est.mean(axis=0)
+    if kind == "std":
+        p = -est.std(axis=0)
+    elif kind == "sign":
+        p = -np.sign(mu)
+    else:
+        p = -mu
+    norm = float(np.linalg.norm(p))
+    out: npt.NDArray[np.float64] = p / norm if norm > 0 else p
+    return out
+
+
+def _largest_gamma(ok: Callable[[float], bool], start: float, tol: float = 1e-3) -> float:
+    """The paper's search: the largest ``gamma`` with ``ok(gamma)`` (halving steps)."""
+    gamma, step, best = start, start / 2, 0.0
+    while step > tol * start:
+        if ok(gamma):
+            best = gamma
+            gamma += step
+        else:
+            gamma -= step
+        step /= 2
+    return best
+
+
+@dataclass(frozen=True)
+class MinMax:
+    """Model poisoning in the benign spread (Shejwalkar & Houmansadr, NDSS 2021, "min-max").
+
+    ``mean + gamma p`` for the perturbation ``p`` (``std``: minus the benign std, ``unit``:
+    minus the mean's direction, ``sign``: minus its signs), with the largest ``gamma`` whose
+    distance to every benign estimate stays within the largest distance between two benign
+    estimates: as far out as possible without looking farther than an honest outlier.
+    """
+
+    perturbation: str = "std"
+    name: str = field(default="min-max", init=False)
+
+    def __post_init__(self) -> None:
+        if self.perturbation not in _PERTURBATIONS:
+            raise ConfigError(f"attack.{self.name}.perturbation",
+                              f"got {self.perturbation!r}; allowed: {', '.join(_PERTURBATIONS)}")
+
+    def poison_data(self, x: Images, y: Labels, rng: np.random.Generator) -> tuple[Images, Labels]:
+        return x.copy(), y.copy()
+
+    def _accept(self, candidate: npt.NDArray[np.float64], est: npt.NDArray[np.float64]) -> bool:
+        pair = max((float(np.linalg.norm(a - b)) for a in est for b in est), default=0.0)
+        return float(np.max(np.linalg.norm(est - candidate, axis=1))) <= pair
+
+    def poison_update(self, own_update: F32, ctx: AttackContext) -> F32:
+        u = np.asarray(own_update, dtype=np.float64).ravel()
+        est = ctx.estimates_or(u)
+        mu, p = est.mean(axis=0), _perturbation(self.perturbation, est)
+        scale = float(np.median(np.linalg.norm(est, axis=1))) or 1.0
+        gamma = _largest_gamma(lambda g: self._accept(mu + g * p, est), 10.0 * scale)
+        out: F32 = (mu + gamma * p).astype(np.float32).reshape(np.shape(own_update))
+        return out
+
+
+@dataclass(frozen=True)
+class MinSum(MinMax):
+    """``min-sum``: like :class:`MinMax`, but the bound is on the *sum* of squared distances
+    to the benign estimates (at most the largest such sum of a benign estimate)."""
+
+    name: str = field(default="min-sum", init=False)
+
+    def _accept(self, candidate: npt.NDArray[np.float64], est: npt.NDArray[np.float64]) -> bool:
+        sums = [float(np.sum(np.linalg.norm(est - e, axis=1) ** 2)) for e in est]
+        return float(np.sum(np.linalg.norm(est - candidate, axis=1) ** 2)) <= max(sums, default=0.0)
+
+
+@runtime_checkable
+class UploadAttack(Protocol):
+    """An attack on the encrypted upload itself (after the trainer encrypted its update)."""
+
+    def poison_upload(self, enc: EncryptedVector, ctx: AttackContext) -> EncryptedVector:
+        """Return the ciphertext to send instead of ``enc`` (same key, length and seed)."""
+        ...
+
+
+@dataclass(frozen=True)
+class Wrap:
+    """Boosted update whose plaintext wraps the modulus through its padding slots.
+
+    The model part is ``boost x`` the trained update (a model replacement that looks like the
+    attacker's honest direction, cosine 1); the unused slots of the last chunk -- which no
+    honest update touches and no statistic over the model part sees -- get ``+-1`` values
+    multiplied by ``K = wrap * q / max|coefficient|``: far beyond any encodable value, so the
+    plaintext's coefficients wrap around ``q``. Against statistics computed modulo a fixed
+    modulus this is what made a 50x update read like the honest median; the projection
+    screen rejects it as ``statistic:wraparound``. With no padding (length a multiple of the
+    chunk size) the wrap mass goes to the last chunk's coefficients directly.
+    """
+
+    boost: float = 10.0
+    wrap: float = 0.75
+    name: str = field(default="wrap", init=False)
+
+    def __post_init__(self) -> None:
+        _positive(self.name, "boost", self.boost)
+        _fraction(self.name, "wrap", self.wrap)
+
+    def poison_data(self, x: Images, y: Labels, rng: np.random.Generator) -> tuple[Images, Labels]:
+        return x.copy(), y.copy()
+
+    def poison_update(self, own_update: F32, ctx: AttackContext) -> F32:
+        return (self.boost * np.asarray(own_update, dtype=np.float64)).astype(np.float32)
+
+    def poison_upload(self, enc: EncryptedVector, ctx: AttackContext) -> EncryptedVector:
+        spec = enc.preset.spec
+        q = spec.data_moduli[0]
+        per = spec.values_per_chunk
+        slots = np.zeros(enc.chunk_count * per)
+        pad = np.arange(enc.length, slots.size)
+        rng = ctx.rng()
+        if pad.size:
+            slots[pad] = rng.choice([-1.0, 1.0], size=pad.size)
+            mass = encode_coefficients(enc.preset, slots)
+        else:
+            mass = np.zeros((enc.chunk_count, spec.poly_degree), dtype=np.int64)
+            mass[-1] = rng.integers(-(2**20), 2**20, size=spec.poly_degree)
+        k = max(1, round(self.wrap * q / max(int(np.abs(mass).max()), 1)))
+        return add_coefficients(enc, (mass.astype(object) * k % q).astype(np.int64))
+
+
+@dataclass(frozen=True)
+class Shift:
+    """The half-modulus shift: ``(q - 1) / 2`` added to every NTT value of ``c0``.
+
+    Needs no key. It adds the constant polynomial ``(q - 1) / 2`` to the plaintext: an even
+    aggregation weight cancels it mod ``q`` and an odd one leaves the aggregate destroyed, while
+    statistics that square or multiply it can look honest. The model part is the honest update.
+    """
+
+    name: str = field(default="shift", init=False)
+
+    def poison_data(self, x: Images, y: Labels, rng: np.random.Generator) -> tuple[Images, Labels]:
+        return x.copy(), y.copy()
+
+    def poison_update(self, own_update: F32, ctx: AttackContext) -> F32:
+        return np.asarray(own_update, dtype=np.float32).copy()
+
+    def poison_upload(self, enc: EncryptedVector, ctx: AttackContext) -> EncryptedVector:
+        spec = enc.preset.spec
+        delta = np.zeros((enc.chunk_count, spec.poly_degree), dtype=np.int64)
+        delta[:, 0] = (spec.data_moduli[0] - 1) // 2  # constant polynomial = every NTT value
+        return add_coefficients(enc, delta)
+
+
 @dataclass(frozen=True)
 class Composed:
     """Several attacks in sequence: data poisons in order, then update poisons in order."""
@@ -518,6 +687,10 @@ _FACTORIES: Final[dict[str, Callable[..., Attack]]] = {
     "alie": ALIE,
     "ipm": IPM,
     "backdoor": Backdoor,
+    "min-max": MinMax,
+    "min-sum": MinSum,
+    "wrap": Wrap,
+    "shift": Shift,
     "garbage": Garbage,
 }
 """The attack registry: every attack is registered here, and only here."""

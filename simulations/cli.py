@@ -19,6 +19,8 @@ from rich.console import Console
 from federation.config import FedConfig, from_flat
 from federation.errors import ConfigError, FedguardError
 from server.progress import RoundProgress
+from simulations import options as opt
+from simulations.attacks import ATTACKS
 from simulations.simulate import DP_RECIPE, with_dp_recipe
 
 __all__ = ["app", "main"]
@@ -50,7 +52,7 @@ def build_config(flat: dict[str, Any]) -> FedConfig:
             check_attack(cfg.attack.attack)
         return cfg
     except ConfigError as exc:
-        _fail(f"--{exc.key}: {str(exc).split(': ', 1)[1]}")
+        _fail(f"{opt.flag_for(exc.key)}: {str(exc).split(': ', 1)[1]}")
         raise  # unreachable
 
 
@@ -59,35 +61,32 @@ def resolve_out(out: Path | None, name: str) -> Path:
     return base.expanduser().resolve()
 
 
-Clients = Annotated[int, typer.Option("--clients", help="Number of simulated clients.")]
-Rounds = Annotated[int, typer.Option("--rounds", help="Federated rounds.")]
-
-
 @app.command()
 def simulate(
-    clients: Clients = 3,
-    rounds: Rounds = 3,
-    partition: Annotated[str, typer.Option(help="iid | dirichlet:ALPHA | shards:K")] = "dirichlet:0.5",
-    task: Annotated[str | None, typer.Option("--task", help="fashion-mnist | fashion-mnist-tanh (default fashion-mnist; with DP fashion-mnist-tanh)")] = None,
-    local_epochs: Annotated[int, typer.Option("--local-epochs")] = 1,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="Default 64; with DP 512.")] = None,
-    lr: Annotated[float | None, typer.Option("--lr", help="Default 0.05; with DP 4.0.")] = None,
-    momentum: Annotated[float | None, typer.Option("--momentum", help="Default 0.9; with DP 0.")] = None,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    clients: opt.Clients = 3,
+    rounds: opt.Rounds = 3,
+    partition: opt.Partition = "dirichlet:0.5",
+    task: opt.Task = None,
+    local_epochs: opt.LocalEpochs = 1,
+    batch_size: opt.BatchSize = None,
+    lr: opt.Lr = None,
+    momentum: opt.Momentum = None,
+    seed: opt.Seed = 0,
     out: Annotated[Path | None, typer.Option("--out", help="Run folder (default runs/sim-TIME).")] = None,
-    data_dir: Annotated[str | None, typer.Option("--data-dir", help="Fashion-MNIST IDX folder.")] = None,
-    dp_epsilon: Annotated[float | None, typer.Option("--dp-epsilon", help="ε budget of the whole run, per client.")] = None,
-    dp_noise: Annotated[float | None, typer.Option("--dp-noise", help="Noise multiplier (instead of --dp-epsilon).")] = None,
-    dp_delta: Annotated[float | None, typer.Option("--dp-delta", help="δ (default min(1e-5, 1/n)).")] = None,
-    max_grad_norm: Annotated[float | None, typer.Option("--max-grad-norm", help="DP per-sample clipping bound (default 0.5).")] = None,
-    dp_accountant: Annotated[str | None, typer.Option("--dp-accountant", help="prv | rdp")] = None,
-    secure_aggregation: Annotated[str, typer.Option("--secure-aggregation", help="none | ckks")] = "none",
-    defense: Annotated[str, typer.Option("--defense", help="none or a comma list of norm, multikrum, cosine")] = "none",
-    screen_quorum: Annotated[int | None, typer.Option("--screen-quorum")] = None,
-    max_malicious: Annotated[int | None, typer.Option("--max-malicious", help="Multi-Krum's f (default: the most Krum tolerates).")] = None,
+    data_dir: opt.DataDir = None,
+    dp_epsilon: opt.DpEpsilon = None,
+    dp_noise: opt.DpNoise = None,
+    dp_delta: opt.DpDelta = None,
+    max_grad_norm: opt.MaxGradNorm = None,
+    dp_accountant: opt.DpAccountant = None,
+    secure_aggregation: opt.SecureAggregation = "none",
+    defense: opt.Defense = "none",
+    screen_quorum: opt.ScreenQuorum = None,
+    screen_norm_bound: opt.ScreenNormBound = None,
+    max_malicious: opt.MaxMalicious = None,
     malicious: Annotated[float, typer.Option("--malicious", help="Fraction of attacking clients.")] = 0.0,
-    attack: Annotated[str | None, typer.Option("--attack", help="label-flip | sign-flip | scaling | gaussian | alie | ipm | backdoor")] = None,
-    min_clients: Annotated[int | None, typer.Option("--min-clients")] = None,
+    attack: Annotated[str | None, typer.Option("--attack", help=" | ".join(ATTACKS))] = None,
+    min_clients: opt.MinClients = None,
 ) -> None:
     """Run a local multi-client simulation and write metrics, summary and plots to --out.
 
@@ -95,17 +94,17 @@ def simulate(
     recipe (tanh CNN, batch 512, lr 4, no momentum, clipping at 0.5) instead of the plain defaults.
     """
     out_dir = resolve_out(out, "sim")
-    cfg = build_config(with_dp_recipe({
-        "num-clients": clients, "num-server-rounds": rounds, "partition": partition,
-        "task": task, "local-epochs": local_epochs, "batch-size": batch_size, "lr": lr, "momentum": momentum,
-        "seed": seed,
-        "out-dir": str(out_dir), "data-dir": data_dir, "dp-epsilon": dp_epsilon,
-        "dp-noise": dp_noise, "dp-delta": dp_delta, "max-grad-norm": max_grad_norm,
-        "dp-accountant": dp_accountant, "secure-aggregation": secure_aggregation,
-        "defense": defense, "screen-quorum": screen_quorum,
-        "max-malicious": max_malicious, "malicious": malicious,
-        "attack": attack, "min-clients": min_clients,
-    }))
+    cfg = build_config(with_dp_recipe({**opt.flat_from_flags({
+        "--clients": clients, "--rounds": rounds, "--partition": partition, "--task": task,
+        "--local-epochs": local_epochs, "--batch-size": batch_size, "--lr": lr,
+        "--momentum": momentum, "--seed": seed, "--data-dir": data_dir,
+        "--dp-epsilon": dp_epsilon, "--dp-noise": dp_noise, "--dp-delta": dp_delta,
+        "--max-grad-norm": max_grad_norm, "--dp-accountant": dp_accountant,
+        "--secure-aggregation": secure_aggregation, "--defense": defense,
+        "--screen-quorum": screen_quorum, "--screen-norm-bound": screen_norm_bound,
+        "--max-malicious": max_malicious,
+        "--malicious": malicious, "--attack": attack, "--min-clients": min_clients,
+    }), "out-dir": str(out_dir)}))
     summary = run_simulation_cli(cfg)
     console.print(f"final accuracy: [bold]{_pct(summary.get('final_accuracy'))}[/]  "
                   f"rounds: {summary['rounds_completed']}  run folder: {out_dir}")
@@ -268,13 +267,14 @@ def bench_models_cmd(
 def bench_crypto_cmd(
     out: Annotated[Path, typer.Option("--out", help="JSON file to write.")] = Path("runs/bench-crypto.json"),
     quick: Annotated[bool, typer.Option("--quick", help="Small sizes (seconds, for a smoke test).")] = False,
+    rounds: Annotated[bool, typer.Option("--rounds/--no-rounds", help="Also time plaintext vs CKKS rounds (minutes).")] = True,
 ) -> None:
     """CKKS bytes per parameter, encrypt/aggregate/decrypt throughput, screening cost, round time."""
     from simulations.bench_crypto import bench_crypto_all
 
     out = out.expanduser().resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
-    result = bench_crypto_all(quick=quick)
+    result = bench_crypto_all(quick=quick, rounds=rounds)
     out.write_text(json.dumps(result, indent=2))
     console.print_json(json.dumps(result))
     console.print(f"written: {out}")
@@ -284,7 +284,7 @@ def bench_crypto_cmd(
 def keys_init(
     out: Annotated[Path, typer.Option("--out", help="Directory to create.")],
     trainers: Annotated[int, typer.Option("--trainers", min=1, max=1000)],
-    preset: Annotated[str, typer.Option("--preset", help="aggregation | screening")] = "screening",
+    preset: Annotated[str, typer.Option("--preset", help="aggregation | screening")] = "aggregation",
     host: Annotated[list[str] | None, typer.Option("--host", help="SuperLink host name/IP for the TLS certificate (repeatable).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
 ) -> None:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from flwr.app import ConfigRecord, RecordDict
 
 from clients.app import app as client_app
-from clients.encrypted import handle_screen
+from clients.encrypted import handle_screen, note_round, secret_context
+from crypto import Preset
+from crypto.stats import FLOOD_BITS, Challenge, directions
 from federation import protocol as P
 from federation.config import from_flat
 from federation.errors import ProtocolError
@@ -45,7 +48,96 @@ def test_a_restarted_client_keeps_its_privacy_ledger(fake_grid, tmp_path: Path, 
         assert sum('"label"' in line for line in lines) == 2
 
 
-def test_a_key_holder_answers_one_bounded_screen_request_per_round(fake_grid, recorder) -> None:
+def _screen_request(round_: int, seeds: list[bytes], reps: int = 40, length: int = 39210,
+                    nonce: bytes = b"\x07" * 32) -> RecordDict:
+    return RecordDict({P.SCREEN: ConfigRecord({
+        P.SCREEN_ROUND: round_, P.SCREEN_REPETITIONS: reps, P.SCREEN_LENGTH: length,
+        P.SCREEN_NONCE: nonce, P.SCREEN_SEEDS: seeds})})
+
+
+def _trained_key_holder(fake_grid, recorder):
+    cfg = _cfg(**{"secure-aggregation": "ckks", "dp-noise": 0.0})
+    grid = fake_grid(client_app, 2)
+    run_federation(grid, cfg, make_scheme(cfg), observer=recorder())
+    return next(iter(grid.nodes.values()))  # its state remembers round 1 with 2 clients
+
+
+def test_a_key_holder_answers_one_checked_screen_request_per_round(fake_grid, recorder) -> None:
+    ctx = _trained_key_holder(fake_grid, recorder)
+    seeds = [bytes([k]) * 32 for k in range(3)]
+    refusals = {
+        "another round": _screen_request(5, seeds[:2]),
+        "more seeds": _screen_request(1, seeds),
+        "distinct": _screen_request(1, [seeds[0], seeds[0]]),
+        "repetitions": _screen_request(1, seeds[:2], reps=10_000),
+        "length": _screen_request(1, seeds[:2], length=0),
+        "nonce": _screen_request(1, seeds[:2], nonce=b"short"),
+    }
+    for why, request in refusals.items():
+        with pytest.raises(ProtocolError):
+            handle_screen(request, ctx.state, {}, ctx.run_id)
+        assert why  # each refusal above is a different check
+    reply = handle_screen(_screen_request(1, seeds[:2]), ctx.state, {}, ctx.run_id)
+    values = list(reply[P.SCREEN][P.SCREEN_VALUES])
+    assert len(values) == 2 * 40 and all(isinstance(v, int) for v in values)
+    with pytest.raises(ProtocolError, match="second screening request"):
+        handle_screen(_screen_request(1, seeds[2:]), ctx.state, {}, ctx.run_id)
+
+
+def test_a_key_holder_is_no_decryption_oracle(fake_grid, recorder) -> None:
+    """What broke on main at ec4c360: the server sent a "statistic" ciphertext of its own
+    choosing (c0 = 0, c1 = 2^20 X^j) and the key holder returned 2048 * 2^20 * (X^j s)_0 / Delta,
+    i.e. a secret-key coefficient per request (64 of 64 recovered). Now the request format has
+    no ciphertext in it, the polynomial multiplied by ``s`` is PRG(seed), and every answer
+    carries a flood keyed by the secret; a seed is answered once, ever."""
+    ctx = _trained_key_holder(fake_grid, recorder)
+    secret = secret_context(RecordDict(), ctx.state, {}, ctx.run_id)
+    # 1) the old request shape (masked-statistic blobs) is refused outright
+    old = RecordDict({P.SCREEN: bytes_record({"s000000": b"x" * 64}), P.CFG: ConfigRecord({"round": 1})})
+    with pytest.raises(ProtocolError):
+        handle_screen(old, ctx.state, {}, ctx.run_id)
+    # 2) a seed-only request: the answer is never the exact linear form in s
+    seeds = [bytes([9]) * 32, bytes([10]) * 32]
+    reply = handle_screen(_screen_request(1, seeds), ctx.state, {}, ctx.run_id)
+    got = np.array(list(reply[P.SCREEN][P.SCREEN_VALUES]), dtype=object).reshape(2, 40)
+    challenge = Challenge(1, 40, 39210, b"\x07" * 32, tuple(seeds))
+    exact = _exact_seed_projections(secret, challenge)
+    q = Preset.AGGREGATION.spec.data_moduli[0]
+    diff = [(int(g) - e + q // 2) % q - q // 2 for g, e in zip(got.ravel(), exact, strict=True)]
+    assert all(0 < abs(d) <= 2**FLOOD_BITS for d in diff if d != 0)
+    assert sum(d != 0 for d in diff) >= 78  # a zero flood has probability 1/2049 per value
+    assert len(set(diff)) > 60  # spread, not a constant offset one could subtract
+    # 3) asking about the same seeds again (next round, fresh nonce) is refused
+    note_round(ctx.state, 2, 2)
+    with pytest.raises(ProtocolError, match="answered before"):
+        handle_screen(_screen_request(2, seeds, nonce=b"\x08" * 32), ctx.state, {}, ctx.run_id)
+
+
+def _exact_seed_projections(secret, challenge: Challenge) -> list[int]:
+    """Oracle: <z_k, a_i * s> mod q with no flood; SEAL itself decrypts (0, a_i) to a_i * s."""
+    from crypto import _seal  # test oracle only: SEAL's own arithmetic, not the code under test
+
+    spec = Preset.AGGREGATION.spec
+    q = spec.data_moduli[0]
+    chunks = -(-challenge.length // spec.values_per_chunk)
+    z = directions(challenge)
+    ring = secret._keys.ring
+    out = []
+    for seed in challenge.seeds:
+        a = _seal.expand_uniform(seed, spec.data_moduli, spec.poly_degree, 0, chunks)
+        rows = []
+        for c in range(chunks):
+            ct = ring.load_ciphertext(np.stack([np.zeros_like(a[c]), a[c]]), spec.scale)
+            pt = _seal._S.Plaintext()
+            secret._keys._decryptor.decrypt(ct, pt)
+            rows.append(ring.read_plaintext(pt)[0])
+        y = _seal.ntt_inverse(np.stack(rows), q).reshape(-1).astype(object)
+        y = np.where(y > q // 2, y - q, y)
+        out.extend(int(y[row == 1].sum() - y[row == -1].sum()) % q for row in z)
+    return out
+
+
+def test_a_replayed_real_screen_request_is_refused(fake_grid, recorder) -> None:
     cfg = _cfg(**{"num-clients": 3, "secure-aggregation": "ckks", "dp-noise": 0.0, "defense": "norm"})
     grid = fake_grid(client_app, 3)
     rec = recorder()
@@ -55,24 +147,12 @@ def test_a_key_holder_answers_one_bounded_screen_request_per_round(fake_grid, re
     asked = {m.metadata.dst_node_id for m in screens}
     assert len(asked) == 2 == len(screens)  # --screen-quorum 2 of 3 trainers
     real = screens[0].content
-
-    # A key holder that answered refuses the same well-formed request again.
     holder = grid.nodes[screens[0].metadata.dst_node_id]
     with pytest.raises(ProtocolError, match="second screening request"):
         handle_screen(RecordDict(real), holder.state, {}, holder.run_id)
-
-    # The trainer that was not asked: its state remembers round 1 with 3 clients, so at most
-    # 3 + 3 statistics, for round 1 only, once.
+    # The trainer that was not asked answers the real request once, then never again.
     idle = grid.nodes[(set(grid.nodes) - asked).pop()]
-    too_many = RecordDict({P.SCREEN: bytes_record({f"s{k:06d}": b"x" for k in range(7)}),
-                           P.CFG: ConfigRecord({"round": 1})})
-    with pytest.raises(ProtocolError, match="more statistics"):
-        handle_screen(too_many, idle.state, {}, idle.run_id)
-    other_round = RecordDict({P.SCREEN: bytes_record({"s000000": b"x"}),
-                              P.CFG: ConfigRecord({"round": 5})})
-    with pytest.raises(ProtocolError, match="another round"):
-        handle_screen(other_round, idle.state, {}, idle.run_id)
     answer = handle_screen(RecordDict(real), idle.state, {}, idle.run_id)
-    assert len(answer[P.SCREEN]["values"]) == len(real[P.SCREEN])  # type: ignore[arg-type]
+    assert len(answer[P.SCREEN][P.SCREEN_VALUES]) == 3 * real[P.SCREEN][P.SCREEN_REPETITIONS]  # type: ignore[operator]
     with pytest.raises(ProtocolError, match="second screening request"):
         handle_screen(RecordDict(real), idle.state, {}, idle.run_id)

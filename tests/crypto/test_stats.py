@@ -1,4 +1,4 @@
-"""Encrypted screening statistics: equal to plaintext, masked slots, reconciliation."""
+"""Projection screening (crypto.stats): exact, sound, and what the key holders can be asked."""
 
 from __future__ import annotations
 
@@ -7,18 +7,19 @@ import math
 import numpy as np
 import pytest
 
-from crypto import ckks, stats, wire
-from crypto.ckks import EncryptedVector, Preset, PublicContext, SecretContext
-from crypto.stats import StatKind
-from federation.errors import InvalidCiphertext, KeyMismatch
+from crypto import Preset, PublicContext, SecretContext, encrypt
+from crypto import stats as S
+from crypto.ckks import add_coefficients, encode_coefficients
 
-N_CLIENTS = 4
-LENGTH = 6000  # three chunks of 2048 slots
+PRESET = Preset.AGGREGATION
+SPEC = PRESET.spec
+Q = SPEC.data_moduli[0]
+N = SPEC.poly_degree
 
 
 @pytest.fixture(scope="module")
 def secret() -> SecretContext:
-    return SecretContext.generate(Preset.SCREENING)
+    return SecretContext.generate(PRESET)
 
 
 @pytest.fixture(scope="module")
@@ -26,233 +27,159 @@ def server(secret: SecretContext) -> PublicContext:
     return PublicContext.from_bytes(secret.public().to_bytes())
 
 
-@pytest.fixture(scope="module")
-def updates() -> list[np.ndarray]:
-    rng = np.random.default_rng(11)
-    base = rng.uniform(-0.05, 0.05, LENGTH)
-    out = [
-        (base + rng.uniform(1e-3, 1e-1, LENGTH) * rng.choice([-1, 1], LENGTH)).astype(np.float32)
-        for _ in range(N_CLIENTS)
-    ]
-    out[-1] = (out[-1] * 0.1).astype(np.float32)  # a small one: relative precision matters
-    return out
+def _projections(server: PublicContext, secret: SecretContext, uploads, round_: int = 1,
+                 reps: int | None = None, length: int | None = None):
+    length = length or uploads[0].length
+    params = S.screen_parameters(PRESET, length, 10.0)
+    ch = S.new_challenge(round_, uploads, reps or params.repetitions)
+    v = S.combine(PRESET, S.server_projections(server, uploads, ch), S.holder_projections(secret, ch))
+    return params, ch, v
 
 
-@pytest.fixture(scope="module")
-def reference() -> np.ndarray:
-    return np.random.default_rng(12).uniform(-0.1, 0.1, LENGTH).astype(np.float32)
+def test_parameters_follow_the_written_argument() -> None:
+    p = S.screen_parameters(PRESET, 1_000_000, 10.0)
+    # 3-point lemma needs r >= 40; Paley-Zygmund at theta = 1/4 for 2^-41 needs 137
+    assert p.repetitions == math.ceil(41 / -math.log2(1 - 0.75**2 / 3)) == 137
+    assert (1 - 0.75**2 / 3) ** p.repetitions <= 2.0**-41
+    # Parseval: ||m|| = Delta sqrt(2/N) ||x|| (+ noise), Hoeffding factor for 2^-40 / r
+    assert p.honest_coefficient_norm > SPEC.scale * math.sqrt(2 / N) * 10.0
+    alpha_w = math.sqrt(2 * (41 * math.log(2) + math.log(2 * 137)))
+    assert 2 * (alpha_w * 2 * p.threshold * math.sqrt(p.dimension) + p.flood) < Q  # no wrap
+    assert S.screen_parameters(PRESET, 11_200_000, 50.0).repetitions == 137  # ResNet-10M fits
+    assert p.certified_norm == pytest.approx(23.5 * 10.0, rel=0.1)
+    assert p.sketch_relative_error == pytest.approx(math.sqrt(2 / 137))
+    with pytest.raises(ValueError, match="norm_bound"):
+        S.screen_parameters(PRESET, 1_000_000, 1e6)
+    with pytest.raises(ValueError, match="single-prime"):
+        S.screen_parameters(Preset.SCREENING, 1000, 1.0)
 
 
-@pytest.fixture(scope="module")
-def uploads(
-    secret: SecretContext, server: PublicContext, updates: list[np.ndarray]
-) -> list[EncryptedVector]:
-    """What the server holds: trainers' seeded uploads, decoded from the wire."""
-    max_bytes = wire.encoded_size(Preset.SCREENING, LENGTH, seeded=False)
-    return [
-        wire.decode(
-            wire.encode(ckks.encrypt(secret, u)),
-            server,
-            expected_length=LENGTH,
-            max_bytes=max_bytes,
-        )
-        for u in updates
-    ]
+def test_projections_are_the_exact_inner_products_plus_bounded_flooding(
+        server: PublicContext, secret: SecretContext) -> None:
+    rng = np.random.default_rng(0)
+    xs = [(rng.standard_normal(9000) * 0.01).astype(np.float32) for _ in range(3)]
+    uploads = [encrypt(secret, x) for x in xs]
+    params, ch, v = _projections(server, secret, uploads, reps=64)
+    # Independent oracle: the plaintext coefficients of the same values (encoding only),
+    # projected on the same z; the difference is encryption noise plus the flood.
+    for i, x in enumerate(xs):
+        padded = np.zeros(uploads[0].chunk_count * SPEC.values_per_chunk)
+        padded[: x.size] = x
+        m = encode_coefficients(PRESET, padded).reshape(-1).astype(np.float64)
+        z = S.directions(ch).T
+        exact = m @ z
+        noise_bound = params.flood + 20 * math.sqrt(m.size) * 8  # flood + 8 sigma of <z, e>
+        assert np.abs(v[i] - exact).max() <= noise_bound
+    assert np.abs(v).max() < S.screen_parameters(PRESET, 9000, 10.0).threshold
 
 
-@pytest.fixture(scope="module")
-def request_(
-    server: PublicContext, uploads: list[EncryptedVector], reference: np.ndarray
-) -> stats.ScreeningRequest:
-    ref = ckks.encrypt(server, reference)  # e.g. the server-side encrypted global model
-    return stats.compute_statistics(server, uploads, reference=ref, value_bound=0.2)
+def test_honest_key_holders_agree_bit_for_bit_and_the_flood_is_keyed(
+        server: PublicContext, secret: SecretContext) -> None:
+    uploads = [encrypt(secret, np.full(5000, 0.01, np.float32)) for _ in range(2)]
+    ch = S.new_challenge(3, uploads, 40)
+    again = SecretContext.from_bytes(secret.to_bytes())  # another trainer, same key
+    a, b = S.holder_projections(secret, ch), S.holder_projections(again, ch)
+    assert a == b
+    values, liars = S.reconcile({"1": a, "2": b, "3": [[x + 1 for x in row] for row in a]})
+    assert values == a and liars == {"3"}
+    assert S.reconcile({"1": a, "2": [[0] * 40] * 2})[0] is None
+    other = SecretContext.generate(PRESET)
+    assert S.holder_projections(other, ch) != a
 
 
-def _truth(labels: tuple[stats.StatLabel, ...], xs: list[np.ndarray], r: np.ndarray) -> list[float]:
-    x = [v.astype(np.float64) for v in xs]
-    out = []
-    for lab in labels:
-        if lab.kind is StatKind.SQUARED_NORM:
-            out.append(float(x[lab.i] @ x[lab.i]))
-        elif lab.kind is StatKind.SQUARED_DISTANCE:
-            assert lab.j is not None
-            d = x[lab.i] - x[lab.j]
-            out.append(float(d @ d))
-        else:
-            out.append(float(x[lab.i] @ r.astype(np.float64)))
-    return out
-
-
-def test_labels_cover_all_statistics_in_order(request_: stats.ScreeningRequest) -> None:
-    kinds = [lab.kind for lab in request_.labels]
-    n = N_CLIENTS
-    assert (
-        kinds
-        == [StatKind.SQUARED_NORM] * n
-        + [StatKind.SQUARED_DISTANCE] * (n * (n - 1) // 2)
-        + [StatKind.INNER_PRODUCT] * n
-    )
-    assert [(lab.i, lab.j) for lab in request_.labels if lab.j is not None] == [
-        (i, j) for i in range(n) for j in range(i + 1, n)
-    ]
-    assert request_.shared_randomness == ()
-    # One ciphertext per statistic, lazy products: three polynomials.
-    assert all(s.polynomial_count == 3 and s.scale_power == 2 for s in request_.statistics)
-
-
-def test_encrypted_statistics_equal_plaintext(
-    secret: SecretContext,
-    request_: stats.ScreeningRequest,
-    updates: list[np.ndarray],
-    reference: np.ndarray,
-) -> None:
-    got = stats.decrypt_scalars(secret, request_.blobs())
-    want = _truth(request_.labels, updates, reference)
-    norms = {i: math.sqrt(float(u.astype(np.float64) @ u)) for i, u in enumerate(updates)}
-    r_norm = float(np.linalg.norm(reference.astype(np.float64)))
-    for lab, g, w in zip(request_.labels, got, want, strict=True):
-        if lab.kind is StatKind.INNER_PRODUCT:
-            # Relative to the Cauchy-Schwarz scale |x| |r| (what a cosine filter divides by).
-            assert abs(g - w) <= 1e-4 * norms[lab.i] * r_norm, lab
-        else:
-            assert abs(g - w) <= 1e-4 * abs(w), lab
-    values = stats.assemble(request_.labels, got, N_CLIENTS)
-    assert np.allclose(values.squared_distances, values.squared_distances.T)
-    assert np.all(np.diag(values.squared_distances) == 0)
-    assert values.squared_norms.shape == values.inner_products.shape == (N_CLIENTS,)
-
-
-def test_a_key_holder_sees_only_mask_dominated_slots(
-    secret: SecretContext,
-    request_: stats.ScreeningRequest,
-    updates: list[np.ndarray],
-    uploads: list[EncryptedVector],
-) -> None:
-    """The decrypted slot vector of a distance: uncorrelated with the true per-slot terms,
-    each slot dominated by the mask, and only the sum carries the statistic."""
-    k = next(i for i, lab in enumerate(request_.labels) if lab.kind is StatKind.SQUARED_DISTANCE)
-    lab = request_.labels[k]
-    assert lab.j is not None
-    stat = wire.decode_statistic(request_.blobs()[k], secret)
-    slots = secret._keys.decrypt_polys(stat._polys, Preset.SCREENING.spec.scale**2)
-    diff = updates[lab.i].astype(np.float64) - updates[lab.j].astype(np.float64)
-    padded = np.zeros(3 * 2048)
-    padded[:LENGTH] = diff**2
-    per_slot = padded.reshape(3, 2048).sum(axis=0)  # the true slot values before masking
-    assert abs(np.corrcoef(slots, per_slot)[0, 1]) < 0.15
-    assert np.median(np.abs(slots)) > 2**15 * per_slot.max()
-    assert math.fsum(slots.tolist()) == pytest.approx(float(diff @ diff), rel=1e-4)
-    # Fresh masks: the same statistic computed twice decrypts to different slots.
-    assert (lab.i, lab.j) == (0, 1)
-    again = stats.compute_statistics(secret, uploads[:2], norms=False, distances=True, inner=False,
-                                     value_bound=0.2)
-    slots2 = secret._keys.decrypt_polys(again.statistics[0]._polys, Preset.SCREENING.spec.scale**2)
-    assert abs(np.corrcoef(slots, slots2)[0, 1]) < 0.15
-    assert np.mean(np.abs(slots2 - slots)) > 2**15 * per_slot.max()
-
-
-def test_zero_sum_mask_is_exact_and_uniform() -> None:
+def test_sketch_estimates_norms_and_distances_within_the_stated_error(
+        server: PublicContext, secret: SecretContext) -> None:
     rng = np.random.default_rng(1)
-    mask = stats._zero_sum_mask(2048, 2.0**30, lambda n: rng.bytes(n))
-    assert math.fsum(mask.real.tolist()) == 0.0 and float(np.sum(mask.real)) == 0.0
-    assert np.abs(mask.real).max() <= 2.0**30 * 1.01 and np.abs(mask.imag).max() <= 2.0**30 * 1.01
-    assert abs(mask.real.mean()) < 1e-9 * 2**30
-    assert mask.real.std() == pytest.approx(2.0**30 / math.sqrt(3), rel=0.1)
-    assert abs(np.corrcoef(mask.real, mask.imag)[0, 1]) < 0.1
+    base = rng.standard_normal(20000) * 0.02
+    xs = [base + rng.standard_normal(20000) * 0.01 * (k + 1) for k in range(4)]
+    uploads = [encrypt(secret, x.astype(np.float32)) for x in xs]
+    params, _, v = _projections(server, secret, uploads)
+    assert S.check_projections(v, params) == [None] * 4
+    sketch = S.sketch_statistics(v, params)
+    tol = 4 * params.sketch_relative_error  # 4 standard deviations
+    for i in range(4):
+        want = float(xs[i] @ xs[i])
+        assert abs(sketch.sq_norms[i] - want) <= tol * want
+        for j in range(i + 1, 4):
+            d = xs[i] - xs[j]
+            assert abs(sketch.sq_dists[i, j] - d @ d) <= tol * (d @ d)
 
 
-def test_statistics_need_the_screening_preset_and_bounds_that_fit(
-    secret: SecretContext, server: PublicContext, uploads: list[EncryptedVector]
-) -> None:
-    agg = SecretContext.generate(Preset.AGGREGATION)
-    with pytest.raises(KeyMismatch):
-        stats.compute_statistics(agg, [ckks.encrypt(agg, np.ones(10, np.float32))], inner=False)
-    other = SecretContext.generate(Preset.SCREENING)
-    with pytest.raises(KeyMismatch):
-        stats.compute_statistics(other, uploads, inner=False)
-    with pytest.raises(ValueError, match="bits"):
-        stats.compute_statistics(server, uploads, value_bound=1e6)
-    with pytest.raises(ValueError):
-        stats.compute_statistics(server, [])
-    with pytest.raises(ValueError):
-        stats.compute_statistics(server, uploads, norms=False, distances=False, inner=False)
-    short = ckks.encrypt(server, np.ones(10, np.float32))
-    with pytest.raises(ValueError):
-        stats.compute_statistics(server, [uploads[0], short])
+def _crafted(secret: SecretContext, rng: np.random.Generator, kind: str, length: int,
+             params: S.ScreenParameters):
+    """An update an attacker (who holds the key) could upload, with out-of-bound content."""
+    chunks = -(-length // SPEC.values_per_chunk)
+    honest = rng.standard_normal(length) * rng.uniform(1e-3, 0.05)
+    enc = encrypt(secret, honest.astype(np.float32))
+    delta = np.zeros((chunks, N), dtype=np.int64)
+    t = params.threshold
+    if kind == "coefficient":  # a wrap target anywhere, padding region included
+        for _ in range(int(rng.integers(1, 4))):
+            c, k = int(rng.integers(chunks)), int(rng.integers(N))
+            delta[c, k] = int(rng.integers(2 * t + 1, Q // 2)) * int(rng.choice([-1, 1]))
+    elif kind == "padding":  # slot values in the padding, sized beyond the certified norm
+        slots = np.zeros(chunks * SPEC.values_per_chunk)
+        pad = np.arange(length, slots.size)
+        where = rng.choice(pad, size=int(rng.integers(1, min(50, pad.size))), replace=False)
+        scale = params.certified_norm * rng.uniform(1.05, 1e3) / math.sqrt(where.size)
+        slots[where] = rng.standard_normal(where.size) * scale
+        slots[where] *= params.certified_norm * 1.05 / max(np.linalg.norm(slots[where]), 1e-300) \
+            if rng.random() < 0.3 else 1.0
+        delta = encode_coefficients(PRESET, slots)
+    elif kind == "spread":  # every coefficient small, the norm just beyond the certificate
+        g = rng.standard_normal((chunks, N))
+        target = params.certified_norm * SPEC.scale * math.sqrt(2 / N) * rng.uniform(1.01, 10)
+        delta = np.rint(g / np.linalg.norm(g) * target).astype(np.int64)
+    elif kind == "shift":  # half the modulus on every NTT value of c0 (constant polynomial)
+        delta[:, 0] = (Q - 1) // 2
+    else:  # uniform garbage
+        delta = rng.integers(-(Q // 2), Q // 2, size=(chunks, N), dtype=np.int64)
+    return add_coefficients(enc, delta)
 
 
-def test_a_replayed_upload_is_reported_not_fatal(
-    secret: SecretContext, server: PublicContext, uploads: list[EncryptedVector]
-) -> None:
-    replay = [uploads[0], uploads[1], uploads[0]]  # client 2 resends client 0's ciphertext
-    req = stats.compute_statistics(server, replay, norms=True, distances=True, value_bound=0.2)
-    assert req.shared_randomness == ((0, 2),)
-    got = stats.decrypt_scalars(secret, req.blobs())
-    labels = list(req.labels)
-    assert got[labels.index(stats.StatLabel(StatKind.SQUARED_DISTANCE, 0, 2))] == pytest.approx(
-        0.0, abs=1e-5
-    )
-    assert got[0] == pytest.approx(got[2], rel=1e-7)  # same ciphertext, different masks
+def test_a_thousand_crafted_out_of_bound_updates_never_pass(
+        server: PublicContext, secret: SecretContext) -> None:
+    rng = np.random.default_rng(7)
+    length = 3000  # one chunk, 1096 padding values
+    params = S.screen_parameters(PRESET, length, 10.0)
+    kinds = ["coefficient", "padding", "spread", "shift", "garbage"]
+    passes, total = 0, 0
+    for batch in range(5):
+        uploads = [_crafted(secret, rng, kinds[(batch * 200 + k) % 5], length, params)
+                   for k in range(200)]
+        ch = S.new_challenge(batch + 1, uploads, params.repetitions)
+        v = S.combine(PRESET, S.server_projections(server, uploads, ch), S.holder_projections(secret, ch))
+        verdicts = S.check_projections(v, params)
+        passes += sum(r is None for r in verdicts)
+        total += len(verdicts)
+    assert total == 1000 and passes == 0
 
 
-def test_decrypt_scalars_validates_blobs_and_needs_the_secret(
-    secret: SecretContext, server: PublicContext, request_: stats.ScreeningRequest
-) -> None:
-    blobs = request_.blobs()
-    with pytest.raises(TypeError):
-        stats.decrypt_scalars(server, blobs[:1])  # type: ignore[arg-type]
-    with pytest.raises(InvalidCiphertext) as info:
-        stats.decrypt_scalars(secret, [blobs[0][:-1]])
-    assert info.value.reason == "truncated"
-    other = SecretContext.generate(Preset.SCREENING)
-    with pytest.raises(InvalidCiphertext) as info:
-        stats.decrypt_scalars(other, blobs[:1])
-    assert info.value.reason == "key-mismatch"
+def test_honest_updates_at_the_norm_bound_are_never_rejected(
+        server: PublicContext, secret: SecretContext) -> None:
+    rng = np.random.default_rng(3)
+    length = 3000
+    params = S.screen_parameters(PRESET, length, 10.0)
+    uploads = []
+    for k in range(200):
+        x = rng.standard_normal(length) if k % 2 else np.where(rng.random(length) < 0.01, 1.0, 0.0)
+        x = x / np.linalg.norm(x) * 10.0 * rng.uniform(0.5, 1.0)  # at or below B = 10
+        uploads.append(encrypt(secret, np.clip(x, -16, 16).astype(np.float32)))
+    ch = S.new_challenge(1, uploads, params.repetitions)
+    v = S.combine(PRESET, S.server_projections(server, uploads, ch), S.holder_projections(secret, ch))
+    assert S.check_projections(v, params) == [None] * 200
+    # the stated margin: honest projections stay well inside the threshold
+    assert np.abs(v).max() < params.threshold / 2
 
 
-# -- reconciliation --------------------------------------------------------------------
-
-
-def test_a_lying_key_holder_is_caught(
-    secret: SecretContext, request_: stats.ScreeningRequest
-) -> None:
-    honest = stats.decrypt_scalars(secret, request_.blobs())
-    holder_b = SecretContext.from_bytes(secret.to_bytes())  # another trainer, same key
-    honest_b = stats.decrypt_scalars(holder_b, request_.blobs())
-    assert honest_b == honest  # bit-identical
-    lie = list(honest)
-    lie[3] *= 1.01
-    values, liars = stats.reconcile({"a": honest, "b": honest_b, "c": lie})
-    assert liars == {"c"} and values == honest
-    # Quorum of two that disagrees: both reported, value unknown.
-    values, liars = stats.reconcile({"a": honest, "c": lie})
-    assert liars == {"a", "c"} and math.isnan(values[3])
-    assert values[:3] == honest[:3]
-    # Quorum of two that agrees: nobody.
-    assert stats.reconcile({"a": honest, "b": honest_b}) == (honest, frozenset())
-
-
-def test_reconcile_rules() -> None:
-    good = [1.0, 2.0, 3.0]
-    # Colluding liars who agree with each other are still outvoted by a majority.
-    values, liars = stats.reconcile(
-        {"h1": good, "h2": good, "h3": good, "l1": [1.0, 9.0, 3.0], "l2": [1.0, 9.0, 3.0]}
-    )
-    assert values == good and liars == {"l1", "l2"}
-    # 2 against 2: no majority, everyone on that statistic reported.
-    values, liars = stats.reconcile({"a": good, "b": good, "c": [1, 5, 3], "d": [1, 5, 3]})
-    assert math.isnan(values[1]) and values[0] == 1.0 and liars == {"a", "b", "c", "d"}
-    # Malformed answers (wrong length, NaN, infinity) are liars, and still count as voters:
-    # a value needs a strict majority of everyone asked.
-    bad = {"d": [1.0, 2.0], "e": [1.0, math.nan, 3.0], "f": [math.inf] * 3}
-    values, liars = stats.reconcile({"a": good, "b": good, "c": good, "g": good, **bad})
-    assert values == good and liars == {"d", "e", "f"}
-    values, liars = stats.reconcile({"a": good, "b": good, "c": good, **bad})
-    assert all(math.isnan(v) for v in values) and liars == {"a", "b", "c", "d", "e", "f"}
-    # Tolerances.
-    values, liars = stats.reconcile({"a": [1.0], "b": [1.0 + 1e-9], "c": [1.1]}, rel_tol=1e-6)
-    assert liars == {"c"}
-    values, liars = stats.reconcile({"a": [0.0], "b": [1e-12]}, abs_tol=1e-9)
-    assert liars == frozenset()
-    with pytest.raises(ValueError):
-        stats.reconcile({})
+def test_a_challenge_is_bound_to_the_round_the_nonce_and_every_seed(secret: SecretContext) -> None:
+    uploads = [encrypt(secret, np.ones(100, np.float32)) for _ in range(2)]
+    a = S.new_challenge(1, uploads, 40, rng=lambda n: b"\x01" * n)
+    assert S.new_challenge(1, uploads, 40, rng=lambda n: b"\x01" * n).z_seed == a.z_seed
+    assert S.new_challenge(2, uploads, 40, rng=lambda n: b"\x01" * n).z_seed != a.z_seed
+    assert S.new_challenge(1, uploads, 40, rng=lambda n: b"\x02" * n).z_seed != a.z_seed
+    assert S.new_challenge(1, uploads[::-1], 40, rng=lambda n: b"\x01" * n).z_seed != a.z_seed
+    with pytest.raises(ValueError, match="distinct"):
+        S.Challenge(1, 40, 100, b"\x00" * 32, (uploads[0]._seed, uploads[0]._seed))
+    with pytest.raises(ValueError, match="seeded"):
+        S.new_challenge(1, [secret.public().encrypt(np.ones(100, np.float32))], 40)

@@ -15,7 +15,10 @@ from federation.robust import (
     Decision,
     UpdateStats,
     cosine_filter,
+    cosine_floor,
+    inconsistent_clients,
     multikrum_filter,
+    near_duplicates,
     norm_filter,
     screen,
     stats_from_plain,
@@ -279,11 +282,47 @@ def test_non_finite_stats_only() -> None:
         assert rejected(verdicts) == {"b"}
 
 
-def test_slightly_negative_statistics_from_ckks_noise() -> None:
-    stats = UpdateStats((0, 1, 2), np.array([-1e-9, 1.0, 1.1]), np.zeros((3, 3)))
-    assert rejected(norm_filter(stats)) == set()
-    cos = {v.client_id: v for v in cosine_filter(stats)}
-    assert cos[0].accepted and cos[0].reasons == ("cosine:undefined",)
+def test_impossible_statistics_are_evidence_never_zero() -> None:
+    # A negative squared norm (e.g. a wrapped statistic) is rejected, not clamped to 0, by
+    # every filter on its own and by screen() as "statistic:inconsistent".
+    stats = UpdateStats((0, 1, 2, 3), np.array([-1e-9, 1.0, 1.1, 0.9]),
+                        stats_from_plain([np.ones(4), np.ones(4), np.ones(4), np.ones(4)],
+                                         [0, 1, 2, 3]).pair_sq_dists)
+    assert 0 in rejected(norm_filter(stats))
+    for defenses in ("norm", "multikrum", "cosine", "norm,multikrum,cosine"):
+        out = {d.client_id: d for d in screen(stats, [1, 1, 1, 1], defenses, f=0)}
+        assert not out[0].accepted and out[0].reasons == ("statistic:inconsistent",)
+    # A norm that cannot go with its distances (triangle inequality) is inconsistent too.
+    ups = [np.array([1.0, 0.0]), np.array([0.9, 0.1]), np.array([1.1, -0.1]), np.array([1.0, 0.1])]
+    good = stats_from_plain(ups, [0, 1, 2, 3])
+    liar = UpdateStats(good.client_ids, np.array([1e-6, *good.sq_norms[1:]]), good.pair_sq_dists)
+    liar_d = np.array(good.pair_sq_dists)
+    liar_d[3, :3] = liar_d[:3, 3] = 50.0
+    far = UpdateStats(good.client_ids, good.sq_norms, liar_d)
+    assert inconsistent_clients(good) == set()
+    assert inconsistent_clients(liar) == {0}
+    assert inconsistent_clients(far) == {3}
+
+
+@FAST
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(2, 9))
+def test_statistics_of_real_vectors_are_never_inconsistent(seed: int, n: int) -> None:
+    rng = np.random.default_rng(seed)
+    ups = [rng.normal(size=16) * 10.0 ** rng.uniform(-4, 3) for _ in range(n)]
+    assert inconsistent_clients(stats_from_plain(ups, list(range(n)))) == set()
+
+
+def test_clients_rejected_upstream_cannot_move_the_filters() -> None:
+    ups = [np.ones(4) * (1 + 0.01 * k) for k in range(4)] + [np.ones(4) * 1e6]
+    stats = stats_from_plain(ups, list(range(5)))
+    marked = UpdateStats(stats.client_ids, stats.sq_norms, stats.pair_sq_dists,
+                         rejected={4: "statistic:wraparound"})
+    out = screen(marked, [1] * 5, "norm,multikrum,cosine", f=1)
+    assert out[4].reasons == ("statistic:wraparound",) and out[4].weight == 0
+    clean = screen(stats_from_plain(ups[:4], list(range(4))), [1] * 4, "norm,multikrum,cosine", f=1)
+    assert [d.accepted for d in out[:4]] == [d.accepted for d in clean]
+    with pytest.raises(ValueError, match="not in client_ids"):
+        UpdateStats((0, 1), np.ones(2), rejected={7: "x"})
 
 
 # --------------------------------------------------------------------------- composition
@@ -400,3 +439,57 @@ def test_angular_krum_ignores_each_updates_scale_and_still_drops_flipped_updates
     assert [d.accepted for d in plain] == [d.accepted for d in screen(scaled, [1] * 12, ("multikrum", "cosine"), f=2, angular_krum=True)]
     zero = stats_from_plain([*ups[:10], np.zeros_like(ups[0])], list(range(11)), None)
     assert multikrum_filter(zero, f=2, angular=True)[10].reasons[0] == "multikrum:non-finite"
+
+
+# --------------------------------------------------------------------------- the server's rule
+
+RULE = {"angular_krum": True, "krum_selection": "threshold", "duplicates": True, "floored_cosine": True}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_servers_rule_drops_no_honest_client_for_its_size(seed: int) -> None:
+    # issue 10 item 5: Multi-Krum with a fixed f dropped the f largest honest clients
+    ups, _steps = dp_like_round(seed)
+    stats = stats_from_plain(ups, list(range(12)), None)
+    decisions = screen(stats, [1] * 12, "multikrum,cosine", f=3, **RULE)
+    assert all(d.accepted for d in decisions), [d.reasons for d in decisions if not d.accepted]
+    honest = stats_from_plain(honest_round(seed, n=10, spread=1.0), list(range(10)), None)
+    assert all(d.accepted for d in screen(honest, [1] * 10, ALL, f=3, **RULE))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_servers_rule_still_drops_flipped_and_boosted_updates(seed: int) -> None:
+    ups = honest_round(seed)
+    ups += [-ups[0], 20 * ups[1]]
+    stats = stats_from_plain(ups, list(range(12)), None)
+    out = {d.client_id: d for d in screen(stats, [1] * 12, ALL, f=2, **RULE)}
+    assert {c for c, d in out.items() if not d.accepted} == {10, 11}
+    assert "norm>3.0*median" in out[11].reasons
+
+
+def test_colluders_sending_one_update_are_evidence_not_the_most_central() -> None:
+    ups = honest_round(2)
+    bad = -0.3 * ups[0] + 0.5 * np.mean(ups, axis=0)
+    ups += [bad, bad * (1 + 1e-9), bad.copy()]
+    stats = stats_from_plain(ups, list(range(13)), None)
+    out = screen(stats, [1] * 13, "multikrum", f=3, **RULE)
+    assert {d.client_id for d in out if not d.accepted} == {10, 11, 12}
+    assert all(out[i].reasons == ("collusion:near-duplicate",) for i in (10, 11, 12))
+    assert near_duplicates(stats_from_plain(honest_round(2), list(range(10)), None)) == set()
+
+
+def test_the_cosine_cut_cannot_drift_into_an_opposing_direction() -> None:
+    # non-IID honest clients whose cosines scatter: the noise-aware cut falls below 0 and
+    # admits an update that points (mildly) against the consensus
+    rng = np.random.default_rng(2)
+    sig = rng.normal(size=60)
+    honest = [0.4 * sig + rng.normal(size=60) for _ in range(9)]
+    opposing = -0.25 * sig + rng.normal(size=60)
+    stats = stats_from_plain([*honest, opposing], list(range(10)), None)
+    loose = {v.client_id: v for v in cosine_filter(stats)}
+    floored = {v.client_id: v for v in cosine_filter(stats, floor=cosine_floor(stats))}
+    assert loose[9].accepted and loose[9].scores["cosine"] < 0  # admitted before
+    assert not floored[9].accepted and floored[9].scores["cosine_cut"] == 0.0
+    assert all(floored[i].accepted for i in range(9))
+    sketched = UpdateStats(stats.client_ids, stats.sq_norms, stats.pair_sq_dists, sketch_repetitions=137)
+    assert cosine_floor(sketched) == pytest.approx(-1 / math.sqrt(137))

@@ -6,9 +6,13 @@ every test; data is the vendored subset; rounds are tiny (1 local epoch, batch 3
 
 * two rounds with three clients, CKKS and DP (+ an impostor whose key is not registered,
   refused; one client started before the server, which retries and says so);
-* a client killed mid-round: the round completes with the others, the loss is recorded, and
-  the restarted client keeps its privacy ledger;
-* the server killed after round 1: ``--resume`` continues from the checkpoint to the end.
+* ``fedguard client`` SIGKILLed mid-round (the process alone): none of its processes is left,
+  the round completes with the others, the loss is recorded, the restarted client rejoins
+  the next round and keeps its privacy ledger;
+* ``fedguard server`` SIGKILLed after round 1: none of its processes is left; ``--resume``
+  continues from the checkpoint to the end and the summary counts the retrained round;
+* a server nobody connects to gives up after ``--client-wait``; a SuperLink killed alone is
+  noticed and the command stops with a clear message.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -26,15 +31,10 @@ from pathlib import Path
 
 import pytest
 
+from clients.deploy import CLIENT_EXIT_REFUSED
 from crypto.keys import provision_federation
 from crypto.tls import make_supernode_auth_keypair
-from simulations.deploy import (
-    CLIENT_EXIT_REFUSED,
-    ManagedProcess,
-    free_port,
-    process_tree,
-    stop_tree,
-)
+from federation.processes import ManagedProcess, free_port, process_tree, stop_tree
 
 PASSPHRASE = "integration-test-passphrase"
 SECURE = "ckks"  # provisioned keys: the server bundle's public context, sealed trainer secrets
@@ -48,7 +48,7 @@ if not sys.platform.startswith("linux"):  # pragma: no cover
 def _ckks_material() -> tuple[bytes, bytes, str]:
     from crypto.ckks import Preset, SecretContext
 
-    secret = SecretContext.generate(Preset.SCREENING)
+    secret = SecretContext.generate(Preset.AGGREGATION)
     return secret.to_bytes(), secret.public().to_bytes(), secret.fingerprint
 
 
@@ -180,8 +180,16 @@ def test_two_rounds_three_clients_tls_auth_dp(deployment: Deployment, keys: Path
     dep.client(2)
     impostor = dep.client(2, "--refused-retries", "0", bundle=keys.parent / "impostor",
                           name="impostor", state="state-impostor")
+    # The same bundle twice: trainer-0's key while trainer-0 is online is refused, and the
+    # server says why (the client cannot tell: Flower refuses both causes alike).
+    wait_for("the run to start", lambda: said(server, r"run \d+ started"), 180, dep)
+    duplicate = dep.client(0, "--refused-retries", "0", name="duplicate", state="state-dup")
     code = finish(server, dep, 240)
     assert code == 0, dep.dump()
+    assert finish(duplicate, dep, 60) == CLIENT_EXIT_REFUSED, dep.dump()
+    assert said(duplicate, r"another fedguard client with this bundle is online")
+    assert said(server, r"refused a second SuperNode for node \d+: that node is still online")
+    assert said(server, r"refused a SuperNode whose key is not registered")
 
     s = summary(dep.run_dir)
     assert s["rounds_completed"] == 2 and not s["stopped_early"]
@@ -202,33 +210,66 @@ def test_two_rounds_three_clients_tls_auth_dp(deployment: Deployment, keys: Path
     assert said(impostor, r"refused by the SuperLink .* not registered")
 
 
-def test_client_killed_mid_round_round_completes_and_ledger_survives(
+def _sigkill_owner(proc: ManagedProcess, dep: Deployment) -> list[int]:
+    """SIGKILL the fedguard process alone (not its tree); return its tree as it was."""
+    tree = process_tree(proc.pid)
+    assert len(tree) >= 3, f"{proc.name} should own Flower processes: {tree}"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return tree
+
+
+def _left_after(tree: list[int], timeout: float) -> list[int]:
+    """The pids of ``tree`` still alive after ``timeout`` seconds (0 left is the target)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        left = [p for p in tree if process_tree(p)]
+        if not left:
+            return []
+        time.sleep(0.1)
+    return [p for p in tree if process_tree(p)]
+
+
+def test_client_sigkilled_mid_round_leaves_nothing_and_rejoins_next_round(
         deployment: Deployment) -> None:
     dep = deployment
-    server = dep.server("--rounds", "2", "--clients", "3", "--min-clients", "2",
+    server = dep.server("--rounds", "3", "--clients", "3", "--min-clients", "2",
                         "--dp-noise", "1.0", *COMMON)
     clients = [dep.client(i) for i in range(3)]
     victim = clients[2]
     wait_for("client 2 to start round 2",
              lambda: said(victim, r"round 2 \(train\): request received"), 180, dep)
-    victim.stop(hard=True)  # a crash: SIGKILL to the client and everything it started
+    tree = _sigkill_owner(victim, dep)  # a crash of `fedguard client` itself
+    assert _left_after(tree, 10.0) == [], "the killed client's SuperNode or launcher lived on"
+    started = time.monotonic()
     restarted = dep.client(2, name="client2-restarted")
-    assert finish(server, dep, 180) == 0, dep.dump()
+    wait_for("the restarted client to rejoin",
+             lambda: said(restarted, r"connected to the SuperLink .* as node"), 60, dep)
+    rejoin = time.monotonic() - started
+    # The target (<= 20 s) is measured by simulations/crash_drill.py; on a loaded CI machine a
+    # restart has taken up to 37 s.
+    assert rejoin <= 60, f"restart -> rejoin took {rejoin:.1f}s\n{dep.dump()}"
+    assert finish(server, dep, 240) == 0, dep.dump()
 
     s = summary(dep.run_dir)
-    assert s["rounds_completed"] == 2 and not s["stopped_early"], s
+    assert s["rounds_completed"] == 3 and not s["stopped_early"], s
     rows = {r["round"]: r for r in metrics(dep.run_dir)}
     assert len(rows[1]["accepted"]) == 3
-    assert len(rows[2]["accepted"]) == 2
-    lost = list(rows[2]["refused"].values())
-    assert len(lost) == 1 and "error-reply" in lost[0], rows[2]
+    assert len(rows[2]["accepted"]) == 2  # the crash cost that client round 2
+    (node, why), = rows[2]["refused"].items()
+    assert why.startswith("lost"), rows[2]
+    # Every round the client missed is in the summary, and only those. (Whether it is back for
+    # round 3 depends on the machine: here a round takes ~9 s, a restart ~15 s; the crash
+    # drill, simulations/crash_drill.py, measures it with realistic rounds.)
+    missed = sorted(str(r) for r, row in rows.items() if int(node) not in row["accepted"])
+    assert sorted(s["crash_recovery"]["rounds_missing_clients"]) == missed, s["crash_recovery"]
+    events = [line for line in server.lines if f"client node {node} " in line]
+    assert sum(" connected " in line for line in events) == 2, events  # it came back
     # The restarted client read the ledger its predecessor wrote.
-    wait_for("the restarted client to load its ledger",
-             lambda: said(restarted, r"privacy ledger: .*\(([1-9]) event\(s\)"), 30, dep)
-    assert said(restarted, r"waiting \d+s until the SuperLink reports that message as lost")
+    assert said(restarted, r"privacy ledger: .*\(([1-9]) event\(s\)")
 
 
-def test_server_killed_after_round_resumes_from_checkpoint(deployment: Deployment) -> None:
+def test_server_sigkilled_leaves_nothing_and_resume_completes(deployment: Deployment) -> None:
     dep = deployment
     # dp-noise, not dp-epsilon: a round cut short by the kill is retrained after the resume and
     # (correctly) counted twice by the clients' ledgers, which a budget calibrated for exactly
@@ -239,7 +280,8 @@ def test_server_killed_after_round_resumes_from_checkpoint(deployment: Deploymen
         dep.client(i)
     checkpoint = dep.run_dir / "checkpoints" / "round-0001.npz"
     wait_for("the round-1 checkpoint", checkpoint.exists, 180, dep)
-    first.stop(hard=True)  # the whole server side dies: SuperLink, ServerApp, fedguard server
+    tree = _sigkill_owner(first, dep)  # SuperLink, SuperExec, ServerApp, flwr run must follow
+    assert _left_after(tree, 10.0) == [], "the killed server's Flower processes lived on"
     assert not (dep.run_dir / "summary.json").exists()
 
     second = dep.server("--resume", name="server-resumed")
@@ -247,12 +289,40 @@ def test_server_killed_after_round_resumes_from_checkpoint(deployment: Deploymen
     assert said(second, r"resuming from round-0001\.npz")
     s = summary(dep.run_dir)
     assert s["rounds_completed"] == 2 and not s["stopped_early"], s
+    assert s["crash_recovery"]["server_restarts"] == 1
+    assert s["crash_recovery"]["rounds_retrained"] == [2]
+    assert any(r.get("event") == "server-restart" for r in metrics(dep.run_dir))
     assert (dep.run_dir / "checkpoints" / "round-0002.npz").exists()
     assert said(second, r"round +2/2 .*accepted 3/3"), dep.dump()
 
 
+def test_server_without_clients_or_superlink_stops_with_a_clear_message(
+        deployment: Deployment) -> None:
+    dep = deployment
+    # Nobody comes: the server gives up after --client-wait, names the flag, exit code 4.
+    lonely = dep.server("--rounds", "1", "--client-wait", "2", *COMMON, name="lonely")
+    assert finish(lonely, dep, 90) == 4, dep.dump()
+    assert said(lonely, r"no client connected within 2s \(--client-wait\)")
+    assert not any("Traceback" in line for line in lonely.lines), dep.dump()
+    # The SuperLink dies alone (not the fedguard parent): noticed, run stopped, exit code 3.
+    dep.run_dir = dep.base / "run-b"
+    server = dep.server("--rounds", "1", *COMMON, name="superlink-victim")
+    wait_for("the server to wait for clients", lambda: said(server, r"waiting for 3 client"),
+             90, dep)
+    (superlink,) = [p for p in process_tree(server.pid)
+                    if "flower-superlink" in Path(f"/proc/{p}/cmdline").read_bytes().decode()]
+    os.kill(superlink, signal.SIGKILL)
+    assert finish(server, dep, 30) == 3, dep.dump()
+    assert said(server, rf"the SuperLink \(pid {superlink}\) exited unexpectedly")
+    assert said(server, r"add --resume|without --resume")
+
+
 def test_serverapp_failure_is_a_nonzero_exit(deployment: Deployment) -> None:
     """``flwr run --stream`` exits 0 when the ServerApp crashes; ``fedguard server`` must not."""
+    import io
+
+    import numpy as np
+
     from federation.config import from_flat, to_flat
 
     dep = deployment
@@ -260,8 +330,13 @@ def test_serverapp_failure_is_a_nonzero_exit(deployment: Deployment) -> None:
                               "out-dir": str(dep.run_dir)}))
     (dep.run_dir / "checkpoints").mkdir(parents=True)
     (dep.run_dir / "config.json").write_text(json.dumps({"flat": flat}))
-    (dep.run_dir / "checkpoints" / "round-0001.npz").write_bytes(b"not a checkpoint")
-    server = dep.server("--resume")
-    code = finish(server, dep, 120)
+    # A readable checkpoint (so the early check passes) whose model has the wrong shape: the
+    # ServerApp fails when it restores it.
+    buf = io.BytesIO()
+    np.savez(buf, round=np.array(1), **{"global": np.zeros(3, dtype=np.float32)})
+    (dep.run_dir / "checkpoints" / "round-0001.npz").write_bytes(buf.getvalue())
+    server = dep.server("--resume", "--client-wait", "3")
+    dep.client(0)
+    code = finish(server, dep, 150)
     assert code == 1, dep.dump()
     assert said(server, r"ended as finished:failed"), dep.dump()

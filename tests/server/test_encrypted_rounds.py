@@ -19,6 +19,8 @@ from server.app import make_scheme
 from server.encrypted import CkksScheme
 from server.loop import run_federation
 from server.schemes import PlaintextScheme
+from simulations.adversary import make_adversarial_client_app
+from simulations.attacks import select_malicious
 
 
 def _cfg(**flat: object):
@@ -140,8 +142,8 @@ def test_malformed_ciphertexts_are_rejected_and_the_round_goes_on(fake_grid, kin
 def _lying_screen(liar: int):
     def tamper(node: int, reply: Message) -> Message | None:
         if node == liar and reply.metadata.message_type == P.MSG_SCREEN and reply.has_content():
-            values = list(reply.content[P.SCREEN]["values"])
-            reply.content[P.SCREEN] = MetricRecord({"values": [v * 0.5 for v in values]})
+            values = list(reply.content[P.SCREEN][P.SCREEN_VALUES])
+            reply.content[P.SCREEN] = MetricRecord({P.SCREEN_VALUES: [v + 1 for v in values]})
         return reply
     return tamper
 
@@ -166,3 +168,20 @@ def test_dp_and_ckks_together(fake_grid, recorder) -> None:
     assert result.rounds_completed == 2
     eps = rec.rounds[-1].epsilon_by_client
     assert len(eps) == 3 and all(0 < e <= 4.0 for e in eps.values())
+
+
+@pytest.mark.parametrize("attack", ["wrap", "shift"])
+def test_encoding_attacks_are_rejected_through_the_real_paths(fake_grid, recorder, attack: str) -> None:
+    # One attacker among four (partition 0 under this seed), the real adversarial ClientApp,
+    # the real server scheme; the attacker's upload is well formed and under the right key.
+    cfg = _cfg(**{"num-clients": 4, "num-server-rounds": 1, "defense": "norm,multikrum,cosine",
+                  "attack": attack, "malicious": 0.25})
+    attacker = 100 + next(iter(select_malicious(4, 0.25, cfg.run.seed)))
+    rec = recorder()
+    grid = fake_grid(make_adversarial_client_app(cfg), 4)
+    result = run_federation(grid, cfg, make_scheme(cfg), observer=rec)
+    assert result.rounds_completed == 1
+    assert rec.rounds[0].rejected == {attacker: "statistic:wraparound"}
+    assert sorted(rec.rounds[0].accepted) == sorted({100, 101, 102, 103} - {attacker})
+    events = [e for e in rec.audit if e.get("event") == "screen-rejected"]
+    assert [(e["node"], e["reason"]) for e in events] == [(attacker, "statistic:wraparound")]

@@ -304,3 +304,38 @@ def test_the_registry_is_the_one_list_of_attack_names() -> None:
 
     with pytest.raises(typer.Exit):  # the CLI refuses it at the edge, naming --attack
         build_config({"attack": "rowhammer", "malicious": 0.2})
+
+
+@pytest.mark.parametrize("name", ["min-max", "min-sum"])
+def test_in_spread_attacks_go_as_far_as_the_benign_spread_allows(name: str) -> None:
+    c = ctx(k=8)
+    est = c.benign_estimates.astype(np.float64)
+    bad = make_attack(name).poison_update(est[0].astype(np.float32), c).astype(np.float64)
+    mu = est.mean(axis=0)
+    dist = np.linalg.norm(est - bad, axis=1)
+    pair = max(np.linalg.norm(a - b) for a in est for b in est)
+    if name == "min-max":
+        assert dist.max() <= pair * (1 + 1e-6)
+    else:
+        sums = [np.sum(np.linalg.norm(est - e, axis=1) ** 2) for e in est]
+        assert np.sum(dist**2) <= max(sums) * (1 + 1e-6)
+    # it really moved against the benign mean (gamma > 0), not a copy of an honest update
+    assert np.linalg.norm(bad - mu) > 0.1 * np.median(np.linalg.norm(est - mu, axis=1))
+    with pytest.raises(ConfigError) as info:
+        make_attack(name, perturbation="nope")
+    assert info.value.key == f"attack.{name}.perturbation"
+
+
+def test_wrap_and_shift_change_only_the_ciphertext_plaintext_as_documented() -> None:
+    from crypto import Preset, SecretContext, decrypt, encrypt
+
+    secret = SecretContext.generate(Preset.AGGREGATION)
+    u = (np.random.default_rng(0).normal(size=5000) * 0.01).astype(np.float32)
+    wrap, shift = make_attack("wrap", boost=10.0), make_attack("shift")
+    assert np.allclose(wrap.poison_update(u, ctx()), 10.0 * u)
+    assert np.array_equal(shift.poison_update(u, ctx()), u)
+    enc = encrypt(secret, u)
+    for attack in (wrap, shift):
+        bad = attack.poison_upload(enc, ctx())  # type: ignore[attr-defined]
+        assert bad.seeded and bad._seed == enc._seed and bad.length == enc.length
+        assert not np.allclose(decrypt(secret, bad), u, atol=1e-3)  # the plaintext is gone

@@ -1,149 +1,107 @@
-"""The pieces of ``fedguard server`` / ``fedguard client`` that need no running Flower."""
+"""``fedguard server`` / ``fedguard client`` refusals that need no running Flower.
+
+Each refusal must name its true cause and only flags that exist, fit one line when the output
+is not a terminal, and come before any Flower process is started.
+"""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import threading
-import time
+import socket
 from pathlib import Path
 
 import pytest
 import typer
+from typer.testing import CliRunner
 
-from simulations import deploy
+from crypto.keys import provision_federation
+from simulations.cli import app
 from simulations.cli_deploy import register
+from simulations.options import FLAG_KEYS, flag_for, flat_from_flags
+
+PASSPHRASE = "cli-test-passphrase"
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from crypto.ckks import Preset, SecretContext
+
+    secret = SecretContext.generate(Preset.SCREENING)
+    root = tmp_path_factory.mktemp("keys") / "fed"
+    provision_federation(root, 1, PASSPHRASE, ckks_secret=secret.to_bytes(),
+                         ckks_public=secret.public().to_bytes(), fingerprint=secret.fingerprint)
+    return root
+
+
+def _server(keys: Path, out: Path, *args: str) -> tuple[int, str]:
+    res = CliRunner().invoke(app, ["server", "--keys", str(keys / "server"), "--out", str(out),
+                                   *args], env={"FEDGUARD_PASSPHRASE": PASSPHRASE})
+    return res.exit_code, res.output
+
+
+def _error_line(output: str) -> str:
+    lines = [ln for ln in output.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, output
+    return lines[0]
 
 
 def test_register_adds_server_and_client_commands() -> None:
-    app = typer.Typer()
-    register(app)
-    names = {c.name for c in app.registered_commands}
-    assert names == {"server", "client"}
+    sub = typer.Typer()
+    register(sub)
+    assert {c.name for c in sub.registered_commands} == {"server", "client"}
 
 
-def test_stage_app_copies_only_the_app_sources(tmp_path: Path) -> None:
-    staged = deploy.stage_app(deploy.project_dir(), tmp_path / "fedguard")
-    files = {p.relative_to(staged).as_posix() for p in staged.rglob("*") if p.is_file()}
-    assert "pyproject.toml" in files
-    assert {"server/app.py", "clients/app.py", "federation/config.py", "crypto/keys.py"} <= files
-    assert not any(f.startswith(("tests/", "simulations/", ".venv/")) for f in files)
-    assert not any("__pycache__" in f or f.endswith((".npz", ".pyc")) for f in files)
+def test_every_flag_maps_to_a_config_key_and_back() -> None:
+    from federation.config import FLAT_KEYS
+
+    assert set(FLAG_KEYS.values()) <= set(FLAT_KEYS)
+    assert flag_for("num-server-rounds") == "--rounds"
+    assert flag_for("num-clients") == "--clients"
+    # One client cannot form the default quorum of two: a quorum the user did not give follows.
+    assert flat_from_flags({"--clients": 1, "--screen-quorum": None})["screen-quorum"] == 1
+    assert flat_from_flags({"--clients": 1, "--screen-quorum": 2})["screen-quorum"] == 2
+    assert "screen-quorum" not in flat_from_flags({"--clients": 5})
 
 
-def test_metrics_tail_formats_new_complete_lines_only(tmp_path: Path) -> None:
-    path = tmp_path / "metrics.jsonl"
-    path.write_text(json.dumps({"round": 1, "accuracy": 0.5, "loss": 1.0, "sampled": 3,
-                                "accepted": [1, 2, 3], "seconds": 2.0}) + "\n")
-    tail = deploy._MetricsTail(path, total=2)  # starts at the end: a resumed run's old lines
-    assert list(tail.poll()) == []
-    row = {"round": 2, "accuracy": 0.6, "loss": 0.9, "sampled": 3, "accepted": [1, 2],
-           "refused": {"3": "lost: error-reply: code 5"}, "max_epsilon": 1.5, "seconds": 4.0,
-           "timings": {"train-phase": 3.9, "screen": 0.0}}
-    with path.open("a") as fh:
-        fh.write(json.dumps(row) + "\n" + '{"round": 3')  # the last line is still being written
-    (line,) = tail.poll()
-    assert line.startswith("round   2/2  acc 0.6000")
-    assert "max ε 1.500" in line and "accepted 2/3" in line
-    assert "not counted: node 3 (lost: error-reply: code 5)" in line
-    assert "(train-phase 3.9s)" in line
+def test_a_bad_data_dir_is_refused_before_the_superlink_starts(keys: Path,
+                                                                tmp_path: Path) -> None:
+    # One client with CKKS: the quorum the user did not give must not be what is refused.
+    missing = tmp_path / ("a-data-folder-with-a-long-name-" * 3) / "nowhere"
+    code, out = _server(keys, tmp_path / "run", "--clients", "1", "--secure-aggregation",
+                        "ckks", "--data-dir", str(missing))
+    line = _error_line(out)
+    assert code == 2 and line.startswith(f"error: --data-dir {missing}"), out
+    assert len(line) > 120  # one line however long: rich must not wrap it at 80 columns
+    assert "--screen-quorum" not in out
+    assert not (tmp_path / "run" / ".flwr" / "superlink.log").exists()
 
 
-def _attempt_after(lines: list[str]) -> tuple[deploy._Attempt, list[str]]:
-    said: list[str] = []
-    opts = deploy.ClientOptions(keys=Path("k"), superlink="h:1", state_dir=Path("s"))
-    attempt = deploy._Attempt()
-    for line in lines:
-        deploy._client_line(line, attempt, opts, said.append)
-    return attempt, said
+def test_refusals_name_the_flags_that_exist(keys: Path, tmp_path: Path) -> None:
+    code, out = _server(keys, tmp_path / "run", "--rounds", "0")
+    assert code == 2 and _error_line(out).startswith("error: --rounds: "), out
+    assert "num-server-rounds" not in out
+    saved = tmp_path / "old"
+    saved.mkdir()
+    (saved / "config.json").write_text(json.dumps({"flat": {"seed": 0, "num-clients": 1}}))
+    code, out = _server(keys, saved, "--resume", "--seed", "3", "--clients", "1")
+    assert code == 2 and "--resume cannot change --seed" in _error_line(out), out
+    code, out = _server(keys, tmp_path / "fresh", "--resume")
+    assert code == 2 and "--resume: " in _error_line(out), out
+    # A checkpoint that cannot be read is refused before any SuperLink starts.
+    (saved / "checkpoints").mkdir()
+    (saved / "checkpoints" / "round-0001.npz").write_bytes(b"not a checkpoint")
+    code, out = _server(keys, saved, "--resume", "--data-dir", "subset")
+    assert code == 2 and "--resume: " in _error_line(out) and "cannot be read" in out, out
+    assert not (saved / ".flwr" / "superlink.log").exists()
 
 
-def test_client_lines_become_progress() -> None:
-    attempt, said = _attempt_after([
-        "WARNING :   Connection attempt failed, retrying in 1.25 seconds",
-        "INFO :      SuperNode ID: 42",
-        "INFO :      [RUN 7, ROUND 1]",
-        "INFO :      Receiving: train message (ID: ab)",
-    ])
-    assert said[0].startswith("cannot reach the SuperLink at h:1; retrying in 1.2s")
-    assert "as node 42" in said[1]
-    assert said[2] == "round 1 (train): request received"
-    assert attempt.connected and attempt.busy
-    attempt, _ = _attempt_after(["INFO :      Receiving: evaluate message (ID: x)",
-                                 "INFO :      Sent successfully"])
-    assert not attempt.busy
-    attempt, said = _attempt_after(["ERROR :     Exit Code: 305",
-                                    "[code: 2004] Failed to activate SuperNode."])
-    assert attempt.refused and said == []
+def test_a_busy_port_names_the_process_holding_it(keys: Path, tmp_path: Path) -> None:
+    import os
 
-
-def test_lease_waits_only_after_a_busy_death(tmp_path: Path) -> None:
-    lease_path = tmp_path / "supernode.lease"
-    lease_path.write_text(json.dumps({"pid": 2**22 + 7, "busy": True}))  # a dead predecessor
-    said: list[str] = []
-    stop = threading.Event()
-    waits: list[float] = []
-    stop.wait = lambda timeout=None: waits.append(timeout) or False  # type: ignore[method-assign]
-    deploy._Lease(lease_path, heartbeat=10.0).claim(said.append, stop)
-    assert len(waits) == 1 and 20 < waits[0] <= 23 and "waiting" in said[0]
-    # Now the file is ours, not busy: no wait the next time.
-    assert json.loads(lease_path.read_text()) == {"pid": os.getpid(), "busy": False}
-    waits.clear()
-    lease = deploy._Lease(lease_path, heartbeat=10.0)
-    lease_path.write_text(json.dumps({"pid": 2**22 + 7, "busy": False}))
-    lease.claim(said.append, stop)
-    assert waits == []
-    # A busy death that is older than the heartbeat window needs no wait either; nor does a
-    # SuperLink restart.
-    lease_path.write_text(json.dumps({"pid": 2**22 + 7, "busy": True}))
-    old = time.time() - 60
-    os.utime(lease_path, (old, old))
-    lease.claim(said.append, stop)
-    lease_path.write_text(json.dumps({"pid": 2**22 + 7, "busy": True}))
-    lease.claim(said.append, stop, superlink_restarted=True)
-    assert waits == []
-    lease.release()
-    assert not lease_path.exists()
-
-
-def test_lease_refuses_a_second_client_on_the_same_state_dir(tmp_path: Path) -> None:
-    path = tmp_path / "supernode.lease"
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
-    try:
-        path.write_text(json.dumps({"pid": other.pid, "busy": False}))
-        with pytest.raises(deploy.DeployError, match="another fedguard client"):
-            deploy._Lease(path, heartbeat=10.0).claim(lambda _: None, threading.Event())
-    finally:
-        other.kill()
-        other.wait()
-
-
-def test_stop_tree_reaches_grandchildren_in_other_sessions(tmp_path: Path) -> None:
-    # A parent whose child runs in a session of its own, as Flower starts its SuperExec.
-    script = ("import subprocess, sys, time; "
-              "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], "
-              "start_new_session=True); time.sleep(60)")
-    proc = deploy.ManagedProcess("parent", [sys.executable, "-c", script], env=dict(os.environ),
-                                 log_path=tmp_path / "log", new_session=True)
-    deadline = time.monotonic() + 10
-    while len(deploy.process_tree(proc.pid)) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    tree = deploy.process_tree(proc.pid)
-    assert len(tree) == 2
-    proc.stop(grace=2.0)
-    assert not any(deploy.process_tree(pid) for pid in tree)
-
-
-def test_simulation_and_deployment_progress_share_one_format() -> None:
-    from server.report import format_round
-
-    row = {"round": 4, "accuracy": 0.7, "loss": 0.8, "sampled": 10, "accepted": list(range(8)),
-           "rejected": {"1": "norm", "2": "multikrum"}, "refused": {"9": "lost"}, "eval_asr": 0.042,
-           "seconds": 12.34, "timings": {"screen": 1.5}}
-    plain = format_round(row, 5)
-    assert plain == "round   4/5  acc 0.7000  loss 0.8000  accepted 8/10 (rejected 2)  backdoor 0.042  12.3s"
-    detailed = format_round(row, 5, detail=True)
-    assert detailed.startswith(plain.removesuffix("  12.3s"))
-    assert detailed.endswith("not counted: node 9 (lost)  12.3s (screen 1.5s)")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        code, out = _server(keys, tmp_path / "run", "--data-dir", "subset", "--port", str(port))
+    line = _error_line(out)
+    assert code == 2 and f"--port {port} on 127.0.0.1 is in use by pid {os.getpid()}" in line

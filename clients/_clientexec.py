@@ -1,4 +1,9 @@
-"""A warm ClientApp launcher for one SuperNode: ``python -m simulations._clientexec``.
+"""A warm ClientApp launcher for one SuperNode: ``python -m clients._clientexec``.
+
+Started by :mod:`clients.deploy` (the trainer role's launcher, hence in ``clients/``); the
+Flower-private calls it needs (the Runtime API's ``AcquireTask``, ``run_clientapp``) are in
+:mod:`federation.flower_internals`, which refuses on another Flower version (the client then
+runs Flower's own SuperExec: ``fedguard client --cold-start``).
 
 Flower runs every message a SuperNode receives in a fresh ``flwr-clientapp`` process, started
 by its SuperExec. For fedguard that process spends 4-5 s of CPU importing torch, Opacus,
@@ -15,7 +20,9 @@ fedguard's own packages are imported by the child from the bundle, as before.
 
 Fork safety: the parent runs no torch operation and starts no thread of its own (numpy's and
 SciPy's BLAS pools handle ``fork`` themselves). The parent exits when the process named by
-``--parent-pid`` is gone, and stops its children with it.
+``--parent-pid`` is gone (it also gets the parent-death signal from :mod:`clients.deploy`),
+and stops its children with it; each forked child asks for the parent-death signal too, so
+a killed launcher never leaves a ClientApp behind.
 """
 
 from __future__ import annotations
@@ -29,6 +36,9 @@ import time
 import traceback
 from types import FrameType
 
+from federation.flower_internals import RuntimeTasks, run_clientapp_task
+from federation.processes import die_with_parent
+
 __all__: list[str] = []
 
 PRELOAD = (
@@ -38,12 +48,17 @@ PRELOAD = (
 )
 """Imported once in the parent; a module that is missing is simply skipped."""
 
-_running = True
+_children: set[int] = set()  # forked ClientApp tasks still running
 
 
 def _stop(signum: int, frame: FrameType | None) -> None:
-    global _running
-    _running = False
+    """SIGTERM/SIGINT (also the parent-death signal): stop the tasks and leave at once.
+
+    Nothing here needs a graceful exit (the Runtime API client holds no state), and a prompt
+    one matters: a ``fedguard client`` that died must not leave this process behind.
+    """
+    _terminate(_children)
+    os._exit(0)
 
 
 def _run_task(address: str, token: str) -> None:
@@ -52,11 +67,8 @@ def _run_task(address: str, token: str) -> None:
     try:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)
-        from flwr.supernode.runtime.run_clientapp import run_clientapp
-
-        run_clientapp(runtime_api_address=address, token=token, insecure=True,
-                      certificates=None, parent_pid=os.getppid(),
-                      runtime_dependency_install=False)
+        die_with_parent()
+        run_clientapp_task(address, token, parent_pid=os.getppid())
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
@@ -79,7 +91,7 @@ def _alive(pid: int) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m simulations._clientexec")
+    parser = argparse.ArgumentParser(prog="python -m clients._clientexec")
     parser.add_argument("--runtime-api-address", required=True)
     parser.add_argument("--parent-pid", type=int, required=True)
     parser.add_argument("--poll-interval", type=float, default=0.1)
@@ -93,22 +105,17 @@ def main(argv: list[str] | None = None) -> int:
             importlib.import_module(name)
         except ImportError:
             pass
-    from flwr.proto.runtime_pb2 import AcquireTaskRequest
-    from flwr.supercore.constant import TaskType
-    from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor
-    from flwr.supercore.runtime import RuntimeHttpClient
-
-    client = RuntimeHttpClient.from_server_address(  # no retry invoker: this loop retries
-        server_address=args.runtime_api_address, insecure=True, root_certificates=None,
-        interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperExec")],
-    )
+    try:
+        tasks = RuntimeTasks(args.runtime_api_address)
+    except RuntimeError as exc:
+        print(f"fedguard: {exc}; restart the client with --cold-start", flush=True)
+        return 2
     print(f"fedguard: warm ClientApp launcher ready in {time.monotonic() - started:.1f}s "
           f"(runtime API {args.runtime_api_address})", flush=True)
-    children: set[int] = set()
-    request = AcquireTaskRequest(supported_task_types=[str(TaskType.CLIENT_APP)])
+    children = _children
     failures = 0
     try:
-        while _running and _alive(args.parent_pid):
+        while _alive(args.parent_pid):
             for pid in list(children):
                 try:
                     done, _status = os.waitpid(pid, os.WNOHANG)
@@ -117,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                 if done:
                     children.discard(pid)
             try:
-                res = client.AcquireTask(request)
+                token = tasks.acquire()
                 failures = 0
             except Exception:  # noqa: BLE001 - the SuperNode is (re)starting: try again soon
                 failures += 1
@@ -128,18 +135,18 @@ def main(argv: list[str] | None = None) -> int:
                     _terminate(children)
                 time.sleep(min(0.2 * failures, 2.0))
                 continue
-            if res.HasField("task") and res.token:
+            if token is not None:
                 sys.stdout.flush()
                 sys.stderr.flush()
                 pid = os.fork()
                 if pid == 0:
-                    _run_task(args.runtime_api_address, res.token)
+                    _run_task(args.runtime_api_address, token)
                 children.add(pid)
                 continue
             time.sleep(args.poll_interval)
     finally:
         _terminate(children)
-        client.close()
+        tasks.close()
     return 0
 
 
