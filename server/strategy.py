@@ -161,7 +161,8 @@ class FedguardStrategy(Strategy):
         return nodes
 
     # -- messages -----------------------------------------------------------------------------
-    def _wrap(self, messages: Iterable[Message], server_round: int) -> list[Message]:
+    def _wrap(self, messages: Iterable[Message], server_round: int, cfg_round: int = 0
+              ) -> list[Message]:
         assert self.scheme is not None and self._initial is not None
         flat = to_flat(self.cfg)
         out = []
@@ -174,7 +175,7 @@ class FedguardStrategy(Strategy):
                 self._has_initial.add(node)
             user_cfg = msg.content.config_records.get(P.CONFIG)
             rd[P.CONFIG] = user_cfg if user_cfg is not None else ConfigRecord({})
-            rd[P.CFG] = ConfigRecord({**flat, P.CFG_ROUND: server_round, P.CFG_NODE_ID: node,
+            rd[P.CFG] = ConfigRecord({**flat, P.CFG_ROUND: cfg_round or server_round, P.CFG_NODE_ID: node,
                                       P.GLOBAL_ROUND: self.scheme.global_round})
             out.append(Message(rd, dst_node_id=node, message_type=msg.metadata.message_type,
                                group_id=str(server_round)))
@@ -191,8 +192,10 @@ class FedguardStrategy(Strategy):
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
         """The wrapped strategy's evaluation round, with the (encrypted) global model."""
+        # evaluated after round r's aggregate: the global includes round r, so the message is
+        # the first of round r + 1 (as in fedguard's own loop, where trainers check it)
         return self._wrap(self.strategy.configure_evaluate(server_round, arrays, config, grid),
-                          server_round)
+                          server_round, cfg_round=server_round + 1)
 
     def _node_of(self, reply: Message) -> int:
         for msg in self._sent:
@@ -242,15 +245,17 @@ class FedguardStrategy(Strategy):
             decisions=[d.to_record() for _n, d in sorted(decisions.items())],
         )
         self._pending = report
-        if not accepted:
-            report.note = "no update accepted: the global model is unchanged this round"
+        if not accepted or (self.scheme.hides_updates
+                            and len(accepted) < self.cfg.recover.group_size):
+            # trainers refuse an encrypted aggregate of fewer than group-size uploads (nobody
+            # may decrypt a near-individual update), so such a round is lost, not sent
+            report.note = (f"{len(accepted)} update(s) accepted, fewer than needed: the global "
+                           "model is unchanged this round")
             return None, None
-        if self.scheme.hides_updates and len(accepted) < self.cfg.recover.group_size:
-            # trainers refuse a global that sums fewer than group-size updates (server.loop)
-            report.note = f"not aggregated: fewer than group-size ({self.cfg.recover.group_size})"
-            return None, None
-        weights = integer_weights(capped_counts([counts[n] for n in accepted],
-                                                self.cfg.recover.weight_cap))
+        # the same weights as fedguard's own loop: counts capped at weight-cap x median, then
+        # integers summing to K (trainers check both before they decrypt)
+        capped = capped_counts([counts[n] for n in accepted], self.cfg.recover.weight_cap)
+        weights = integer_weights(capped)
         self.scheme.aggregate([payloads[n] for n in accepted], [int(w) for w in weights],
                               server_round)
         report.timings = {"aggregate-and-screen": time.monotonic() - t0}

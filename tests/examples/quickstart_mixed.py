@@ -1,4 +1,4 @@
-"""Run the converted quickstart app on 3 simulated nodes, node 2 left unconverted (a helper the
+"""Run the converted quickstart app on 4 simulated nodes, node 3 left unconverted (a helper the
 example test runs in a subprocess: Ray is started and stopped in a process of its own).
 
 Usage: ``python tests/examples/quickstart_mixed.py OUT_DIR ROUNDS``
@@ -16,7 +16,7 @@ from flwr.serverapp import Grid, ServerApp
 from examples.quickstart.quickstart import client_app, client_app_fedguard, server_app_fedguard
 from simulations.simulate import quiet_flower
 
-VANILLA_PARTITION = 2
+VANILLA_PARTITION = 3  # 3 converted nodes: CKKS aggregates need group-size (3) uploads
 
 
 def route(msg: Message, context: Context) -> Message:
@@ -39,12 +39,12 @@ def main(out_dir: str, rounds: int) -> None:
     @server.main()
     def _main(grid: Grid, context: Context) -> None:
         context.run_config.update({"out-dir": out_dir, "num-server-rounds": rounds,
-                                   "num-nodes": 3})
+                                   "num-nodes": 4})
         server_app_fedguard.main(grid, context)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        run_simulation(server_app=server, client_app=mixed, num_supernodes=3, backend_config={
+        run_simulation(server_app=server, client_app=mixed, num_supernodes=4, backend_config={
             "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
             "init_args": {"num_cpus": 2, "num_gpus": 0, "include_dashboard": False}})
 

@@ -68,7 +68,7 @@ def test_quickstart_app_converted_by_mod_and_strategy(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = _lines(out / "metrics.jsonl")
     assert [r["round"] for r in rows] == [1, 2]
-    assert all(len(r["accepted"]) == 2 for r in rows)  # the two converted nodes
+    assert all(len(r["accepted"]) == 3 for r in rows)  # the three converted nodes
     assert rows[-1]["accuracy"] is not None and rows[-1]["accuracy"] > 0.3  # 10 classes
     assert 0 < rows[0]["max_epsilon"] < rows[-1]["max_epsilon"] <= 8.0
     refusals = [str(e["reason"]) for e in _lines(out / "audit.jsonl")
