@@ -86,9 +86,12 @@ def test_run_stops_cleanly_below_min_clients(fake_grid, recorder) -> None:
 
 
 def test_budget_exhaustion_stops_the_run_and_says_why(fake_grid, recorder) -> None:
-    # A budget this small is spent by the first round already: nobody may train round 2.
-    cfg = _cfg(**{"dp-epsilon": 0.5, "num-server-rounds": 1})
-    cfg2 = _cfg(**{"dp-epsilon": 0.5, "num-server-rounds": 4})
+    # A budget this small is spent by the first round already: nobody may train round 2. At
+    # ε = 0.5 the noisy round-1 global may well lose to the initial one; this test is about the
+    # budget, so the trainers' loss-regression vote is relaxed (it has tests of its own).
+    relaxed = {"dp-epsilon": 0.5, "verify-max-loss-ratio": 100.0}
+    cfg = _cfg(**relaxed, **{"num-server-rounds": 1})
+    cfg2 = _cfg(**relaxed, **{"num-server-rounds": 4})
     grid = fake_grid(client_app, 3)
     rec = recorder()
     # Round 1 is calibrated for one round; re-running with a 4-round plan on the same nodes
