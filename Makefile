@@ -33,13 +33,13 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	@echo "lint (ruff), types (mypy), then the test suite"
-	$(BIN)/ruff check federation clients server crypto simulations tests
-	$(BIN)/mypy federation crypto clients server simulations
+	$(BIN)/ruff check federation clients server crypto simulations examples tests
+	$(BIN)/mypy federation crypto clients server simulations examples
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check federation clients server crypto simulations tests
-	$(BIN)/mypy federation crypto clients server simulations
+	$(BIN)/ruff check federation clients server crypto simulations examples tests
+	$(BIN)/mypy federation crypto clients server simulations examples
 
 bench: $(STAMP)
 	$(BIN)/fedguard bench crypto --out runs/bench-crypto.json
