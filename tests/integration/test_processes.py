@@ -335,7 +335,9 @@ def test_serverapp_failure_is_a_nonzero_exit(deployment: Deployment) -> None:
     buf = io.BytesIO()
     np.savez(buf, round=np.array(1), **{"global": np.zeros(3, dtype=np.float32)})
     (dep.run_dir / "checkpoints" / "round-0001.npz").write_bytes(buf.getvalue())
-    server = dep.server("--resume", "--client-wait", "3")
+    # long enough for the client to be registered and connect (its first try may be refused
+    # while the server registers its key; it retries after 5 s), short enough for the test
+    server = dep.server("--resume", "--client-wait", "20")
     dep.client(0)
     code = finish(server, dep, 150)
     assert code == 1, dep.dump()
