@@ -163,6 +163,25 @@ def _partition_of(node_config: Mapping[str, Any], cfg: FedConfig) -> tuple[int, 
     return pid, num
 
 
+@dataclass(frozen=True)
+class _Local:
+    """What every handler starts from: the node's effective config, its share and the model."""
+
+    cfg: FedConfig
+    pid: int
+    num: int
+    data: LocalData
+    model: torch.nn.Module
+
+
+def _prepare(cfg: FedConfig, node_config: Mapping[str, Any],
+             poison_data: Callable[..., Any] | None = None) -> _Local:
+    cfg = _local_config(cfg, node_config)
+    pid, num = _partition_of(node_config, cfg)
+    data = local_data(cfg, pid, num, poison_data, node_config)
+    return _Local(cfg, pid, num, data, build_model(cfg.data.task, cfg.run.seed))
+
+
 def _set_threads() -> None:
     # One torch thread per simulated client: oversubscribed CPUs slow training ~10x.
     torch.set_num_threads(int(os.environ.get("FEDGUARD_TORCH_THREADS", "1")))
@@ -211,10 +230,8 @@ def handle_train(
     cfg, round_ = _config(content)
     if round_ <= _last_trained(state, run_id):  # a replayed round: never train (and spend epsilon) twice
         raise FedguardError(f"round {round_} is not after the last round this trainer trained in")
-    cfg = _local_config(cfg, node_config)
-    pid, num = _partition_of(node_config, cfg)
-    data = local_data(cfg, pid, num, hooks.poison_data, node_config)
-    model = build_model(cfg.data.task, cfg.run.seed)
+    local = _prepare(cfg, node_config, hooks.poison_data)
+    cfg, pid, num, data, model = local.cfg, local.pid, local.num, local.data, local.model
     timings: dict[str, float] = {}
     global_round = _global_round(content)
     try:
@@ -294,10 +311,8 @@ def handle_evaluate(
     """Evaluate the received global model on the local test split (no training)."""
     _set_threads()
     cfg, _round = _config(content)
-    cfg = _local_config(cfg, node_config)
-    pid, num = _partition_of(node_config, cfg)
-    data = local_data(cfg, pid, num, node_config=node_config)
-    model = build_model(cfg.data.task, cfg.run.seed)
+    local = _prepare(cfg, node_config)
+    cfg, pid, num, data, model = local.cfg, local.pid, local.num, local.data, local.model
     timings: dict[str, float] = {}
     global_round = _global_round(content)
     try:
@@ -418,10 +433,8 @@ def handle_verify(content: RecordDict, state: RecordDict, node_config: Mapping[s
     """
     _set_threads()
     cfg, _round = _config(content)
-    cfg = _local_config(cfg, node_config)
-    pid, num = _partition_of(node_config, cfg)
-    data = local_data(cfg, pid, num, node_config=node_config)
-    model = build_model(cfg.data.task, cfg.run.seed)
+    local = _prepare(cfg, node_config)
+    cfg, pid, data, model = local.cfg, local.pid, local.data, local.model
     initial = flatten_params(model)
     global_round = _global_round(content)
     try:
