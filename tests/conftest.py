@@ -3,37 +3,16 @@
 from __future__ import annotations
 
 import os
-import time
-import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import flwr
 import pytest
-from flwr.app import Context, Error, Message, Metadata, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
+from flwr.app import Context, Error, Message, RecordDict
+
+from federation.flower_internals import deliver_in_process, set_task_identity
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FEDGUARD_TORCH_THREADS", "1")
-
-
-# -- the fake's only touches of Flower internals (checked for Flower 1.42) ------------------
-# A Grid assigns a message id to each message its caller pushes; Flower 1.42 has no public
-# setter, and its own InMemoryGrid writes the attribute directly, as `_assign_id` does.
-# Messages built outside a Flower process need the task identity Flower sets in its runtimes.
-if not flwr.__version__.startswith("1.42."):
-    raise RuntimeError(f"tests/conftest.py's FakeGrid is written for Flower 1.42, not {flwr.__version__}")
-
-
-def _assign_id(msg: Message) -> str:
-    msg.metadata.__dict__["_message_id"] = uuid.uuid4().hex
-    return msg.metadata.message_id
-
-
-def _set_task_identity(run_id: int) -> None:
-    TaskIdentity.run_id = run_id
-    TaskIdentity.node_id = 0
-    TaskIdentity.task_id = 1
 
 
 ReplyTamper = Callable[[int, Message], Message | Error | None]
@@ -50,7 +29,7 @@ class FakeGrid:
     def __init__(self, client_app: Any, num_nodes: int, *, run_id: int = 7,
                  tamper: ReplyTamper | None = None,
                  node_config: Callable[[int], dict[str, Any]] | None = None) -> None:
-        _set_task_identity(run_id)
+        set_task_identity(run_id)
         self.client_app = client_app
         self.tamper = tamper
         self.nodes = {100 + i: Context(
@@ -65,15 +44,9 @@ class FakeGrid:
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
         replies = []
         for msg in messages:
-            message_id = _assign_id(msg)
+            delivered = deliver_in_process(msg)  # msg gets its id; the node gets a copy
             self.sent.append(msg)
             node = msg.metadata.dst_node_id
-            sent = msg.metadata
-            # Deliver a copy, as the wire would: handlers must not share objects with the server.
-            delivered = Message(content=RecordDict(msg.content), metadata=Metadata(
-                run_id=sent.run_id, message_id=message_id, src_node_id=sent.src_node_id,
-                dst_node_id=node, reply_to_message_id="", group_id=sent.group_id,
-                created_at=time.time(), ttl=sent.ttl, message_type=sent.message_type))
             reply = self.client_app(delivered, self.nodes[node])
             if self.tamper is not None:
                 tampered = self.tamper(node, reply)
