@@ -112,7 +112,7 @@ class PlaintextScheme:
 
     def statistics(self, grid: Any, payloads: dict[int, Any], round_: int) -> UpdateStats:
         ids = sorted(payloads)
-        return stats_from_plain([payloads[i] for i in ids], ids, None)
+        return stats_from_plain([payloads[i] for i in ids], ids)
 
     def aggregate(self, payloads: Sequence[Any], weights: Sequence[int], round_: int = 0) -> None:
         self._history = [*self._history[-3:], (self._round, self.global_model)]
