@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +17,51 @@ from federation.flower_internals import deliver_in_process, set_task_identity
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FEDGUARD_TORCH_THREADS", "1")
+
+
+# -- the suite on several workers (pytest-xdist, ``-n`` in pyproject's addopts) ----------------
+# Each worker is its own process. Whatever a test starts without naming its own Ray temp dir or
+# Flower home (a child inherits this environment) gets the worker's, so two workers' Ray
+# sessions and Flower configs never share a folder. Ports are always picked free (port 0).
+# Fresh folders, not "<name>-gw0": another checkout's suite may run at the same time.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if _WORKER:
+    for _var, _prefix in (("RAY_TMPDIR", "fgray"), ("FLWR_HOME", "fgflwr")):
+        # under /tmp, short: Ray's socket paths must stay below ~107 characters
+        os.environ[_var] = _dir = tempfile.mkdtemp(prefix=f"{_prefix}-{_WORKER}-", dir="/tmp")
+        atexit.register(shutil.rmtree, _dir, True)
+
+# The long files, longest first. ``--dist loadfile --no-loadscope-reorder`` hands whole files
+# to workers in collection order, so these start at once on the free workers instead of
+# arriving last behind hundreds of fast tests; a file (and its module-scoped deployment or
+# simulation) stays on one worker.
+LONG_FILES = (
+    "tests/integration/test_processes.py",
+    "tests/integration/test_recovery.py",
+    "tests/integration/test_poisoning.py",
+    "tests/integration/test_simulation.py",
+    "tests/examples/test_examples.py",
+    "tests/integration/test_encoding_attacks.py",
+)
+_ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONG_FILES)}
+
+    def key(item: pytest.Item) -> int:
+        try:
+            name = item.path.resolve().relative_to(_ROOT).as_posix()
+        except ValueError:
+            return len(LONG_FILES)
+        return rank.get(name, len(LONG_FILES))
+
+    items.sort(key=key)  # stable: the order within a file and among the others is kept
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    # ``-n auto``: one worker per core, at most 4 (each worker holds torch, Flower and TenSEAL)
+    return max(1, min(4, len(os.sched_getaffinity(0))))
 
 
 ReplyTamper = Callable[[int, Message], Message | Error | None]
