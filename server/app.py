@@ -38,8 +38,12 @@ def default_out_dir() -> Path:
     return (Path.cwd() / "runs" / time.strftime("run-%Y%m%d-%H%M%S")).resolve()
 
 
-def make_scheme(cfg: FedConfig) -> Scheme:
-    """The scheme for ``cfg.secure.mode`` with the public, seeded initial model."""
+def make_scheme(cfg: FedConfig) -> Scheme[Any]:
+    """The scheme for ``cfg.secure.mode`` with the public, seeded initial model.
+
+    A ``Scheme[PlainUpdate]`` or a ``Scheme[EncryptedVector]``: which one is a run-time choice,
+    and the loop that runs it is generic in the payload type either way.
+    """
     initial = flatten_params(build_model(cfg.data.task, cfg.run.seed))
     if cfg.secure.mode is SecureAggregation.CKKS:
         from server.encrypted import CkksScheme
