@@ -32,7 +32,7 @@ from simulations.simulate import with_dp_recipe
 if TYPE_CHECKING:
     from rich.console import Console
 
-__all__ = ["MATRICES", "Scenario", "markdown_table", "run_matrix", "scenarios"]
+__all__ = ["MATRICES", "Scenario", "markdown_table", "run_matrix", "scenario_config", "scenarios"]
 
 # every attack of the registry; the encoding attacks (wrap, shift) only differ from an honest
 # or boosted update under CKKS, where they tamper with the ciphertext itself
@@ -79,7 +79,13 @@ def scenarios(matrix: str) -> list[Scenario]:
             for dp in m["dp"] for attack in m["attacks"] for defense, mode in m["arms"]]
 
 
-def _config(sc: Scenario, base: dict[str, Any], out_dir: Path, dp_epsilon: float) -> FedConfig:
+def scenario_config(sc: Scenario, base: dict[str, Any], out_dir: Path, dp_epsilon: float) -> FedConfig:
+    """The validated config a scenario runs with.
+
+    ``base`` is the matrix's flat settings (``MATRICES[name]["flat"]``); the scenario adds its
+    attack (none: no attackers at all), defence and aggregation, and with ``sc.dp`` the DP
+    recipe at ``dp_epsilon``. The run folder is ``out_dir / sc.name``.
+    """
     flat = dict(base)
     if sc.attack == "none":
         flat.pop("malicious", None)
@@ -134,7 +140,7 @@ def run_matrix(
             continue
         progress(f"[{i}/{len(chosen)}] {sc.name}")
         t = time.time()
-        cfg = _config(sc, MATRICES[matrix]["flat"], out_dir, dp_epsilon)
+        cfg = scenario_config(sc, MATRICES[matrix]["flat"], out_dir, dp_epsilon)
         if console is not None:
             from server.progress import RoundProgress
 
