@@ -6,7 +6,17 @@ from pathlib import Path
 
 import pytest
 
-from simulations.scenarios import ALL_ATTACKS, GUARD, MATRICES, _config, _load_rows, markdown_table, scenarios
+from simulations.scenarios import (
+    ALL_ATTACKS,
+    GUARD,
+    MATRICES,
+    _config,
+    _load_rows,
+    catches,
+    markdown_table,
+    scenarios,
+    select,
+)
 from simulations.simulate import DP_RECIPE
 
 
@@ -54,3 +64,36 @@ def test_a_damaged_results_file_is_refused_not_overwritten(tmp_path: Path) -> No
         bad.write_text(text)
         with pytest.raises(ValueError, match="not a results file"):
             _load_rows(bad)
+
+
+def test_small_matrix_has_the_in_spread_and_encoding_attacks() -> None:
+    attacks = {s.attack for s in scenarios("small")}
+    assert {"min-max", "min-sum", "wrap", "shift", "garbage"} <= attacks
+
+
+def test_only_takes_many_values_and_their_union_and_refuses_a_fragment_that_matches_nothing() -> None:
+    # six fragments, one of them spelled with the defence's commas as on the command line
+    only = ["none__none__none", "none__norm,multikrum,cosine__ckks", "min-max__none__none",
+            "min-max__norm+multikrum+cosine__ckks", "wrap__norm+multikrum+cosine__ckks",
+            "shift__norm+multikrum+cosine__ckks"]
+    chosen = [s.name for s in select("small", only)]
+    assert chosen == [s.name for s in scenarios("small")
+                      if any(o.replace(",", "+") in s.name for o in only)]
+    assert len(chosen) == 6
+    assert len(select("small", ["min-max", "min-sum"])) == 8
+    assert [s.name for s in select("small", "min-sum__none__none")] == ["min-sum__none__none__nodp"]
+    assert select("small", None) == select("small", []) == scenarios("small")
+    with pytest.raises(ValueError, match="--only: 'minmax' matches no scenario"):
+        select("small", ["min-max", "minmax"])
+
+
+def test_catches_counts_attackers_and_honest_clients_left_out_per_round() -> None:
+    rows = [{"clients": {"7": "client-3", "8": "client-4", "9": "client-0"},
+             "rejected": {"7": "collusion:near-duplicate", "8": "collusion:near-duplicate"}},
+            {"clients": {"7": "client-3", "8": "client-4", "9": "client-0"},
+             "rejected": {"8": "statistic:wraparound", "9": "cosine<0.0"}},
+            {"clients": {"7": "client-3"}, "rejected": {}}]
+    assert catches(rows, {3, 4}) == ([2, 1, 0], [0, 1, 0])
+    table = markdown_table([{**_row("min-max", GUARD, "ckks", 0.6), "attackers": 2,
+                             "caught_per_round": [2, 1, 0], "honest_rejected_per_round": [0, 1, 0]}])
+    assert table.splitlines()[2].endswith("| 2/2 1/2 0/2 | 0 1 0 |")
