@@ -685,7 +685,7 @@ def _decide(grid: GridLike, cfg: FedConfig, scheme: Scheme, candidates: list[Cli
     """
     ids = [r.node_id for r in candidates]
     counts = [r.num_examples for r in candidates]
-    validity = scheme.hides_updates
+    validity = scheme.validates_uploads
     if not candidates or not (cfg.defense.defenses or validity):
         return {i: Decision(i, True, c, (), {}) for i, c in zip(ids, counts, strict=True)}
     n = len(candidates)
