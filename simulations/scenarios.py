@@ -37,7 +37,8 @@ from simulations.simulate import with_dp_recipe
 if TYPE_CHECKING:
     from rich.console import Console
 
-__all__ = ["MATRICES", "Scenario", "catches", "markdown_table", "run_matrix", "scenarios", "select"]
+__all__ = ["MATRICES", "Scenario", "catches", "markdown_table", "run_matrix", "scenario_config",
+           "scenarios", "select"]
 
 # every attack of the registry; the encoding attacks (wrap, shift) only differ from an honest
 # or boosted update under CKKS, where they tamper with the ciphertext itself
@@ -126,7 +127,13 @@ def catches(rows: Iterable[dict[str, Any]], malicious: Iterable[int]) -> tuple[l
     return caught, honest
 
 
-def _config(sc: Scenario, base: dict[str, Any], out_dir: Path, dp_epsilon: float) -> FedConfig:
+def scenario_config(sc: Scenario, base: dict[str, Any], out_dir: Path, dp_epsilon: float) -> FedConfig:
+    """The validated config a scenario runs with.
+
+    ``base`` is the matrix's flat settings (``MATRICES[name]["flat"]``); the scenario adds its
+    attack (none: no attackers at all), defence and aggregation, and with ``sc.dp`` the DP
+    recipe at ``dp_epsilon``. The run folder is ``out_dir / sc.name``.
+    """
     flat = dict(base)
     if sc.attack == "none":
         flat.pop("malicious", None)
@@ -180,7 +187,7 @@ def run_matrix(
             continue
         progress(f"[{i}/{len(chosen)}] {sc.name}")
         t = time.time()
-        cfg = _config(sc, MATRICES[matrix]["flat"], out_dir, dp_epsilon)
+        cfg = scenario_config(sc, MATRICES[matrix]["flat"], out_dir, dp_epsilon)
         if console is not None:
             from server.progress import RoundProgress
 

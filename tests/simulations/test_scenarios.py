@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -10,10 +11,10 @@ from simulations.scenarios import (
     ALL_ATTACKS,
     GUARD,
     MATRICES,
-    _config,
-    _load_rows,
     catches,
     markdown_table,
+    run_matrix,
+    scenario_config,
     scenarios,
     select,
 )
@@ -25,7 +26,7 @@ def test_full_matrix_is_the_target_setting_with_one_unfiltered_and_one_encrypted
     assert len(runs) == len(ALL_ATTACKS) * 2 * 2 == len({s.name for s in runs})
     assert {(s.defense, s.mode) for s in runs} == {("none", "none"), (GUARD, "ckks")}
     assert {s.attack for s in runs} == set(ALL_ATTACKS) and {s.dp for s in runs} == {False, True}
-    cfg = _config(next(s for s in runs if s.attack == "alie" and s.dp and s.mode == "ckks"),
+    cfg = scenario_config(next(s for s in runs if s.attack == "alie" and s.dp and s.mode == "ckks"),
                   MATRICES["full"]["flat"], Path("/tmp/x"), 8.0)
     assert (cfg.run.clients, cfg.attack.malicious, cfg.data.partition) == (20, 0.2, "dirichlet:0.5")
     assert cfg.defense.max_malicious == 4
@@ -36,7 +37,7 @@ def test_full_matrix_is_the_target_setting_with_one_unfiltered_and_one_encrypted
 
 def test_attack_free_runs_have_no_attackers() -> None:
     s = next(s for s in scenarios("small") if s.attack == "none")
-    cfg = _config(s, MATRICES["small"]["flat"], Path("/tmp/x"), 8.0)
+    cfg = scenario_config(s, MATRICES["small"]["flat"], Path("/tmp/x"), 8.0)
     assert cfg.attack.malicious == 0.0 and cfg.dp.epsilon == 0.0
 
 
@@ -58,12 +59,20 @@ def test_table_reports_the_difference_to_attack_free_fedavg_with_the_same_dp_set
 
 
 def test_a_damaged_results_file_is_refused_not_overwritten(tmp_path: Path) -> None:
-    assert _load_rows(tmp_path / "absent.json") == []
+    # `only` names one scenario that the good file already holds: run_matrix reads the results
+    # file and runs nothing (a fragment matching no scenario is refused, see below)
+    nothing = ["none__none__none__nodp"]
+    with pytest.raises(ValueError, match="--only: 'no-such-scenario' matches no scenario"):
+        run_matrix("small", tmp_path / "fresh", only=["no-such-scenario"], progress=print)
     bad = tmp_path / "results.json"
     for text in ("{not json", '{"a": 1}', '[{"no": "scenario"}]'):
         bad.write_text(text)
         with pytest.raises(ValueError, match="not a results file"):
-            _load_rows(bad)
+            run_matrix("small", tmp_path, only=nothing)
+        assert bad.read_text() == text
+    good = [{"scenario": "none__none__none__nodp", "final_accuracy": 0.5}]
+    bad.write_text(json.dumps(good))
+    assert run_matrix("small", tmp_path, only=nothing) == good  # an earlier run's rows are kept
 
 
 def test_small_matrix_has_the_in_spread_and_encoding_attacks() -> None:
