@@ -69,6 +69,7 @@ __all__ = [
     "angular_sq_dists",
     "cosine_filter",
     "cosine_floor",
+    "decide",
     "gram_matrix",
     "inconsistent_clients",
     "krum_scores",
@@ -822,3 +823,33 @@ def screen(
             scores.update(v.scores)
         decisions.append(Decision(cid, accepted, counts[i] if accepted else 0, reasons, scores))
     return decisions
+
+
+def decide(
+    stats: UpdateStats,
+    sample_counts: Sequence[int] | Mapping[ClientId, int],
+    defenses: Sequence[str] | str,
+    *,
+    f: int,
+) -> list[Decision]:
+    """The fedguard server's rule: :func:`screen` with the choices that never punish size.
+
+    The one home of those choices (the round loop calls this): Multi-Krum on directions
+    (``angular_krum``) dropping only score outliers (``krum_selection="threshold"``),
+    near-duplicate updates of different clients rejected as collusion evidence
+    (``duplicates``; this is what catches the published min-max / min-sum attacks, whose
+    colluders all send one vector), and a cosine cut that cannot fall below the statistics'
+    own error (``floored_cosine``).
+
+    With no defence (``defenses`` empty or ``"none"``) only ``stats.rejected`` is applied:
+    under encryption those are the uploads that failed the validity check (``statistic:*``),
+    which runs whether or not a filter is chosen (docs/threat-model.md). Every other client
+    is accepted with its sample count as weight.
+
+    Parameters
+    ----------
+    stats, sample_counts, defenses, f:
+        As for :func:`screen`.
+    """
+    return screen(stats, sample_counts, defenses, f=f, angular_krum=True,
+                  krum_selection="threshold", duplicates=True, floored_cosine=True)

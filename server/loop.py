@@ -13,9 +13,10 @@ One round (DESIGN.md §3):
    metrics. The evaluation therefore describes the *previous* round's model; the loop holds a
    round's report back until that evaluation arrives (next round, or the final evaluate
    phase).
-2. **screen** (only with a defence): the scheme computes the statistics the filters need
-   (in plaintext, or under encryption with a quorum of key holders) and the pure filters in
-   :mod:`federation.robust` decide who is accepted.
+2. **screen** (with a defence, and always under encryption): the scheme computes the
+   statistics the filters need (in plaintext, or under encryption with a quorum of key
+   holders: there the uploads' validity check runs even with ``--defense none``) and the pure
+   rule :func:`federation.robust.decide` says who is accepted.
 3. **aggregate**: integer-weighted sum of accepted updates (:mod:`federation.aggregation`),
    each declared sample count capped at ``weight-cap`` times the median of the set
    aggregated; under encryption a round with fewer than ``group-size`` accepted updates is
@@ -44,7 +45,7 @@ from federation import protocol as P
 from federation.aggregation import capped_counts, integer_weights
 from federation.config import FedConfig, to_flat
 from federation.errors import ProtocolError, RejectedUpdate
-from federation.robust import Decision, max_krum_f, screen
+from federation.robust import Decision, decide, max_krum_f
 from server.replies import describe_error_reply
 from server.schemes import Scheme, U
 
@@ -680,19 +681,24 @@ def run_federation(
 
 def _decide(grid: GridLike, cfg: FedConfig, scheme: Scheme[U], candidates: list[ClientResult[U]],
             rnd: int) -> dict[int, Decision]:
+    """Who is aggregated, with what weight (the screen phase, when there is one).
+
+    Under encryption the uploads' validity check (the projection screen's certified band,
+    docs/soundness.md) runs with or without ``--defense``: the server cannot look at an
+    update, so validity is part of secure aggregation (as PINE/Prio validity proofs are), and
+    a wrapped, shifted or garbage upload is rejected (``statistic:*``) before it can spoil an
+    aggregate; the rollback stays the second line for what the check cannot see. The filters
+    run only when ``--defense`` names some. Plaintext without a filter screens nothing.
+    """
     ids = [r.node_id for r in candidates]
     counts = [r.num_examples for r in candidates]
-    if not cfg.defense.defenses or not candidates:
+    validity = scheme.validates_uploads
+    if not candidates or not (cfg.defense.defenses or validity):
         return {i: Decision(i, True, c, (), {}) for i, c in zip(ids, counts, strict=True)}
     n = len(candidates)
     f = cfg.defense.max_malicious if cfg.defense.max_malicious >= 0 else max_krum_f(n)
     stats = scheme.statistics(grid, {r.node_id: _payload(r) for r in candidates}, rnd)
-    # Size alone never drops an honest client: Multi-Krum compares directions and drops only
-    # score outliers; near-duplicates of different clients are collusion evidence; the cosine
-    # cut cannot fall below the statistics' own error (federation.robust.screen)
-    decisions = screen(stats, dict(zip(ids, counts, strict=True)), cfg.defense.defenses, f=f,
-                       angular_krum=True, krum_selection="threshold", duplicates=True,
-                       floored_cosine=True)
+    decisions = decide(stats, dict(zip(ids, counts, strict=True)), cfg.defense.defenses, f=f)
     return {int(d.client_id): d for d in decisions}
 
 

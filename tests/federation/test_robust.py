@@ -466,3 +466,24 @@ def test_the_cosine_cut_cannot_drift_into_an_opposing_direction() -> None:
     assert all(floored[i].accepted for i in range(9))
     sketched = UpdateStats(stats.client_ids, stats.sq_norms, stats.pair_sq_dists, sketch_repetitions=137)
     assert cosine_floor(sketched) == pytest.approx(-1 / math.sqrt(137))
+
+
+def test_decide_without_a_defence_applies_only_the_validity_verdicts() -> None:
+    # the server's rule with --defense none: what the encrypted validity check rejected stays
+    # rejected (with its reason); nobody else is screened, not even an obvious outlier
+    from federation.robust import decide
+
+    rng = np.random.default_rng(3)
+    mean = rng.normal(size=64)
+    ups = [mean + rng.normal(size=64), mean + rng.normal(size=64), -50.0 * mean,
+           mean + rng.normal(size=64), mean + rng.normal(size=64)]
+    stats = stats_from_plain(ups, [1, 2, 3, 4, 5])
+    rejected = UpdateStats(stats.client_ids, stats.sq_norms, stats.pair_sq_dists,
+                           rejected={4: "statistic:wraparound"})
+    counts = [10, 20, 30, 40, 50]
+    out = {d.client_id: d for d in decide(rejected, counts, "none", f=1)}
+    assert [c for c, d in out.items() if d.accepted] == [1, 2, 3, 5]
+    assert out[4].reasons == ("statistic:wraparound",) and out[4].weight == 0
+    assert [out[c].weight for c in (1, 2, 3, 5)] == [10, 20, 30, 50]
+    guarded = {d.client_id: d for d in decide(rejected, counts, "norm,multikrum,cosine", f=1)}
+    assert [c for c, d in guarded.items() if d.accepted] == [1, 2, 5]
