@@ -11,6 +11,9 @@ fedguard feature              Flower internal it needs                        of
 SuperNode fast polling and    ``flwr.supernode.start_client_internal.time``,   stock SuperNode
 10 s heartbeat                ``HEARTBEAT_DEFAULT_INTERVAL`` (two modules)     (3 s polling, 30 s)
 SuperNode exit record         ``flwr_exit`` as imported by the SuperNode       log lines only
+release of a node a dead      ``start_client_internal.http_request_response``, wait out the
+SuperNode left online         ``FleetHttpClient``, ``NodeAuthHttpInterceptor``  heartbeat window
+                              (Flower's Fleet ``DeactivateNode`` request)
 ServerApp fast reply polling  ``flwr.superlink.grid.http_grid.HttpGrid``       Flower's 3 s pulls
 warm ClientApp launcher       ``flwr.proto.runtime_pb2.AcquireTaskRequest``,   a fresh process per
                               ``flwr.supercore.runtime.RuntimeHttpClient``,    message (Flower's
@@ -49,8 +52,10 @@ __all__ = [
     "API_CODE_ACTIVATION_FAILED",
     "FLOWER_HELPERS",
     "FLOWER_SERIES",
+    "RELEASE_LINE_PREFIX",
     "SUPERLINK_PATTERNS",
     "SUPERNODE_PATTERNS",
+    "SUPERNODE_RELEASE_ENV",
     "SUPERNODE_STATUS_ENV",
     "ExitRecord",
     "RuntimeTasks",
@@ -58,6 +63,7 @@ __all__ = [
     "flower_version",
     "http_grid_type",
     "install_exit_record",
+    "install_node_release",
     "patch_supernode_polling",
     "read_exit_record",
     "register_keys",
@@ -76,6 +82,13 @@ FLOWER_SERIES = "1.42."
 
 SUPERNODE_STATUS_ENV = "FEDGUARD_SUPERNODE_STATUS"
 """Environment variable naming the JSON file the SuperNode's exit record is written to."""
+
+SUPERNODE_RELEASE_ENV = "FEDGUARD_SUPERNODE_RELEASE"
+"""Environment variable ``NODE_ID:SETTLE_SECONDS``: the node a dead predecessor left online,
+which the SuperNode releases before it connects (:func:`install_node_release`)."""
+
+RELEASE_LINE_PREFIX = "fedguard release: "
+"""How the SuperNode's lines about that release start (``fedguard client`` passes them on)."""
 
 API_CODE_ACTIVATION_FAILED = 2004
 """Flower's ``ApiErrorCode.FLEET_NODE_ACTIVATION_FAILED``: the SuperLink did not activate the
@@ -152,6 +165,8 @@ def features_off() -> list[str]:
         "SuperNode fast polling and 10 s heartbeat (stock SuperNode: 3 s idle polling, 30 s "
         "heartbeat; a dead client is noticed after up to 60 s)",
         "SuperNode exit record (refusal causes come from log lines only)",
+        "release of a node a dead SuperNode left online (a restarted client waits until the "
+        "SuperLink declares it dead: 2 heartbeats)",
         "ServerApp fast reply polling (Flower's fixed 3 s between pulls)",
         "warm ClientApp launcher (Flower's SuperExec starts a fresh process per message)",
         "key registration in one interpreter (one flwr process per key)",
@@ -298,6 +313,77 @@ def install_exit_record(path: Path) -> bool:
                 _merge_record(path, {"left": True})
 
         start_client_internal.http_request_response = recording_connection  # type: ignore[attr-defined]
+    return True
+
+
+def install_node_release(node_id: int, settle: float, emit: Callable[[str], None]) -> bool:
+    """Make the SuperNode in this process release ``node_id`` at the SuperLink before it connects.
+
+    A SuperNode that died without deactivating its node (SIGKILL, a machine crash) leaves the
+    node *online* at the SuperLink until two heartbeats pass, and a SuperNode with the same key
+    is refused until then. Its successor holds the same authentication key, so it may ask the
+    SuperLink itself: Flower's own Fleet ``DeactivateNode`` request, signed with that key, as
+    the dying SuperNode would have sent it. After a release, the SuperNode waits ``settle``
+    seconds before it connects (non-zero when the dead one held a message: the server must
+    pull once while the node is offline to record that message as lost; fedguard's ServerApp
+    pulls every 0.5 s or less, Flower's every 3 s).
+
+    ``emit`` receives one line saying what happened. Returns False (nothing installed) on
+    another Flower version.
+    """
+    if not supported():
+        return False
+    try:
+        import httpx
+        from flwr.proto.fleet_pb2 import DeactivateNodeRequest
+        from flwr.supercore.interceptors.http.runtime_version import (
+            RuntimeVersionHttpInterceptor,
+        )
+        from flwr.supernode import start_client_internal
+        from flwr.supernode.fleet_http_client import FleetHttpClient
+        from flwr.supernode.node_auth_http_interceptor import NodeAuthHttpInterceptor
+    except ImportError:  # pragma: no cover - another Flower layout
+        return False
+    connect = getattr(start_client_internal, "http_request_response", None)
+    if connect is None:  # pragma: no cover
+        return False
+    done = False
+
+    def release(address: str, insecure: bool, roots: Any, keys: Any) -> bool:
+        try:
+            with FleetHttpClient.from_server_address(
+                address, insecure, roots,
+                interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperNode"),
+                              NodeAuthHttpInterceptor(*keys)],
+            ) as client:
+                client.DeactivateNode(DeactivateNodeRequest(node_id=node_id))
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code == httpx.codes.UNAUTHORIZED:
+                emit(f"node {node_id} is not this key's node at the SuperLink (it restarted): "
+                     "nothing to release")
+            else:  # FLEET_NODE_DEACTIVATION_FAILED: it is offline already
+                emit(f"node {node_id} is already offline at the SuperLink: nothing to release")
+            return False
+        except (httpx.HTTPError, OSError, ValueError) as exc:
+            emit(f"could not release node {node_id} at the SuperLink ({type(exc).__name__}); "
+                 "connecting anyway")
+            return False
+        emit(f"released node {node_id} at the SuperLink (its previous SuperNode died without "
+             "leaving)" + (f"; waiting {settle:.0f}s so that the server records the message it "
+                           "held as lost" if settle > 0 else ""))
+        return True
+
+    @contextlib.contextmanager
+    def releasing_connection(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        nonlocal done
+        if not done and len(args) >= 4 and args[3] is not None:
+            done = True  # once per SuperNode: later reconnections are its own node's
+            if release(str(args[0]), bool(args[1]), args[2], args[3]) and settle > 0:
+                _time.sleep(settle)
+        with connect(*args, **kwargs) as conn:
+            yield conn
+
+    start_client_internal.http_request_response = releasing_connection  # type: ignore[attr-defined]
     return True
 
 

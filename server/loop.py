@@ -221,6 +221,55 @@ def exchange(
     return replies, lost
 
 
+_OFFLINE_REASON = "offline: not connected during the round"
+"""Why a node that was not connected while its round ran has no reply (``lost: ...``)."""
+
+
+def _train_exchange(
+    grid: GridLike,
+    node_contents: dict[int, RecordDict],
+    round_: int,
+    timeout: float,
+    *,
+    expected_back: set[int],
+    rejoin_wait: float,
+    clock: Callable[[], float],
+    sleep: Callable[[float], None],
+) -> tuple[dict[int, Message], dict[int, str]]:
+    """One train phase in which a node that is offline when it starts can still take part.
+
+    A message to an offline node is answered at once by the SuperLink with an error, so a
+    client that crashed in the previous round and is restarting would miss this round too.
+    Instead, the nodes connected now get their messages; afterwards, each node that has come
+    back (re)connected gets its message (the round waits for it). Nodes in ``expected_back``
+    (lost in the previous round) are waited for up to ``rejoin_wait`` seconds after the others
+    replied. A node still offline then is lost with :data:`_OFFLINE_REASON`. Returns
+    ``(replies, lost)`` like :func:`exchange`.
+    """
+    online = {int(n) for n in grid.get_node_ids()}
+    later = {n: c for n, c in node_contents.items() if n not in online}
+    now_ = {n: c for n, c in node_contents.items() if n in online}
+    replies, lost = exchange(grid, now_, P.MSG_TRAIN, round_, timeout) if now_ else ({}, {})
+    deadline = clock() + rejoin_wait
+    while later:
+        online = {int(n) for n in grid.get_node_ids()}
+        back = {n: c for n, c in later.items() if n in online}
+        if back:
+            log.info("round %d: node(s) %s came back; sending them this round", round_, sorted(back))
+            more, more_lost = exchange(grid, back, P.MSG_TRAIN, round_, timeout)
+            replies.update(more)
+            lost.update(more_lost)
+            for n in back:
+                del later[n]
+            continue
+        if not expected_back & set(later) or clock() >= deadline:
+            break
+        sleep(0.5)
+    for n in later:
+        lost[n] = _OFFLINE_REASON
+    return replies, lost
+
+
 def _metrics_of(content: RecordDict) -> dict[str, float]:
     if P.METRICS not in content.metric_records:
         raise ProtocolError("reply has no metrics record")
@@ -497,12 +546,20 @@ def run_federation(
     rolled_back: list[int] = []
     rnd, recoveries, t0 = start_round, 0, clock()
     extra_timings: dict[str, float] = {}
+    lost_last: set[int] = set()  # nodes without a reply in the previous train phase
+    gone: set[int] = set()  # waited for once in vain: not waited for again until they reply
     while rnd <= cfg.run.rounds:
         t_phase = clock()
         global_round = scheme.global_round
         contents = _contents(scheme, flat, nodes, rnd)
         down = {n: scheme.bytes_down(n) for n in nodes}
-        replies, lost = exchange(grid, contents, P.MSG_TRAIN, rnd, cfg.run.round_timeout)
+        # A node lost last round (a crashed client restarting) may come back within
+        # rejoin-wait; one that did not is not waited for again until it has replied.
+        replies, lost = _train_exchange(
+            grid, contents, rnd, cfg.run.round_timeout, expected_back=lost_last - gone,
+            rejoin_wait=cfg.run.rejoin_wait, clock=clock, sleep=sleep)
+        gone = (gone | (lost_last & set(lost))) - set(replies)
+        lost_last = set(lost)
         t_train = clock() - t_phase
 
         results: list[ClientResult] = [ClientResult(n, "lost", reason) for n, reason in lost.items()]
