@@ -12,7 +12,8 @@ SuperLink accepts) and with Flower's exit code recorded in ``$FEDGUARD_SUPERNODE
 (:func:`federation.flower_internals.install_exit_record`); ``"ended": true`` is added once
 Flower's own shutdown (which deactivates the node) has run. When ``fedguard client`` names a
 node its dead predecessor left online (``$FEDGUARD_SUPERNODE_RELEASE``), that node is released
-at the SuperLink first (:func:`federation.flower_internals.install_node_release`).
+at the SuperLink first; on SIGTERM the node leaves the SuperLink before anything else
+(:func:`federation.flower_internals.install_node_handover`).
 
 On another Flower version the SuperNode runs exactly as ``flower-supernode`` would, with a
 note. Every argument is passed through unchanged.
@@ -32,7 +33,7 @@ from federation.flower_internals import (
     SUPERNODE_RELEASE_ENV,
     SUPERNODE_STATUS_ENV,
     install_exit_record,
-    install_node_release,
+    install_node_handover,
     patch_supernode_polling,
     run_supernode,
 )
@@ -126,9 +127,8 @@ def main(argv: list[str]) -> None:
     status_path = Path(status) if status else None
     if status_path is not None:
         install_exit_record(status_path)
-    release = _release_request(os.environ.get(SUPERNODE_RELEASE_ENV, ""))
-    if release is not None:
-        install_node_release(*release, lambda line: print(RELEASE_LINE_PREFIX + line, flush=True))
+    install_node_handover(_release_request(os.environ.get(SUPERNODE_RELEASE_ENV, "")),
+                          lambda line: print(RELEASE_LINE_PREFIX + line, flush=True))
     try:
         run_supernode(argv)
     finally:

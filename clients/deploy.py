@@ -398,7 +398,7 @@ def _app_line(line: str, say: Say) -> None:
         say(line[:300])
 
 
-_RELEASE_SETTLE = 4.0
+_RELEASE_SETTLE = 3.5
 """Seconds a SuperNode waits after releasing a node that died holding a message: the server
 must pull once while the node is offline to record that message as lost (fedguard's ServerApp
 pulls every 0.5 s or less, Flower's own grid every 3 s)."""
@@ -414,7 +414,7 @@ class _Lease:
     takes the same node id and leaves the ServerApp waiting for that message until its
     ``--round-timeout``. :meth:`claim` therefore has the next SuperNode *release* the node
     first (Flower's Fleet ``DeactivateNode``, signed with the same key:
-    :func:`federation.flower_internals.install_node_release`), and only where that is not
+    :func:`federation.flower_internals.install_node_handover`), and only where that is not
     available waits out the window. The file is refreshed every 2 s and removed on a clean stop.
     """
 

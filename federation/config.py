@@ -95,8 +95,6 @@ class RunConfig:
     seed: int = 0
     out_dir: str = ""  # absolute path of the run folder; empty: the ServerApp writes nothing
     round_timeout: float = 600.0  # seconds to wait for one phase's replies
-    # seconds a node lost in one round may take to come back in the next one (0: no wait)
-    rejoin_wait: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -224,7 +222,6 @@ FLAT_KEYS: dict[str, tuple[str, str]] = {
     "seed": ("run", "seed"),
     "out-dir": ("run", "out_dir"),
     "round-timeout": ("run", "round_timeout"),
-    "rejoin-wait": ("run", "rejoin_wait"),
     "task": ("data", "task"),
     "partition": ("data", "partition"),
     "data-dir": ("data", "data_dir"),
@@ -400,8 +397,6 @@ def _validate(cfg: FedConfig) -> None:
         f"got {r.min_clients}; allowed: 0..num-clients ({r.clients})",
     )
     _check(r.round_timeout > 0, "round-timeout", f"got {r.round_timeout}; allowed: > 0 seconds")
-    _check(0 <= r.rejoin_wait <= 3600, "rejoin-wait",
-           f"got {r.rejoin_wait}; allowed: 0..3600 seconds")
     _check(
         d.task in BUILTIN_TASKS or bool(_IMPORT_STRING.match(d.task)),
         "task",

@@ -49,6 +49,7 @@ from server.replies import describe_error_reply
 from server.schemes import Scheme
 
 __all__ = [
+    "REJOIN_WAIT",
     "ClientResult",
     "GridLike",
     "RoundReport",
@@ -338,6 +339,11 @@ def _parse_eval(content: RecordDict) -> dict[str, float]:
     return m
 
 
+REJOIN_WAIT = 30.0
+"""Seconds a node lost in one train phase (a crashed client restarting) may take to come back
+in the next one, counted once the others have replied; a node that does not is not waited for
+again until it has replied once more (see :func:`run_federation`)."""
+
 MAX_RECOVERIES_PER_ROUND = 2
 """Rollbacks one round's phase may trigger before the loop goes on with what it has."""
 
@@ -516,12 +522,19 @@ def run_federation(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
     node_wait: float = 120.0,
+    rejoin_wait: float = REJOIN_WAIT,
 ) -> RunResult:
     """Run rounds ``start_round .. cfg.run.rounds`` and return how the run ended.
 
     A bad reply costs that reply only: it is recorded with a reason and the round goes on
     while at least ``min-clients`` (default 1) accepted updates remain. A global that the
     trainers refuse costs its round (rolled back, attributed, redone), never the run.
+
+    A node that is offline when a train phase starts (a crashed client restarting) gets its
+    message once it is back, within the same phase; one lost in the previous train phase is
+    waited for up to ``rejoin_wait`` seconds after the others replied (once: a node that did
+    not come back is not waited for again until it has replied). So a client killed mid-round
+    and restarted misses that round only, if it reconnects before the next one ends.
     """
     obs = observer or _NullObserver()
     flat = to_flat(cfg)
@@ -554,10 +567,10 @@ def run_federation(
         contents = _contents(scheme, flat, nodes, rnd)
         down = {n: scheme.bytes_down(n) for n in nodes}
         # A node lost last round (a crashed client restarting) may come back within
-        # rejoin-wait; one that did not is not waited for again until it has replied.
+        # rejoin_wait; one that did not is not waited for again until it has replied.
         replies, lost = _train_exchange(
             grid, contents, rnd, cfg.run.round_timeout, expected_back=lost_last - gone,
-            rejoin_wait=cfg.run.rejoin_wait, clock=clock, sleep=sleep)
+            rejoin_wait=rejoin_wait, clock=clock, sleep=sleep)
         gone = (gone | (lost_last & set(lost))) - set(replies)
         lost_last = set(lost)
         t_train = clock() - t_phase

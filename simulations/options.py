@@ -36,7 +36,6 @@ __all__ = [
     "MinClients",
     "Momentum",
     "Partition",
-    "RejoinWait",
     "RoundTimeout",
     "Rounds",
     "ScreenNormBound",
@@ -73,7 +72,6 @@ FLAG_KEYS: dict[str, str] = {
     "--screen-norm-bound": "screen-norm-bound",
     "--max-malicious": "max-malicious",
     "--round-timeout": "round-timeout",
-    "--rejoin-wait": "rejoin-wait",
     "--malicious": "malicious",
     "--attack": "attack",
     "--out": "out-dir",
@@ -163,9 +161,6 @@ MaxMalicious = Annotated[int | None, typer.Option(
     "--max-malicious", help="Multi-Krum's f (default: the most Krum tolerates).")]
 RoundTimeout = Annotated[float | None, typer.Option(
     "--round-timeout", help="Seconds to wait for one phase's replies (default 600).")]
-RejoinWait = Annotated[float | None, typer.Option(
-    "--rejoin-wait", help="Seconds a client lost in one round may take to come back in the next "
-    "(after the others replied; default 30, 0: no wait).")]
 KeysDir = Annotated[Path | None, typer.Option(
     "--keys", help="A bundle from `fedguard keys init`: DIR/server for the server, "
     "DIR/trainer-<i> for a client.")]

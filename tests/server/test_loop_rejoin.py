@@ -36,7 +36,7 @@ class _Clock:
 
 def _flaky_grid(fake_grid: Any, clock: _Clock, *, crash_round: int, back_after: float,
                 returns: int, dies: int) -> Any:
-    class FlakyGrid(fake_grid):  # type: ignore[misc, valid-type]
+    class FlakyGrid(fake_grid):  # type: ignore[misc]
         """Nodes ``returns`` and ``dies`` crash in ``crash_round`` (their reply is lost and
         they go offline); ``returns`` is back ``back_after`` fake seconds later."""
 
@@ -66,7 +66,8 @@ def _flaky_grid(fake_grid: Any, clock: _Clock, *, crash_round: int, back_after: 
             train = [m for m in msgs if m.metadata.message_type == P.MSG_TRAIN]
             if train:
                 clock.round = int(train[0].metadata.group_id)
-            return super().send_and_receive(msgs, timeout=timeout)
+            replies: list[Message] = super().send_and_receive(msgs, timeout=timeout)
+            return replies
 
     return FlakyGrid()
 
@@ -74,12 +75,12 @@ def _flaky_grid(fake_grid: Any, clock: _Clock, *, crash_round: int, back_after: 
 def test_a_restarted_client_rejoins_the_next_round_and_a_dead_one_is_waited_for_once(
         fake_grid: Any, recorder: Any) -> None:
     cfg = from_flat({"num-clients": 4, "num-server-rounds": 3, "partition": "iid",
-                     "data-dir": "subset", "batch-size": 64, "rejoin-wait": 5.0})
+                     "data-dir": "subset", "batch-size": 64})
     clock = _Clock()
     grid = _flaky_grid(fake_grid, clock, crash_round=1, back_after=2.0, returns=102, dies=103)
     rec = recorder()
     result = run_federation(grid, cfg, make_scheme(cfg), observer=rec, clock=clock,
-                            sleep=clock.sleep)
+                            sleep=clock.sleep, rejoin_wait=5.0)
     assert result.rounds_completed == 3 and not result.stopped_early
     r1, r2, r3 = rec.rounds
     # round 1: both crash mid-round; their replies are lost
