@@ -471,7 +471,7 @@ class _Lease:
             release = f"{node}:{settle:g}"
             say(f"the previous SuperNode of this client died {age:.0f}s ago without leaving the "
                 f"SuperLink (node {node}" + (", holding a message" if busy else "") + "); the new "
-                "one releases that node first" + (f" and waits {settle:.0f}s for the server to "
+                "one releases that node first" + (f" and waits {settle:g}s for the server to "
                                                   "record the message as lost" if busy else ""))
         elif busy and age < self.window:
             wait = self.window - age

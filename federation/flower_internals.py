@@ -382,7 +382,7 @@ def install_node_handover(release: tuple[int, float] | None,
                  "connecting anyway")
             return
         emit(f"released node {node_id} at the SuperLink (its previous SuperNode died without "
-             "leaving)" + (f"; waiting {settle:.0f}s so that the server records the message it "
+             "leaving)" + (f"; waiting {settle:g}s so that the server records the message it "
                            "held as lost" if settle > 0 else ""))
         _time.sleep(settle)
 
