@@ -573,6 +573,7 @@ def run_federation(
             rejoin_wait=rejoin_wait, clock=clock, sleep=sleep)
         gone = (gone | (lost_last & set(lost))) - set(replies)
         lost_last = set(lost)
+        down = {n: b for n, b in down.items() if lost.get(n) != _OFFLINE_REASON}  # not sent
         t_train = clock() - t_phase
 
         results: list[ClientResult] = [ClientResult(n, "lost", reason) for n, reason in lost.items()]
