@@ -22,6 +22,9 @@ key registration in one       ``flwr.cli.app.app`` (the typer app)             o
 interpreter                                                                    process per key
 helpers die with their parent  Flower starts SuperExec / ServerApp /            (still on: a shim on
                               ClientApp processes by name from ``PATH``        PATH is harmless)
+an in-process Grid (the       ``Metadata._message_id`` (no public setter),     refused: raises
+tests' fake; drives the real  ``Message(content=, metadata=)``,                RuntimeError
+loop and ClientApp)           ``flwr.supercore.task_identity.TaskIdentity``
 ============================  ==============================================  ===================
 
 :func:`features_off` names the rows that are off for the installed Flower; both commands print
@@ -59,6 +62,7 @@ __all__ = [
     "SUPERNODE_STATUS_ENV",
     "ExitRecord",
     "RuntimeTasks",
+    "deliver_in_process",
     "features_off",
     "flower_version",
     "http_grid_type",
@@ -69,6 +73,7 @@ __all__ = [
     "register_keys",
     "run_clientapp_task",
     "run_supernode",
+    "set_task_identity",
     "supported",
 ]
 
@@ -541,3 +546,60 @@ def http_grid_type() -> type | None:
     grid_type: type = HttpGrid
     return grid_type
 
+
+# ------------------------------------------------------------------------- an in-process Grid
+
+
+def _require_supported(what: str) -> None:
+    if not supported():
+        raise RuntimeError(f"{what} touches Flower {FLOWER_SERIES}x internals; "
+                           f"Flower {flower_version()} is installed")
+
+
+def deliver_in_process(message: Any) -> Any:
+    """What a Grid and the wire do to a message pushed to a ClientApp in this process.
+
+    The caller's ``message`` gets a fresh message id, as a Grid's ``push_messages`` sets it (the
+    round loop matches replies to nodes through ``reply_to_message_id``). Returned is the copy
+    the node receives: the same metadata with that id, and its own ``RecordDict`` (a handler
+    never shares the server's object). Flower 1.42 has no public setter for the id and no
+    public constructor taking metadata (its own grids use both); on another Flower version this
+    raises ``RuntimeError``.
+
+    Parameters
+    ----------
+    message:
+        A ``flwr.app.Message`` built by the server side, not yet sent.
+
+    Returns
+    -------
+    flwr.app.Message
+        The message as delivered to the destination node.
+    """
+    import uuid
+
+    _require_supported("deliver_in_process")
+    from flwr.app import Message, Metadata, RecordDict
+
+    sent = message.metadata
+    sent.__dict__["_message_id"] = uuid.uuid4().hex
+    metadata = Metadata(
+        run_id=sent.run_id, message_id=sent.message_id, src_node_id=sent.src_node_id,
+        dst_node_id=sent.dst_node_id, reply_to_message_id="", group_id=sent.group_id,
+        created_at=_time.time(), ttl=sent.ttl, message_type=sent.message_type)
+    # the metadata= form is Flower's internal constructor (not in its typed overloads)
+    return Message(content=RecordDict(dict(message.content)), metadata=metadata)  # type: ignore[call-overload]
+
+
+def set_task_identity(run_id: int, node_id: int = 0, task_id: int = 1) -> None:
+    """Set the process-wide task identity that Flower's runtimes set before running an app.
+
+    Messages built in a process that Flower did not start (an in-process Grid) need it. Flower
+    1.42 only; on another version this raises ``RuntimeError``.
+    """
+    _require_supported("set_task_identity")
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.run_id = run_id
+    TaskIdentity.node_id = node_id
+    TaskIdentity.task_id = task_id

@@ -338,6 +338,27 @@ def _epsilon_rdp(groups: Sequence[tuple[float, float, int]], delta: float) -> fl
     return max(0.0, best)
 
 
+def _prv_tail_bound(groups: Sequence[tuple[float, float, int]], delta_error: float) -> float:
+    """The privacy-loss level L_max beyond which the PRV discretisation may truncate.
+
+    Gopi, Lee & Wutschitz (2021), remark 5.6, as Opacus' ``compute_safe_domain_size`` states
+    it: the larger of the composition's ε at δ_err/4 and each single step's ε at
+    δ_err/(8·steps), both from RDP; the domain's half-width is ``max(L_max, eps_error) + 3``.
+    Opacus evaluates RDP on its default orders, 99 of them fractional, whose series made this
+    bound 80 % of a calibration's time (2.6 CPU-s per client of the demo). Any order gives a
+    valid RDP bound, so the minimum over :data:`RDP_ORDERS` (integers, from the per-step
+    cache) is as valid a bound; it is never below the true ε at that δ, which is all the
+    truncation argument needs. Checked on 40 random heterogeneous histories: the domain is
+    never narrower than Opacus' (equal or wider, so no less conservative). The ledger's ε stays
+    cross-checked against dp-accounting's PLD accountant (tests/federation/test_privacy.py).
+    """
+    total_steps = sum(n for _, _, n in groups)
+    bound = _epsilon_rdp(groups, delta_error / 4)
+    for sigma, q, _ in groups:
+        bound = max(bound, _epsilon_rdp(((sigma, q, 1),), delta_error / (8 * total_steps)))
+    return bound
+
+
 def _epsilon_prv(groups: Sequence[tuple[float, float, int]], delta: float, eps_rdp: float) -> float:
     import numpy as np
     from opacus.accountants.analysis.prv import (
@@ -345,7 +366,6 @@ def _epsilon_prv(groups: Sequence[tuple[float, float, int]], delta: float, eps_r
         PoissonSubsampledGaussianPRV,
         TruncatedPrivacyRandomVariable,
         compose_heterogeneous,
-        compute_safe_domain_size,
         discretize,
     )
 
@@ -357,15 +377,9 @@ def _epsilon_prv(groups: Sequence[tuple[float, float, int]], delta: float, eps_r
     candidates = [e for e in _PRV_EPS_ERRORS if e >= wanted] or [_PRV_EPS_ERRORS[-1]]
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.filterwarnings("ignore", message="Optimal order is the", category=UserWarning)
+        tail = _prv_tail_bound(groups, delta_error)
         for eps_error in candidates:
-            half_width = float(
-                compute_safe_domain_size(
-                    prvs=prvs,
-                    max_self_compositions=counts,
-                    eps_error=eps_error,
-                    delta_error=delta_error,
-                )
-            )
+            half_width = max(tail, eps_error) + 3
             mesh = eps_error / math.sqrt(total_steps * math.log(12 / delta_error) / 2)
             if 2 * half_width / mesh <= _MAX_PRV_GRID:
                 break

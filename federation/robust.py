@@ -8,7 +8,6 @@ filter here decides from a handful of **scalar statistics per client** that the 
 
 * ``sq_norms[i]      = ||u_i||²``
 * ``pair_sq_dists[i, j] = ||u_i - u_j||²``
-* ``inner_with_ref[i]  = <u_i, m>`` and ``ref_sq_norm = ||m||²`` for a reference vector ``m``.
 
 These scalars, and the decisions derived from them, are what the server operator and the
 key holders learn about a client in a round; nothing else about the update is revealed.
@@ -70,6 +69,7 @@ __all__ = [
     "angular_sq_dists",
     "cosine_filter",
     "cosine_floor",
+    "decide",
     "gram_matrix",
     "inconsistent_clients",
     "krum_scores",
@@ -142,10 +142,6 @@ class UpdateStats:
     pair_sq_dists:
         ``(n, n)`` squared distances ``||u_i - u_j||²``: symmetric with a zero diagonal (build
         it from the ``n (n - 1) / 2`` upper-triangle values), or ``None`` if not computed.
-    inner_with_ref:
-        ``(n,)`` inner products ``<u_i, m>`` with a reference vector ``m``, or ``None``.
-    ref_sq_norm:
-        ``||m||²``; given exactly when ``inner_with_ref`` is.
     rejected:
         Clients already rejected by the producer of the statistics, with the reason (e.g.
         ``"statistic:wraparound"`` from the encrypted soundness check). :func:`screen`
@@ -156,8 +152,6 @@ class UpdateStats:
     client_ids: tuple[ClientId, ...]
     sq_norms: FloatArray
     pair_sq_dists: FloatArray | None = None
-    inner_with_ref: FloatArray | None = None
-    ref_sq_norm: float | None = None
     rejected: Mapping[ClientId, str] = field(default_factory=dict)
     sketch_repetitions: int = 0
 
@@ -179,12 +173,6 @@ class UpdateStats:
             if np.any(np.diag(dists) != 0.0):
                 raise ValueError("pair_sq_dists must have a zero diagonal")
             object.__setattr__(self, "pair_sq_dists", dists)
-        if (self.inner_with_ref is None) != (self.ref_sq_norm is None):
-            raise ValueError("inner_with_ref and ref_sq_norm come together")
-        if self.inner_with_ref is not None and self.ref_sq_norm is not None:
-            inner = _frozen_f64(self.inner_with_ref, "inner_with_ref", (n,))
-            object.__setattr__(self, "inner_with_ref", inner)
-            object.__setattr__(self, "ref_sq_norm", float(self.ref_sq_norm))
         rejected = {int(c) if isinstance(c, np.integer) else c: str(r)
                     for c, r in self.rejected.items()}
         if any(c not in ids for c in rejected):
@@ -196,9 +184,8 @@ class UpdateStats:
         idx = list(keep)
         pick = np.array(idx, dtype=np.intp)
         dists = None if self.pair_sq_dists is None else self.pair_sq_dists[np.ix_(pick, pick)]
-        inner = None if self.inner_with_ref is None else self.inner_with_ref[pick]
         return UpdateStats(tuple(self.client_ids[i] for i in idx), self.sq_norms[pick], dists,
-                           inner, self.ref_sq_norm, sketch_repetitions=self.sketch_repetitions)
+                           sketch_repetitions=self.sketch_repetitions)
 
     @property
     def n(self) -> int:
@@ -209,13 +196,12 @@ class UpdateStats:
 def stats_from_plain(
     updates: Sequence[npt.ArrayLike],
     ids: Sequence[ClientId],
-    ref: npt.ArrayLike | None = None,
 ) -> UpdateStats:
     """Compute :class:`UpdateStats` from plaintext updates (plaintext mode; test oracle).
 
     Every statistic is computed by its definition in float64: ``||u_i||²``,
     ``||u_i - u_j||²`` from the difference (not from the Gram identity, which cancels
-    catastrophically for close updates), and ``<u_i, ref>``.
+    catastrophically for close updates).
 
     Parameters
     ----------
@@ -223,9 +209,6 @@ def stats_from_plain(
         One update per client, all the same shape (flattened here). Not modified.
     ids:
         Client ids, aligned with ``updates``.
-    ref:
-        Optional reference vector (same size); ``inner_with_ref`` and ``ref_sq_norm`` are
-        ``None`` without it.
 
     Returns
     -------
@@ -246,15 +229,7 @@ def stats_from_plain(
             for j in range(i + 1, n):
                 diff = flat[i] - flat[j]
                 dists[i, j] = dists[j, i] = float(np.dot(diff, diff))
-        inner: FloatArray | None = None
-        ref_sq: float | None = None
-        if ref is not None:
-            m = np.asarray(ref, dtype=np.float64).ravel()
-            if sizes and m.size not in sizes:
-                raise ValueError(f"ref has {m.size} values, updates have {sizes.pop()}")
-            inner = np.array([float(np.dot(v, m)) for v in flat], dtype=np.float64)
-            ref_sq = float(np.dot(m, m))
-    return UpdateStats(tuple(ids), sq, dists, inner, ref_sq)
+    return UpdateStats(tuple(ids), sq, dists)
 
 
 def gram_matrix(stats: UpdateStats) -> FloatArray:
@@ -598,10 +573,6 @@ def cosine_filter(
     the cosine to the round's mean update, is *not* robust: one update boosted x100
     becomes the mean, after which every honest client looks like it disagrees.
 
-    Without pair distances the cosine to the reference vector ``m`` of ``inner_with_ref``
-    is used; ``m`` should then be a direction the attackers do not control this round
-    (for example the previous round's aggregate update), not this round's mean.
-
     A client is rejected with ``"cosine<{threshold}"`` when its score is below
     ``threshold`` *and* an outlier among the round's scores (see :func:`_noise_aware_cut`:
     with heavily noised updates, honest cosines scatter around 0), or ``"cosine:non-finite"``
@@ -613,7 +584,7 @@ def cosine_filter(
     Parameters
     ----------
     stats:
-        Needs ``pair_sq_dists``, or else ``inner_with_ref`` and ``ref_sq_norm``.
+        Needs ``pair_sq_dists`` (every producer in fedguard computes them).
     threshold:
         In ``[-1, 1]`` (default :data:`DEFAULT_COSINE_THRESHOLD`).
     floor:
@@ -627,46 +598,31 @@ def cosine_filter(
     reason = f"cosine<{float(threshold)!r}"
     finite_norm = _finite(stats.sq_norms)
     out: list[Verdict] = []
-    if stats.pair_sq_dists is not None:
-        cos = pairwise_cosines(stats)
-        scores: dict[int, tuple[float, float]] = {}
-        for i in range(len(stats.client_ids)):
-            if not finite_norm[i]:
-                continue
-            peers = np.delete(cos[i], i)
-            peers = peers[np.isfinite(peers)]
-            if peers.size:
-                scores[i] = (float(np.median(peers)), float(np.min(peers)))
-        cut = _noise_aware_cut([v[0] for v in scores.values()], threshold)
-        if floor is not None:
-            cut = max(cut, min(floor, threshold))
-        for i, cid in enumerate(stats.client_ids):
-            if not finite_norm[i]:
-                out.append(Verdict(cid, False, ("cosine:non-finite",)))
-                continue
-            if i not in scores:
-                out.append(Verdict(cid, True, ("cosine:undefined",)))
-                continue
-            score, lowest = scores[i]
-            sc = {"cosine": score, "cosine_min": lowest, "cosine_cut": cut}
-            ok = score >= cut
-            out.append(Verdict(cid, ok, () if ok else (reason,), sc))
-        return tuple(out)
-    if stats.inner_with_ref is None or stats.ref_sq_norm is None:
-        raise ValueError("cosine needs pair_sq_dists or inner_with_ref")
-    ref_sq = stats.ref_sq_norm
+    if stats.pair_sq_dists is None:
+        raise ValueError("cosine needs pair_sq_dists")
+    cos = pairwise_cosines(stats)
+    scores: dict[int, tuple[float, float]] = {}
+    for i in range(len(stats.client_ids)):
+        if not finite_norm[i]:
+            continue
+        peers = np.delete(cos[i], i)
+        peers = peers[np.isfinite(peers)]
+        if peers.size:
+            scores[i] = (float(np.median(peers)), float(np.min(peers)))
+    cut = _noise_aware_cut([v[0] for v in scores.values()], threshold)
+    if floor is not None:
+        cut = max(cut, min(floor, threshold))
     for i, cid in enumerate(stats.client_ids):
-        inner = float(stats.inner_with_ref[i])
-        if not (finite_norm[i] and math.isfinite(inner)):
+        if not finite_norm[i]:
             out.append(Verdict(cid, False, ("cosine:non-finite",)))
             continue
-        denom = math.sqrt(max(float(stats.sq_norms[i]), 0.0) * max(ref_sq, 0.0))
-        if not (math.isfinite(denom) and denom > 0.0):
+        if i not in scores:
             out.append(Verdict(cid, True, ("cosine:undefined",)))
             continue
-        score = min(1.0, max(-1.0, inner / denom))
-        ok = score >= threshold
-        out.append(Verdict(cid, ok, () if ok else (reason,), {"cosine_ref": score}))
+        score, lowest = scores[i]
+        sc = {"cosine": score, "cosine_min": lowest, "cosine_cut": cut}
+        ok = score >= cut
+        out.append(Verdict(cid, ok, () if ok else (reason,), sc))
     return tuple(out)
 
 
@@ -867,3 +823,33 @@ def screen(
             scores.update(v.scores)
         decisions.append(Decision(cid, accepted, counts[i] if accepted else 0, reasons, scores))
     return decisions
+
+
+def decide(
+    stats: UpdateStats,
+    sample_counts: Sequence[int] | Mapping[ClientId, int],
+    defenses: Sequence[str] | str,
+    *,
+    f: int,
+) -> list[Decision]:
+    """The fedguard server's rule: :func:`screen` with the choices that never punish size.
+
+    The one home of those choices (the round loop calls this): Multi-Krum on directions
+    (``angular_krum``) dropping only score outliers (``krum_selection="threshold"``),
+    near-duplicate updates of different clients rejected as collusion evidence
+    (``duplicates``; this is what catches the published min-max / min-sum attacks, whose
+    colluders all send one vector), and a cosine cut that cannot fall below the statistics'
+    own error (``floored_cosine``).
+
+    With no defence (``defenses`` empty or ``"none"``) only ``stats.rejected`` is applied:
+    under encryption those are the uploads that failed the validity check (``statistic:*``),
+    which runs whether or not a filter is chosen (docs/threat-model.md). Every other client
+    is accepted with its sample count as weight.
+
+    Parameters
+    ----------
+    stats, sample_counts, defenses, f:
+        As for :func:`screen`.
+    """
+    return screen(stats, sample_counts, defenses, f=f, angular_krum=True,
+                  krum_selection="threshold", duplicates=True, floored_cosine=True)

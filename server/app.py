@@ -12,17 +12,18 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from flwr.app import Context, Message
+from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from federation.config import FedConfig, SecureAggregation, from_flat, to_flat
 from federation.errors import ConfigError
 from federation.tasks import build_model, flatten_params
 from server.loop import RunResult, run_federation
+from server.progress import PROGRESS_FILE, RoundProgress, polling
 from server.report import RunWriter, atomic_write, load_checkpoint
 from server.schemes import PlaintextScheme, Scheme
 
@@ -37,8 +38,12 @@ def default_out_dir() -> Path:
     return (Path.cwd() / "runs" / time.strftime("run-%Y%m%d-%H%M%S")).resolve()
 
 
-def make_scheme(cfg: FedConfig) -> Scheme:
-    """The scheme for ``cfg.secure.mode`` with the public, seeded initial model."""
+def make_scheme(cfg: FedConfig) -> Scheme[Any]:
+    """The scheme for ``cfg.secure.mode`` with the public, seeded initial model.
+
+    A ``Scheme[PlainUpdate]`` or a ``Scheme[EncryptedVector]``: which one is a run-time choice,
+    and the loop that runs it is generic in the payload type either way.
+    """
     initial = flatten_params(build_model(cfg.data.task, cfg.run.seed))
     if cfg.secure.mode is SecureAggregation.CKKS:
         from server.encrypted import CkksScheme
@@ -95,43 +100,6 @@ GRID_POLL_ENV = "FEDGUARD_GRID_POLL_MAX"
 """Longest pause, in seconds, between two pulls of replies in a deployment (default 0.5)."""
 
 
-class _FastPollGrid:
-    """A deployment grid whose ``send_and_receive`` pulls replies at a short, growing interval.
-
-    Flower 1.42's ``HttpGrid.send_and_receive`` sleeps a fixed 3 s between pulls, which adds
-    about 1.5 s to every message phase of a real deployment. Here the pause starts at 50 ms,
-    grows by half after every empty pull up to ``max_wait`` and drops back when a reply arrives.
-    Each pull is one request to the SuperLink next door (the ServerApp runs beside it).
-    Everything else is delegated to the wrapped grid.
-    """
-
-    def __init__(self, grid: Grid, max_wait: float) -> None:
-        self._grid = grid
-        self._min_wait = min(0.05, max_wait)
-        self._max_wait = max_wait
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._grid, name)
-
-    def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
-    ) -> Iterable[Message]:
-        pending = set(self._grid.push_messages(messages))
-        end = time.monotonic() + (timeout if timeout is not None else 0.0)
-        replies: list[Message] = []
-        wait = self._min_wait
-        while pending and (timeout is None or time.monotonic() < end):
-            got = list(self._grid.pull_messages(pending))
-            replies.extend(got)
-            pending.difference_update(m.metadata.reply_to_message_id for m in got)
-            if not pending:
-                break
-            wait = self._min_wait if got else min(wait * 1.5, self._max_wait)
-            pause = wait if timeout is None else min(wait, max(end - time.monotonic(), 0.0))
-            time.sleep(pause)
-        return replies
-
-
 def fast_polling(grid: Grid) -> Grid:
     """``grid`` with fast reply polling if it is Flower's HTTP (deployment) grid, else ``grid``.
 
@@ -143,13 +111,19 @@ def fast_polling(grid: Grid) -> Grid:
     grid_type = http_grid_type()  # None on another Flower version: keep its own polling
     if grid_type is None or not isinstance(grid, grid_type):
         return grid
+    max_wait = poll_max_wait()
+    if max_wait <= 0:
+        return grid
+    return cast(Grid, polling(grid, max_wait))
+
+
+def poll_max_wait() -> float:
+    """``$FEDGUARD_GRID_POLL_MAX`` clipped to [0.01, 3] s (default 0.5; 0: Flower's own 3 s)."""
     try:
         max_wait = float(os.environ.get(GRID_POLL_ENV, "") or 0.5)
     except ValueError:
         max_wait = 0.5
-    if max_wait <= 0:
-        return grid
-    return _FastPollGrid(grid, min(max(max_wait, 0.01), 3.0))  # type: ignore[return-value]
+    return 0.0 if max_wait <= 0 else min(max(max_wait, 0.01), 3.0)
 
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
@@ -198,7 +172,9 @@ def make_server_app(overrides: Mapping[str, Any] | None = None,
 
     ``grid_hook`` wraps the Flower grid before the round loop sees it (e.g.
     :meth:`server.progress.RoundProgress.watch` for a live progress line); it replaces the
-    fast reply polling of :func:`fast_polling`, so it must poll replies itself.
+    fast reply polling of :func:`fast_polling`, so it must poll replies itself. Without one,
+    a run with an ``out-dir`` writes its phase to ``progress.json`` there
+    (:data:`server.progress.PROGRESS_FILE`; ``fedguard server`` draws its live line from it).
     """
     server_app = ServerApp()
 
@@ -208,10 +184,22 @@ def make_server_app(overrides: Mapping[str, Any] | None = None,
         resume_flag = bool(flat.pop("resume", False)) or resume
         try:
             cfg = resolve_for_run(from_flat(flat), grid)
-        except ConfigError as exc:  # one line naming the key, not a traceback
+        except ConfigError as exc:  # one line naming the key, then a failed run
             print(f"fedguard: bad setting: {exc}", file=sys.stderr, flush=True)
-            raise SystemExit(2) from None
-        watched = grid_hook(grid) if grid_hook is not None else fast_polling(grid)
+            # Raised, not SystemExit: Flower marks a run whose ServerApp raises an Exception
+            # `finished:failed` with the message as its details (what `flwr ls` and
+            # `python -m simulations.flwr_run` report); a SystemExit slips past its handler
+            # and the run reads `finished:completed`.
+            raise exc from None
+        if grid_hook is not None:
+            watched = grid_hook(grid)
+        elif cfg.run.out_dir:  # the phase for `fedguard server`'s live line and for operators
+            status = Path(cfg.run.out_dir) / PROGRESS_FILE
+            status.parent.mkdir(parents=True, exist_ok=True)
+            watched = RoundProgress(cfg.run.rounds, live=False, status_file=status).watch(
+                grid, max_wait=poll_max_wait() or 3.0)
+        else:
+            watched = fast_polling(grid)
         run_server(watched, cfg, resume=resume_flag, progress=progress)
 
     return server_app

@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +127,13 @@ class CkksScheme:
         self._restored_round = 0
 
     hides_updates = True
+
+    @property
+    def validates_uploads(self) -> bool:
+        """Projection screening (the validity check) needs the single-prime AGGREGATION
+        preset; keys provisioned with another preset aggregate without it (and refuse a
+        filter at :meth:`setup`)."""
+        return self.preset is Preset.AGGREGATION
 
     @property
     def global_round(self) -> int:
@@ -224,7 +231,7 @@ class CkksScheme:
         return {P.KEY_DENOMINATOR: WEIGHT_DENOMINATOR, P.KEY_PRESET: self.preset.id,
                 "fingerprint": fingerprint}
 
-    def candidate_records(self, groups: Sequence[tuple[Sequence[Any], Sequence[int]]],
+    def candidate_records(self, groups: Sequence[tuple[Sequence[EncryptedVector], Sequence[int]]],
                           round_: int) -> RecordDict:
         """Candidate globals for attribution: the current global plus each group's sum.
 
@@ -294,7 +301,7 @@ class CkksScheme:
         self._seen_seeds.add(seed)
         return enc
 
-    def statistics(self, grid: Any, payloads: dict[int, Any], round_: int) -> UpdateStats:
+    def statistics(self, grid: Any, payloads: Mapping[int, EncryptedVector], round_: int) -> UpdateStats:
         """Projection screening (:mod:`crypto.stats`): sound checks and sketch statistics.
 
         Uploads are seeded, each seed new (:meth:`parse_update`); then, with a nonce drawn
@@ -384,7 +391,8 @@ class CkksScheme:
             self._audit.append({"round": round_, "node": h, "event": "key-holder-silent", "reason": why})
         return answers
 
-    def aggregate(self, payloads: Sequence[Any], weights: Sequence[int], round_: int = 0) -> None:
+    def aggregate(self, payloads: Sequence[EncryptedVector], weights: Sequence[int],
+                  round_: int = 0) -> None:
         public = self._public()
         total = weighted_sum(public, list(payloads), list(weights))
         self.global_enc = total if self.global_enc is None else add(public, self.global_enc, total)

@@ -13,9 +13,10 @@ One round (DESIGN.md §3):
    metrics. The evaluation therefore describes the *previous* round's model; the loop holds a
    round's report back until that evaluation arrives (next round, or the final evaluate
    phase).
-2. **screen** (only with a defence): the scheme computes the statistics the filters need
-   (in plaintext, or under encryption with a quorum of key holders) and the pure filters in
-   :mod:`federation.robust` decide who is accepted.
+2. **screen** (with a defence, and always under encryption): the scheme computes the
+   statistics the filters need (in plaintext, or under encryption with a quorum of key
+   holders: there the uploads' validity check runs even with ``--defense none``) and the pure
+   rule :func:`federation.robust.decide` says who is accepted.
 3. **aggregate**: integer-weighted sum of accepted updates (:mod:`federation.aggregation`),
    each declared sample count capped at ``weight-cap`` times the median of the set
    aggregated; under encryption a round with fewer than ``group-size`` accepted updates is
@@ -36,7 +37,7 @@ import random
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol
 
 from flwr.app import ConfigRecord, Message, RecordDict
 
@@ -44,9 +45,9 @@ from federation import protocol as P
 from federation.aggregation import capped_counts, integer_weights
 from federation.config import FedConfig, to_flat
 from federation.errors import ProtocolError, RejectedUpdate
-from federation.robust import Decision, max_krum_f, screen
+from federation.robust import Decision, decide, max_krum_f
 from server.replies import describe_error_reply
-from server.schemes import Scheme
+from server.schemes import Scheme, U
 
 __all__ = [
     "REJOIN_WAIT",
@@ -72,15 +73,22 @@ class GridLike(Protocol):
 
 
 @dataclass
-class ClientResult:
-    """One node's train reply, parsed and validated."""
+class ClientResult(Generic[U]):
+    """One node's train reply, parsed and validated; ``payload`` is the scheme's update type."""
 
     node_id: int
     status: str  # ok | budget-exhausted | error | rejected | lost
     reason: str = ""
     num_examples: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
-    payload: Any = None  # the scheme's validated update (plain vector or ciphertext)
+    payload: U | None = None  # the scheme's validated update (set exactly when status is ok)
+
+
+def _payload(r: ClientResult[U]) -> U:
+    """The validated update of an ok result (a loop invariant, not a check of peer input)."""
+    if r.payload is None:
+        raise RuntimeError(f"node {r.node_id}: result {r.status!r} has no validated update")
+    return r.payload
 
 
 @dataclass
@@ -291,7 +299,7 @@ def _status_of(content: RecordDict) -> tuple[str, str]:
     return str(code), str(reason)[:500]
 
 
-def _weighted_extra(results: Sequence[ClientResult]) -> dict[str, float]:
+def _weighted_extra(results: Sequence[ClientResult[Any]]) -> dict[str, float]:
     """Weighted means of ``eval-x-NAME`` metrics (weights ``eval-x-NAME-examples``)."""
     names = {k[len(P.EVAL_EXTRA_PREFIX):] for r in results for k in r.metrics
              if k.startswith(P.EVAL_EXTRA_PREFIX) and not k.endswith("-examples")}
@@ -311,7 +319,7 @@ def _weighted_extra(results: Sequence[ClientResult]) -> dict[str, float]:
 _EVAL_BOUND = 1e9
 
 
-def _weighted_eval(results: Sequence[ClientResult]) -> tuple[float | None, float | None]:
+def _weighted_eval(results: Sequence[ClientResult[Any]]) -> tuple[float | None, float | None]:
     """Sample-weighted means of the primary metric and the loss of the evaluation the replies carry.
 
     The primary metric is the task's (``eval-primary``): accuracy for the bundled classifiers,
@@ -349,15 +357,15 @@ MAX_RECOVERIES_PER_ROUND = 2
 
 
 @dataclass
-class _Uploads:
+class _Uploads(Generic[U]):
     """The accepted updates of the newest aggregated round (what attribution regroups)."""
 
     round: int
-    results: list[ClientResult]
+    results: list[ClientResult[U]]
     counts: list[int]  # capped sample counts, in the order of ``results``
 
 
-def _contents(scheme: Scheme, flat: dict[str, Any], nodes: Sequence[int], rnd: int
+def _contents(scheme: Scheme[Any], flat: dict[str, Any], nodes: Sequence[int], rnd: int
               ) -> dict[int, RecordDict]:
     out: dict[int, RecordDict] = {}
     for node in nodes:
@@ -392,19 +400,19 @@ def _refused(votes: dict[int, tuple[bool, str]], quorum: float) -> bool:
     return bool(votes) and refusals > quorum * len(votes)
 
 
-def _aggregate(scheme: Scheme, cfg: FedConfig, accepted: Sequence[ClientResult], rnd: int
+def _aggregate(scheme: Scheme[U], cfg: FedConfig, accepted: Sequence[ClientResult[U]], rnd: int
                ) -> tuple[dict[int, int], dict[int, list[int]], list[int]]:
     """Cap the declared counts, aggregate; return weights used, clipped counts, capped counts."""
     declared = [r.num_examples for r in accepted]
     counts = capped_counts(declared, cfg.recover.weight_cap)
     weights = [int(w) for w in integer_weights(counts)]
-    scheme.aggregate([r.payload for r in accepted], weights, rnd)
+    scheme.aggregate([_payload(r) for r in accepted], weights, rnd)
     clipped = {r.node_id: [d, c] for r, d, c in zip(accepted, declared, counts, strict=True) if d != c}
     return ({r.node_id: w for r, w in zip(accepted, weights, strict=True)}, clipped, counts)
 
 
-def _recover(grid: GridLike, cfg: FedConfig, scheme: Scheme, obs: RunObserver,
-             uploads: _Uploads | None, flat: dict[str, Any], nodes: Sequence[int], rnd: int,
+def _recover(grid: GridLike, cfg: FedConfig, scheme: Scheme[U], obs: RunObserver,
+             uploads: _Uploads[U] | None, flat: dict[str, Any], nodes: Sequence[int], rnd: int,
              refusals: dict[int, str], clock: Callable[[], float]) -> dict[str, Any] | None:
     """Roll back the newest aggregate, attribute, redo it from the groups the trainers accept.
 
@@ -433,7 +441,7 @@ def _recover(grid: GridLike, cfg: FedConfig, scheme: Scheme, obs: RunObserver,
     groups = _groups(uploads, k, cfg.run.seed)
     group_weights = [[int(w) for w in integer_weights(capped_counts(c, cfg.recover.weight_cap))]
                      for _g, c in groups]
-    rd = scheme.candidate_records([([r.payload for r in g], w)
+    rd = scheme.candidate_records([([_payload(r) for r in g], w)
                                    for (g, _c), w in zip(groups, group_weights, strict=True)], undone)
     contents: dict[int, RecordDict] = {}
     for node in nodes:
@@ -455,7 +463,7 @@ def _recover(grid: GridLike, cfg: FedConfig, scheme: Scheme, obs: RunObserver,
             obs.on_audit({"round": undone, "node": node, "event": "attribution-no-vote", "reason": why})
     for node, why in lost.items():
         obs.on_audit({"round": undone, "node": node, "event": "attribution-no-vote", "reason": why})
-    good: list[ClientResult] = []
+    good: list[ClientResult[U]] = []
     good_counts: list[int] = []
     for i, ((members, counts), tally) in enumerate(zip(groups, tallies, strict=True)):
         ids = sorted(r.node_id for r in members)
@@ -495,7 +503,7 @@ def _mark_rolled_back(report: RoundReport, info: dict[str, Any], refusals: dict[
     report.clipped = {int(n): c for n, c in info.get("clipped_weights", {}).items()}
 
 
-def _groups(uploads: _Uploads, k: int, seed: int) -> list[tuple[list[ClientResult], list[int]]]:
+def _groups(uploads: _Uploads[U], k: int, seed: int) -> list[tuple[list[ClientResult[U]], list[int]]]:
     """Disjoint groups of at least ``k`` uploads, by a shuffle the round's seed fixes."""
     order = list(range(len(uploads.results)))
     random.Random(f"{seed}/{uploads.round}").shuffle(order)
@@ -515,7 +523,7 @@ def _status_reason(content: RecordDict) -> str:
 def run_federation(
     grid: GridLike,
     cfg: FedConfig,
-    scheme: Scheme,
+    scheme: Scheme[U],
     *,
     observer: RunObserver | None = None,
     start_round: int = 1,
@@ -555,7 +563,7 @@ def run_federation(
                               rejected={}, refused={}, train_loss=None,
                               note="evaluated after a server restart; details in the earlier line")
     stop_reason, stopped_early = "", False
-    uploads: _Uploads | None = None
+    uploads: _Uploads[U] | None = None
     rolled_back: list[int] = []
     rnd, recoveries, t0 = start_round, 0, clock()
     extra_timings: dict[str, float] = {}
@@ -576,11 +584,11 @@ def run_federation(
         down = {n: b for n, b in down.items() if lost.get(n) != _OFFLINE_REASON}  # not sent
         t_train = clock() - t_phase
 
-        results: list[ClientResult] = [ClientResult(n, "lost", reason) for n, reason in lost.items()]
-        evals: list[ClientResult] = []
+        results: list[ClientResult[U]] = [ClientResult(n, "lost", reason) for n, reason in lost.items()]
+        evals: list[ClientResult[U]] = []
         votes: dict[int, tuple[bool, str]] = {}
         for node, reply in replies.items():
-            res = ClientResult(node, "error")
+            res: ClientResult[U] = ClientResult(node, "error")
             vote = _vote_of(reply.content, global_round)
             if isinstance(vote, tuple):
                 votes[node] = vote
@@ -742,21 +750,26 @@ def run_federation(
     return RunResult(completed, stopped_early, stop_reason, reports, sorted(set(rolled_back)))
 
 
-def _decide(grid: GridLike, cfg: FedConfig, scheme: Scheme, candidates: list[ClientResult],
+def _decide(grid: GridLike, cfg: FedConfig, scheme: Scheme[U], candidates: list[ClientResult[U]],
             rnd: int) -> dict[int, Decision]:
+    """Who is aggregated, with what weight (the screen phase, when there is one).
+
+    Under encryption the uploads' validity check (the projection screen's certified band,
+    docs/soundness.md) runs with or without ``--defense``: the server cannot look at an
+    update, so validity is part of secure aggregation (as PINE/Prio validity proofs are), and
+    a wrapped, shifted or garbage upload is rejected (``statistic:*``) before it can spoil an
+    aggregate; the rollback stays the second line for what the check cannot see. The filters
+    run only when ``--defense`` names some. Plaintext without a filter screens nothing.
+    """
     ids = [r.node_id for r in candidates]
     counts = [r.num_examples for r in candidates]
-    if not cfg.defense.defenses or not candidates:
+    validity = scheme.validates_uploads
+    if not candidates or not (cfg.defense.defenses or validity):
         return {i: Decision(i, True, c, (), {}) for i, c in zip(ids, counts, strict=True)}
     n = len(candidates)
     f = cfg.defense.max_malicious if cfg.defense.max_malicious >= 0 else max_krum_f(n)
-    stats = scheme.statistics(grid, {r.node_id: r.payload for r in candidates}, rnd)
-    # Size alone never drops an honest client: Multi-Krum compares directions and drops only
-    # score outliers; near-duplicates of different clients are collusion evidence; the cosine
-    # cut cannot fall below the statistics' own error (federation.robust.screen)
-    decisions = screen(stats, dict(zip(ids, counts, strict=True)), cfg.defense.defenses, f=f,
-                       angular_krum=True, krum_selection="threshold", duplicates=True,
-                       floored_cosine=True)
+    stats = scheme.statistics(grid, {r.node_id: _payload(r) for r in candidates}, rnd)
+    decisions = decide(stats, dict(zip(ids, counts, strict=True)), cfg.defense.defenses, f=f)
     return {int(d.client_id): d for d in decisions}
 
 
@@ -766,7 +779,7 @@ def _positive_count(value: float | None) -> int:
     return int(value)
 
 
-def _client_label(r: ClientResult) -> str:
+def _client_label(r: ClientResult[Any]) -> str:
     pid = r.metrics.get(P.M_PARTITION_ID)
     return f"client-{int(pid)}" if pid is not None else f"node-{r.node_id}"
 
@@ -776,7 +789,7 @@ def _mean(values: Iterable[float | None]) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
-def _sum_client_timings(results: Sequence[ClientResult]) -> dict[str, float]:
+def _sum_client_timings(results: Sequence[ClientResult[Any]]) -> dict[str, float]:
     keys = (P.M_TRAIN_SECONDS, P.M_ENCRYPT_SECONDS, P.M_DECRYPT_SECONDS, "verify-seconds", P.M_EVAL_SECONDS)
     out = {}
     for k in keys:

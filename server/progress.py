@@ -19,13 +19,22 @@ Wiring in a ServerApp::
 
 When the console is not a terminal (a pipe, a file, CI) there is no live line and no terminal
 control codes at all: only the finished lines are printed, as plain text.
+
+In a deployment the round loop runs in Flower's ``flwr-serverapp`` process, not in the
+``fedguard server`` process that owns the console. There the ServerApp's watcher writes the
+phase to ``progress.json`` in the run folder (:data:`PROGRESS_FILE`, a few hundred bytes,
+rewritten atomically when the phase or the reply count changes) and the ``fedguard server``
+process draws it with :meth:`RoundProgress.follow`. The file also tells an operator without a
+terminal what the server is waiting for (``cat RUN_DIR/progress.json``).
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -35,8 +44,13 @@ from rich.live import Live
 from rich.text import Text
 
 from federation import protocol as P
+from server.report import atomic_write
 
-__all__ = ["PHASE_NAMES", "RoundProgress", "phase_name"]
+__all__ = ["PHASE_NAMES", "PROGRESS_FILE", "RoundProgress", "phase_name", "polling"]
+
+PROGRESS_FILE = "progress.json"
+"""The run folder's phase status file: ``{"round", "message_type", "replied", "expected",
+"started"}`` (``started``: Unix seconds when the phase began), written by the ServerApp."""
 
 PHASE_NAMES: dict[str, str] = {
     P.MSG_TRAIN: "train",
@@ -48,7 +62,7 @@ PHASE_NAMES: dict[str, str] = {
 """Message type -> the phase name shown on the live line."""
 
 _MIN_PULL_WAIT = 0.05  # s: first pause between two pulls of replies
-_MAX_PULL_WAIT = 0.5  # s: the pause grows by half after every empty pull, up to this
+_MAX_PULL_WAIT = 0.5  # s: the pause grows by half after every empty pull, up to this (default)
 
 
 def phase_name(message_type: str) -> str:
@@ -72,6 +86,9 @@ class RoundProgress:
         Monotonic seconds (a parameter so tests can drive time).
     prefix:
         Put before every finished line and the live line (e.g. an indent under a heading).
+    status_file:
+        Also write each phase update there (:data:`PROGRESS_FILE` in a run folder), for a
+        process that draws the line elsewhere (:meth:`follow`).
 
     Thread safety: the ServerApp of a simulation runs in a thread of its own; every update
     goes through one lock, and rich's ``Live`` redraws from its own thread.
@@ -79,7 +96,7 @@ class RoundProgress:
 
     def __init__(self, total_rounds: int, *, console: Console | None = None,
                  live: bool | None = None, clock: Callable[[], float] = time.monotonic,
-                 prefix: str = "") -> None:
+                 prefix: str = "", status_file: Path | None = None) -> None:
         if total_rounds < 1:
             raise ValueError(f"total_rounds must be >= 1, got {total_rounds}")
         self.total_rounds = total_rounds
@@ -94,6 +111,10 @@ class RoundProgress:
         """Every finished line printed so far (plain text)."""
         self.phases: list[tuple[str, str, int, int]] = []
         """``(round, phase, replied, expected)`` at the end of every phase seen so far."""
+        self.status_file = status_file
+        self._written: tuple[str, str, int, int] | None = None
+        self._followed: tuple[int, int] | None = None  # (mtime_ns, size) of the file last read
+        self._phase: tuple[str, str, int, int, float] | None = None  # as read by follow()
 
     # -- lifetime -------------------------------------------------------------------------
     def __enter__(self) -> RoundProgress:
@@ -133,8 +154,46 @@ class RoundProgress:
         with self._lock:
             return self._status
 
+    def follow(self, path: Path, *, now: Callable[[], float] = time.time) -> None:
+        """Show the phase another process writes to ``path`` (its ``status_file``).
+
+        Cheap enough to call a few times a second: the file is read only when it changed, and
+        the elapsed seconds are counted here from the phase's start time. A missing, partial or
+        malformed file leaves the line as it is (the writer replaces the file atomically, so
+        this happens only before the first phase).
+        """
+        try:
+            st = path.stat()
+        except OSError:
+            return
+        key = (st.st_mtime_ns, st.st_size)
+        if key != self._followed:
+            try:
+                raw = json.loads(path.read_text(encoding="utf-8"))
+                phase = (str(raw["round"]), str(raw["message_type"]), int(raw["replied"]),
+                         int(raw["expected"]), float(raw["started"]))
+            except (OSError, ValueError, KeyError, TypeError):
+                return
+            self._followed, self._phase = key, phase
+        if self._phase is not None:
+            round_, mtype, replied, expected, started = self._phase
+            self._update(round_, mtype, replied, expected, max(now() - started, 0.0))
+
+    def _write_status(self, round_: str, message_type: str, replied: int, expected: int,
+                      seconds: float) -> None:
+        if self.status_file is None or self._written == (round_, message_type, replied, expected):
+            return
+        self._written = (round_, message_type, replied, expected)
+        record = {"round": round_, "message_type": message_type, "replied": replied,
+                  "expected": expected, "started": round(time.time() - seconds, 3)}
+        try:
+            atomic_write(self.status_file, json.dumps(record).encode())
+        except OSError:  # the status line is a convenience: never let it fail a round
+            pass
+
     def _update(self, round_: str, message_type: str, replied: int, expected: int,
                 seconds: float) -> None:
+        self._write_status(round_, message_type, replied, expected, seconds)
         if not round_.isdigit() or int(round_) > self.total_rounds:
             where = "after the last round"
         elif int(round_) == 0:  # setup phases (keys) come before round 1
@@ -156,9 +215,23 @@ class RoundProgress:
                 if self._live is not None:
                     self._live.update(Text(self._status, style="dim"))
 
-    def watch(self, grid: Any) -> Any:
-        """``grid`` with its message phases reported on the live line (everything else as is)."""
-        return _WatchedGrid(grid, self)
+    def watch(self, grid: Any, *, max_wait: float = _MAX_PULL_WAIT) -> Any:
+        """``grid`` with its message phases reported on the live line (everything else as is).
+
+        Replies are pulled at most ``max_wait`` s apart (see :func:`polling`).
+        """
+        return _WatchedGrid(grid, self, max_wait)
+
+
+def polling(grid: Any, max_wait: float = _MAX_PULL_WAIT) -> Any:
+    """``grid`` pulling replies at a short, growing interval (no progress reported).
+
+    Flower 1.42's deployment grid sleeps a fixed 3 s between pulls, which adds about 1.5 s to
+    every message phase; here the pause starts at 50 ms, grows by half after every empty pull
+    up to ``max_wait`` and drops back when a reply arrives. Each pull is one request to the
+    SuperLink next door.
+    """
+    return _WatchedGrid(grid, None, max_wait)
 
 
 class _WatchedGrid:
@@ -166,13 +239,23 @@ class _WatchedGrid:
 
     It pushes the messages and pulls the replies itself (the same contract as Flower's
     ``send_and_receive``: return the replies that arrived before ``timeout``), pausing
-    ``_MIN_PULL_WAIT`` s after a pull that brought replies and up to ``_MAX_PULL_WAIT`` s after
-    empty ones.
+    ``_MIN_PULL_WAIT`` s after a pull that brought replies and up to ``max_wait`` s after
+    empty ones. Without a ``progress`` it only polls.
     """
 
-    def __init__(self, grid: Any, progress: RoundProgress) -> None:
+    def __init__(self, grid: Any, progress: RoundProgress | None, max_wait: float) -> None:
         self._grid = grid
         self._progress = progress
+        self._max_wait = max_wait
+        self._min_wait = min(_MIN_PULL_WAIT, max_wait)
+
+    def _update(self, *args: Any) -> None:
+        if self._progress is not None:
+            self._progress._update(*args)
+
+    def _phase_done(self, *args: Any) -> None:
+        if self._progress is not None:
+            self._progress._phase_done(*args)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._grid, name)
@@ -183,29 +266,29 @@ class _WatchedGrid:
         if not msgs:
             return []
         round_, mtype = msgs[0].metadata.group_id, msgs[0].metadata.message_type
-        clock = self._progress._clock
+        clock = self._progress._clock if self._progress is not None else time.monotonic
         started = clock()
         if not hasattr(self._grid, "push_messages"):  # a grid that only knows the whole phase
-            self._progress._update(round_, mtype, 0, len(msgs), 0.0)
+            self._update(round_, mtype, 0, len(msgs), 0.0)
             got = list(self._grid.send_and_receive(msgs, timeout=timeout))
-            self._progress._update(round_, mtype, len(got), len(msgs), clock() - started)
-            self._progress._phase_done(round_, mtype, len(got), len(msgs))
+            self._update(round_, mtype, len(got), len(msgs), clock() - started)
+            self._phase_done(round_, mtype, len(got), len(msgs))
             return got
         pending = set(self._grid.push_messages(msgs))
         expected = len(pending)
         replies: list[Message] = []
-        wait = _MIN_PULL_WAIT
+        wait = self._min_wait
         end = None if timeout is None else started + timeout
-        self._progress._update(round_, mtype, 0, expected, 0.0)
+        self._update(round_, mtype, 0, expected, 0.0)
         while pending:
             got = list(self._grid.pull_messages(pending))
             replies.extend(got)
             pending.difference_update(m.metadata.reply_to_message_id for m in got)
             now = clock()
-            self._progress._update(round_, mtype, len(replies), expected, now - started)
+            self._update(round_, mtype, len(replies), expected, now - started)
             if not pending or (end is not None and now >= end):
                 break
-            wait = _MIN_PULL_WAIT if got else min(wait * 1.5, _MAX_PULL_WAIT)
+            wait = self._min_wait if got else min(wait * 1.5, self._max_wait)
             time.sleep(wait if end is None else max(min(wait, end - now), 0.0))
-        self._progress._phase_done(round_, mtype, len(replies), expected)
+        self._phase_done(round_, mtype, len(replies), expected)
         return replies

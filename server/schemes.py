@@ -3,12 +3,17 @@
 A :class:`Scheme` is everything the round loop needs to know about one transport; the loop
 itself never looks inside a payload. :class:`PlaintextScheme` lives here; the CKKS scheme in
 :mod:`server.encrypted`.
+
+``Scheme`` is generic in the validated update it carries (:mod:`federation.updates`):
+:class:`PlaintextScheme` is a ``Scheme[PlainUpdate]``, ``CkksScheme`` a
+``Scheme[EncryptedVector]``. The loop is generic in the same type, so plaintext and ciphertext
+payloads cannot be mixed without ``mypy --strict`` refusing it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Protocol
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -20,16 +25,25 @@ from federation.config import FedConfig
 from federation.errors import RejectedUpdate
 from federation.records import record_vector, vector_record
 from federation.robust import UpdateStats, stats_from_plain
+from federation.updates import PlainUpdate
 
-__all__ = ["PlaintextScheme", "Scheme"]
+__all__ = ["PlaintextScheme", "Scheme", "U"]
+
+U = TypeVar("U")
+"""A scheme's validated update (payload) type."""
 
 
-class Scheme(Protocol):
-    """The transport-specific half of a round (see :mod:`server.loop`)."""
+class Scheme(Protocol[U]):
+    """The transport-specific half of a round (see :mod:`server.loop`), carrying updates ``U``."""
 
     name: str
     dim: int  # parameters of the model
     hides_updates: bool  # True when nobody may decrypt fewer than group-size updates summed
+
+    @property
+    def validates_uploads(self) -> bool:
+        """True when :meth:`statistics` certifies each upload's validity (CKKS projection
+        screening): the loop then screens every round, with or without a filter."""
 
     @property
     def global_round(self) -> int:
@@ -41,19 +55,19 @@ class Scheme(Protocol):
     def global_records(self, node: int, round_: int) -> RecordDict:
         """The records carrying the global model to ``node`` for ``round_``."""
 
-    def parse_update(self, node: int, content: RecordDict) -> Any:
+    def parse_update(self, node: int, content: RecordDict) -> U:
         """Validate a reply's update; raise :class:`RejectedUpdate` with a reason."""
 
-    def statistics(self, grid: Any, payloads: dict[int, Any], round_: int) -> UpdateStats:
+    def statistics(self, grid: Any, payloads: Mapping[int, U], round_: int) -> UpdateStats:
         """Squared norms and pairwise squared distances of the round's updates."""
 
-    def aggregate(self, payloads: Sequence[Any], weights: Sequence[int], round_: int = 0) -> None:
+    def aggregate(self, payloads: Sequence[U], weights: Sequence[int], round_: int = 0) -> None:
         """Fold the accepted updates of ``round_`` into the global model (weights sum to K)."""
 
     def rollback(self) -> int | None:
         """Undo the newest aggregate; return its round, or None when none can be undone."""
 
-    def candidate_records(self, groups: Sequence[tuple[Sequence[Any], Sequence[int]]],
+    def candidate_records(self, groups: Sequence[tuple[Sequence[U], Sequence[int]]],
                           round_: int) -> RecordDict:
         """Attribution: records carrying the current global plus each group's weighted sum."""
 
@@ -71,10 +85,12 @@ class Scheme(Protocol):
 
 
 class PlaintextScheme:
-    """Updates as float32 vectors; the server holds the plaintext global model."""
+    """Updates as float32 vectors (a ``Scheme[PlainUpdate]``); the server holds the plaintext
+    global model."""
 
     name = "none"
     hides_updates = False  # the server sees every plaintext update anyway
+    validates_uploads = False  # nothing hidden to certify: the filters see the plaintext
 
     def __init__(self, initial: npt.NDArray[np.float32]) -> None:
         self.global_model = initial.astype(np.float32, copy=True)
@@ -99,22 +115,22 @@ class PlaintextScheme:
         self._round, self.global_model = self._history.pop()
         return undone
 
-    def candidate_records(self, groups: Sequence[tuple[Sequence[Any], Sequence[int]]],
+    def candidate_records(self, groups: Sequence[tuple[Sequence[PlainUpdate], Sequence[int]]],
                           round_: int) -> RecordDict:
         arrays = {f"c{i:03d}": Array(apply_update(self.global_model, weighted_update(p, w)))
                   for i, (p, w) in enumerate(groups)}
         return RecordDict({P.CANDIDATES: ArrayRecord(arrays)})
 
-    def parse_update(self, node: int, content: RecordDict) -> npt.NDArray[np.float32]:
+    def parse_update(self, node: int, content: RecordDict) -> PlainUpdate:
         if P.UPDATE_PLAIN not in content.array_records:
             raise RejectedUpdate("malformed", "reply has no plaintext update")
-        return record_vector(content.array_records[P.UPDATE_PLAIN], self.dim)
+        return PlainUpdate(record_vector(content.array_records[P.UPDATE_PLAIN], self.dim))
 
-    def statistics(self, grid: Any, payloads: dict[int, Any], round_: int) -> UpdateStats:
+    def statistics(self, grid: Any, payloads: Mapping[int, PlainUpdate], round_: int) -> UpdateStats:
         ids = sorted(payloads)
-        return stats_from_plain([payloads[i] for i in ids], ids, None)
+        return stats_from_plain([payloads[i] for i in ids], ids)
 
-    def aggregate(self, payloads: Sequence[Any], weights: Sequence[int], round_: int = 0) -> None:
+    def aggregate(self, payloads: Sequence[PlainUpdate], weights: Sequence[int], round_: int = 0) -> None:
         self._history = [*self._history[-3:], (self._round, self.global_model)]
         self.global_model = apply_update(self.global_model, weighted_update(payloads, weights))
         self._round = round_

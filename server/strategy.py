@@ -87,7 +87,7 @@ class FedguardStrategy(Strategy):
         self.cfg = config if isinstance(config, FedConfig) else from_flat(dict(config or {}))
         self.primary_metric = primary_metric
         self.progress = progress
-        self.scheme: Scheme | None = None
+        self.scheme: Scheme[Any] | None = None  # PlainUpdate or EncryptedVector payloads
         self.layout: ArrayLayout | None = None
         self._initial: ArrayRecord | None = None
         self._has_initial: set[int] = set()

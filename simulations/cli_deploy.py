@@ -15,11 +15,14 @@ import sys
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
 from simulations import options as opt
+
+if TYPE_CHECKING:
+    from server.deploy import ServerOptions
 
 __all__ = ["register"]
 
@@ -34,6 +37,35 @@ _FIXED_ON_RESUME = ("num-clients", "seed", "task", "partition", "secure-aggregat
 
 def _say(line: str) -> None:
     console.print(line, markup=False)
+
+
+def _serve_with_progress(opts: ServerOptions, rounds: int) -> int:
+    """``serve(opts)`` with the live phase line the ServerApp reports in the run folder.
+
+    The round loop runs in Flower's ``flwr-serverapp`` process; it writes its phase to
+    ``progress.json`` (:mod:`server.progress`) and a thread here draws it under the printed
+    lines, four times a second (nothing is drawn when the console is not a terminal).
+    """
+    from server.deploy import serve
+    from server.progress import PROGRESS_FILE, RoundProgress
+
+    status = opts.out_dir / PROGRESS_FILE
+    status.unlink(missing_ok=True)  # a previous incarnation's phase is not this run's
+    display = RoundProgress(max(rounds, 1), console=console)
+    done = threading.Event()
+
+    def follow() -> None:
+        while not done.wait(0.25):
+            display.follow(status)
+
+    with display:
+        watcher = threading.Thread(target=follow, name="fedguard-progress", daemon=True)
+        watcher.start()
+        try:
+            return serve(opts, display.line)
+        finally:
+            done.set()
+            watcher.join()
 
 
 def _fail(message: str, code: int = 2) -> NoReturn:
@@ -132,7 +164,7 @@ def server(
     from federation.config import from_flat, to_flat
     from federation.errors import ConfigError
     from federation.processes import DeployError
-    from server.deploy import ServerOptions, serve
+    from server.deploy import ServerOptions
 
     if keys is None:
         _fail("--keys is required (the server bundle: DIR/server from `fedguard keys init`)")
@@ -169,7 +201,7 @@ def server(
                          host=host, port=port, resume=resume, grid_poll=grid_poll,
                          client_wait=client_wait)
     try:
-        code = serve(opts, _say)
+        code = _serve_with_progress(opts, cfg.run.rounds)
     except DeployError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:

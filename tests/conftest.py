@@ -2,38 +2,68 @@
 
 from __future__ import annotations
 
+import atexit
 import os
-import time
-import uuid
+import shutil
+import tempfile
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
-import flwr
 import pytest
-from flwr.app import Context, Error, Message, Metadata, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
+from flwr.app import Context, Error, Message, RecordDict
+
+from federation.flower_internals import deliver_in_process, set_task_identity
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FEDGUARD_TORCH_THREADS", "1")
 
 
-# -- the fake's only touches of Flower internals (checked for Flower 1.42) ------------------
-# A Grid assigns a message id to each message its caller pushes; Flower 1.42 has no public
-# setter, and its own InMemoryGrid writes the attribute directly, as `_assign_id` does.
-# Messages built outside a Flower process need the task identity Flower sets in its runtimes.
-if not flwr.__version__.startswith("1.42."):
-    raise RuntimeError(f"tests/conftest.py's FakeGrid is written for Flower 1.42, not {flwr.__version__}")
+# -- the suite on several workers (pytest-xdist, ``-n`` in pyproject's addopts) ----------------
+# Each worker is its own process. Whatever a test starts without naming its own Ray temp dir or
+# Flower home (a child inherits this environment) gets the worker's, so two workers' Ray
+# sessions and Flower configs never share a folder. Ports are always picked free (port 0).
+# Fresh folders, not "<name>-gw0": another checkout's suite may run at the same time.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if _WORKER:
+    for _var, _prefix in (("RAY_TMPDIR", "fgray"), ("FLWR_HOME", "fgflwr")):
+        # under /tmp, short: Ray's socket paths must stay below ~107 characters
+        os.environ[_var] = _dir = tempfile.mkdtemp(prefix=f"{_prefix}-{_WORKER}-", dir="/tmp")
+        atexit.register(shutil.rmtree, _dir, True)
+
+# The long files, longest first. ``--dist loadfile --no-loadscope-reorder`` hands whole files
+# to workers in collection order, so these start at once on the free workers instead of
+# arriving last behind hundreds of fast tests; a file (and its module-scoped deployment or
+# simulation) stays on one worker.
+LONG_FILES = (
+    "tests/integration/test_processes.py",
+    "tests/integration/test_recovery.py",
+    "tests/integration/test_poisoning.py",
+    "tests/integration/test_simulation.py",
+    "tests/examples/test_examples.py",
+    "tests/integration/test_encoding_attacks.py",
+)
+_ROOT = Path(__file__).resolve().parent.parent
 
 
-def _assign_id(msg: Message) -> str:
-    msg.metadata.__dict__["_message_id"] = uuid.uuid4().hex
-    return msg.metadata.message_id
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONG_FILES)}
+
+    def key(item: pytest.Item) -> int:
+        try:
+            name = item.path.resolve().relative_to(_ROOT).as_posix()
+        except ValueError:
+            return len(LONG_FILES)
+        return rank.get(name, len(LONG_FILES))
+
+    items.sort(key=key)  # stable: the order within a file and among the others is kept
 
 
-def _set_task_identity(run_id: int) -> None:
-    TaskIdentity.run_id = run_id
-    TaskIdentity.node_id = 0
-    TaskIdentity.task_id = 1
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    # ``-n auto``: one worker more than cores, at most 4 (each holds torch, Flower, TenSEAL).
+    # The extra one because the real-process tests mostly wait (SuperLink/SuperNode polling,
+    # heartbeats, client waits): their worker leaves a core nearly idle for minutes.
+    return max(2, min(4, len(os.sched_getaffinity(0)) + 1))
 
 
 ReplyTamper = Callable[[int, Message], Message | Error | None]
@@ -50,7 +80,7 @@ class FakeGrid:
     def __init__(self, client_app: Any, num_nodes: int, *, run_id: int = 7,
                  tamper: ReplyTamper | None = None,
                  node_config: Callable[[int], dict[str, Any]] | None = None) -> None:
-        _set_task_identity(run_id)
+        set_task_identity(run_id)
         self.client_app = client_app
         self.tamper = tamper
         self.nodes = {100 + i: Context(
@@ -65,15 +95,9 @@ class FakeGrid:
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> list[Message]:
         replies = []
         for msg in messages:
-            message_id = _assign_id(msg)
+            delivered = deliver_in_process(msg)  # msg gets its id; the node gets a copy
             self.sent.append(msg)
             node = msg.metadata.dst_node_id
-            sent = msg.metadata
-            # Deliver a copy, as the wire would: handlers must not share objects with the server.
-            delivered = Message(content=RecordDict(msg.content), metadata=Metadata(
-                run_id=sent.run_id, message_id=message_id, src_node_id=sent.src_node_id,
-                dst_node_id=node, reply_to_message_id="", group_id=sent.group_id,
-                created_at=time.time(), ttl=sent.ttl, message_type=sent.message_type))
             reply = self.client_app(delivered, self.nodes[node])
             if self.tamper is not None:
                 tampered = self.tamper(node, reply)

@@ -180,6 +180,6 @@ def test_a_challenge_is_bound_to_the_round_the_nonce_and_every_seed(secret: Secr
     assert S.new_challenge(1, uploads, 40, rng=lambda n: b"\x02" * n).z_seed != a.z_seed
     assert S.new_challenge(1, uploads[::-1], 40, rng=lambda n: b"\x01" * n).z_seed != a.z_seed
     with pytest.raises(ValueError, match="distinct"):
-        S.Challenge(1, 40, 100, b"\x00" * 32, (uploads[0]._seed, uploads[0]._seed))
+        S.Challenge(1, 40, 100, b"\x00" * 32, (a.seeds[0], a.seeds[0]))
     with pytest.raises(ValueError, match="seeded"):
         S.new_challenge(1, [secret.public().encrypt(np.ones(100, np.float32))], 40)

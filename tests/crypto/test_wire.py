@@ -3,6 +3,8 @@ with its reason, before SEAL parses anything, without a crash or a hang."""
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -15,7 +17,10 @@ from federation.errors import InvalidCiphertext
 LENGTH = 5000  # two AGGREGATION chunks, three SCREENING chunks
 BIG = 10**9
 
-# Field positions in wire._HEADER's tuple.
+# The header layout as crypto/wire.py's docstring publishes it (little-endian, 57 bytes); written
+# out here independently, so a change of the wire format fails these tests instead of following.
+HEADER = struct.Struct("<4sBBBB16s8sIB3sIQIB")
+# Field positions in the header's tuple.
 MAGIC, VERSION, KIND, FLAGS, POLYS, PRESET, FINGERPRINT, DEGREE, SCALE = range(9)
 RESERVED, CHUNKS, VALUES, MULTIPLIER, RESERVED2 = range(9, 14)
 
@@ -46,7 +51,7 @@ def full(server: PublicContext, x: np.ndarray) -> bytes:
 
 
 def _fields(blob: bytes) -> list[object]:
-    return list(wire._HEADER.unpack_from(blob))
+    return list(HEADER.unpack_from(blob))
 
 
 def _with(blob: bytes, **changes: object) -> bytes:
@@ -69,7 +74,7 @@ def _with(blob: bytes, **changes: object) -> bytes:
     fields = _fields(blob)
     for name, value in changes.items():
         fields[names[name]] = value
-    return wire._HEADER.pack(*fields) + blob[wire.HEADER_BYTES :]
+    return HEADER.pack(*fields) + blob[wire.HEADER_BYTES :]
 
 
 def _reason(
@@ -97,11 +102,23 @@ def test_round_trip_and_exact_sizes(preset: Preset) -> None:
         assert len(blob) == wire.encoded_size(preset, v.size, seeded=enc.seeded)
         back = wire.decode(blob, pk, expected_length=v.size, max_bytes=len(blob))
         assert back.seeded == enc.seeded and back.length == v.size
-        assert np.array_equal(back._c0, enc._c0)
-        n = enc.chunk_count
-        assert np.array_equal(back._c1_block(0, n), enc._c1_block(0, n))
-        assert np.max(np.abs(ckks.decrypt(sk, back) - v)) < 2e-4
+        assert back.chunk_count == enc.chunk_count and back.multiplier == enc.multiplier
+        # the envelope carries every coefficient of c0 and c1 (or c1's seed): the decoded
+        # ciphertext re-encodes to the same bytes, and decrypts to the vector
         assert wire.encode(back) == blob
+        plain = ckks.decrypt(sk, back)
+        assert np.array_equal(plain, ckks.decrypt(sk, enc))
+        assert np.max(np.abs(plain - v)) < 2e-4
+
+
+def test_the_header_is_the_published_layout(seeded: bytes, full: bytes) -> None:
+    assert HEADER.size == wire.HEADER_BYTES == 57
+    for blob, flags in ((seeded, 1), (full, 0)):
+        fields = _fields(blob)
+        assert fields[MAGIC] == b"FGCT" and fields[VERSION] == wire.FORMAT_VERSION
+        assert (fields[KIND], fields[FLAGS], fields[POLYS]) == (1, flags, 2)
+        assert fields[PRESET].rstrip(b"\0").decode() == Preset.AGGREGATION.id
+        assert fields[VALUES] == LENGTH and fields[MULTIPLIER] == 1
 
 
 def test_bytes_per_value_versus_float32() -> None:

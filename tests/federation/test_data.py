@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import importlib.metadata
 import io
 import json
 import struct
@@ -266,12 +267,16 @@ def test_subset_fallback_when_nothing_else() -> None:
     assert data.load_fashion_mnist() is ds
 
 
+def _not_installed(name: str) -> object:
+    raise importlib.metadata.PackageNotFoundError(name)
+
+
 def test_subset_found_on_sys_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # As in a Flower app bundle: this module's copy has no _data/, the real package is elsewhere.
     bundle = tmp_path / "bundle" / "federation"
     bundle.mkdir(parents=True)
     monkeypatch.setattr(data, "__file__", str(bundle / "data.py"))
-    monkeypatch.setattr(data, "_distribution_roots", list)
+    monkeypatch.setattr(data.metadata, "distribution", _not_installed)  # no installed fedguard
     elsewhere = tmp_path / "site"
     (elsewhere / data.SUBSET_RELPATH).parent.mkdir(parents=True)
     (elsewhere / data.SUBSET_RELPATH).write_bytes(b"")
@@ -295,8 +300,6 @@ def test_subset_found_through_editable_install_record(
             return json.dumps({"url": url, "dir_info": {"editable": True}})
 
     monkeypatch.setattr(data.metadata, "distribution", lambda name: FakeDist())
-    assert data._distribution_roots() == [tmp_path / "src tree"]
-
     monkeypatch.setattr(data, "__file__", str(tmp_path / "bundle" / "federation" / "data.py"))
     monkeypatch.setattr("sys.path", [])
     target = tmp_path / "src tree" / data.SUBSET_RELPATH

@@ -71,13 +71,14 @@ MULTI = [  # a client over 6 rounds: its data (so q) and the noise change betwee
     (2.0, 1 / 3, 30),
 ]
 TINY = [(2.0, 1 / 3, 30), (2.0, 1 / 3, 30)]  # 3 records, batch size 1
+RECIPE = [(0.71, 512 / 6000, 12), (0.71, 512 / 6000, 12)]  # the demo's DP recipe, 2 rounds at ε 8
 
 
 @pytest.mark.parametrize("accountant", ["prv", "rdp"])
 @pytest.mark.parametrize(
     ("history", "delta"),
-    [(SINGLE, 1e-5), (MULTI, 1e-5), (TINY, 1e-3)],
-    ids=["single-round", "multi-round-heterogeneous", "tiny-client"],
+    [(SINGLE, 1e-5), (MULTI, 1e-5), (TINY, 1e-3), (RECIPE, 1e-5)],
+    ids=["single-round", "multi-round-heterogeneous", "tiny-client", "dp-recipe-large-epsilon"],
 )
 def test_epsilon_matches_dp_accounting(
     history: list[tuple[float, float, int]], delta: float, accountant: str

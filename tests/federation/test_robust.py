@@ -41,14 +41,7 @@ def rejected(verdicts: tuple[robust.Verdict, ...]) -> set[robust.ClientId]:
 
 def permute_stats(stats: UpdateStats, perm: np.ndarray) -> UpdateStats:
     pair = None if stats.pair_sq_dists is None else stats.pair_sq_dists[np.ix_(perm, perm)]
-    inner = None if stats.inner_with_ref is None else stats.inner_with_ref[perm]
-    return UpdateStats(
-        tuple(stats.client_ids[i] for i in perm),
-        stats.sq_norms[perm],
-        pair,
-        inner,
-        stats.ref_sq_norm,
-    )
+    return UpdateStats(tuple(stats.client_ids[i] for i in perm), stats.sq_norms[perm], pair)
 
 
 # --------------------------------------------------------------------------- statistics
@@ -59,14 +52,12 @@ def permute_stats(stats: UpdateStats, perm: np.ndarray) -> UpdateStats:
     n=st.integers(1, 6),
     d=st.integers(1, 12),
     seed=st.integers(0, 2**32 - 1),
-    with_ref=st.booleans(),
 )
-def test_stats_from_plain_matches_definitions(n: int, d: int, seed: int, with_ref: bool) -> None:
+def test_stats_from_plain_matches_definitions(n: int, d: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     ups = [rng.normal(size=d).astype(np.float32) for _ in range(n)]
-    ref = rng.normal(size=d) if with_ref else None
     copies = [u.copy() for u in ups]
-    stats = stats_from_plain(ups, [f"c{i}" for i in range(n)], ref)
+    stats = stats_from_plain(ups, [f"c{i}" for i in range(n)])
     for u, c in zip(ups, copies, strict=True):
         assert np.array_equal(u, c)  # inputs untouched
     u64 = [u.astype(np.float64) for u in ups]
@@ -78,12 +69,6 @@ def test_stats_from_plain_matches_definitions(n: int, d: int, seed: int, with_re
             expect = np.sum((u64[i] - u64[j]) ** 2)
             np.testing.assert_allclose(stats.pair_sq_dists[i, j], expect, rtol=1e-12, atol=0)
     assert np.array_equal(stats.pair_sq_dists, stats.pair_sq_dists.T)
-    if ref is None:
-        assert stats.inner_with_ref is None and stats.ref_sq_norm is None
-    else:
-        assert stats.inner_with_ref is not None and stats.ref_sq_norm is not None
-        np.testing.assert_allclose(stats.inner_with_ref, [u @ ref for u in u64], rtol=1e-9)
-        assert stats.ref_sq_norm == pytest.approx(float(ref @ ref), rel=1e-12)
 
 
 @FAST
@@ -91,7 +76,7 @@ def test_stats_from_plain_matches_definitions(n: int, d: int, seed: int, with_re
 def test_cosines_from_pair_distances_match_direct(n: int, d: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     ups = [rng.normal(size=d) * rng.uniform(0.1, 10.0) for _ in range(n)]
-    stats = stats_from_plain(ups, list(range(n)), None)
+    stats = stats_from_plain(ups, list(range(n)))
     cos = robust.pairwise_cosines(stats)
     gram = robust.gram_matrix(stats)
     for i in range(n):
@@ -119,8 +104,6 @@ def test_stats_are_read_only_copies_and_validated() -> None:
         UpdateStats((1, 2, 3), sq)
     assert UpdateStats(tuple(np.arange(2)), sq).client_ids == (0, 1)
     assert type(UpdateStats(tuple(np.arange(2)), sq).client_ids[0]) is int
-    with pytest.raises(ValueError, match="together"):
-        UpdateStats((1, 2), sq, inner_with_ref=np.zeros(2))
 
 
 # --------------------------------------------------------------------------- order
@@ -144,7 +127,7 @@ def test_input_order_does_not_change_any_decision(
         ups[1] = ups[2].copy()  # a duplicate
     ids = [f"client-{i}" for i in range(n)]
     counts = [int(c) for c in rng.integers(1, 100, size=n)]
-    stats = stats_from_plain(ups, ids, np.mean(ups, axis=0))
+    stats = stats_from_plain(ups, ids)
     perm = np.array(data.draw(st.permutations(range(n))), dtype=int)
     pstats = permute_stats(stats, perm)
     pcounts = [counts[i] for i in perm]
@@ -165,7 +148,7 @@ def test_boosted_updates_dropped_by_norm_and_multikrum(seed: int) -> None:
     ups = honest_round(seed)
     ups += [20 * ups[0], 20 * ups[1]]  # n = 12 > 2f + 2 with f = 2
     ids = list(range(12))
-    stats = stats_from_plain(ups, ids, None)
+    stats = stats_from_plain(ups, ids)
     assert rejected(norm_filter(stats)) == {10, 11}
     assert rejected(multikrum_filter(stats, f=2)) == {10, 11}
     # cosine is scale-free by design: boosting is the norm filter's job
@@ -181,7 +164,7 @@ def test_boosted_updates_dropped_by_norm_and_multikrum(seed: int) -> None:
 def test_sign_flipped_updates_dropped_by_cosine_and_multikrum(seed: int) -> None:
     ups = honest_round(seed)
     ups += [-ups[0], -ups[1]]
-    stats = stats_from_plain(ups, list(range(12)), None)
+    stats = stats_from_plain(ups, list(range(12)))
     assert rejected(cosine_filter(stats)) == {10, 11}
     assert rejected(multikrum_filter(stats, f=2)) == {10, 11}
     assert rejected(norm_filter(stats)) == set()  # same length as honest ones
@@ -194,7 +177,7 @@ def test_sign_flipped_updates_dropped_by_cosine_and_multikrum(seed: int) -> None
 def test_one_boosted_one_flipped(seed: int) -> None:
     ups = [*honest_round(seed), 30 * honest_round(seed + 100, n=1)[0]]
     ups.append(-5 * ups[3])
-    stats = stats_from_plain(ups, list(range(12)), None)
+    stats = stats_from_plain(ups, list(range(12)))
     decisions = screen(stats, [1] * 12, "norm,multikrum,cosine", f=2)
     assert {d.client_id for d in decisions if not d.accepted} == {10, 11}
 
@@ -202,19 +185,14 @@ def test_one_boosted_one_flipped(seed: int) -> None:
 def test_boosted_attacker_cannot_get_honest_rejected_by_cosine() -> None:
     ups = honest_round(7)
     ups.append(-1000 * ups[0])  # would dominate a mean reference
-    stats = stats_from_plain(ups, list(range(11)), np.mean(ups, axis=0))
+    stats = stats_from_plain(ups, list(range(11)))
     assert rejected(cosine_filter(stats)) == {10}
-    # the non-robust reference (this round's mean) gets it backwards
-    mean_ref = UpdateStats(
-        stats.client_ids, stats.sq_norms, None, stats.inner_with_ref, stats.ref_sq_norm
-    )
-    assert rejected(cosine_filter(mean_ref)) == set(range(10))
 
 
 @pytest.mark.parametrize("seed", range(5))
 def test_all_honest_round(seed: int) -> None:
     ups = honest_round(seed, n=10, spread=1.0)
-    stats = stats_from_plain(ups, list(range(10)), None)
+    stats = stats_from_plain(ups, list(range(10)))
     assert rejected(norm_filter(stats)) == set()
     assert rejected(cosine_filter(stats)) == set()
     # Multi-Krum always keeps exactly n - f, attack or not (documented).
@@ -228,15 +206,15 @@ def test_all_honest_round(seed: int) -> None:
 
 def test_multikrum_degrades_when_n_too_small() -> None:
     ups = [*honest_round(1, n=4), 50 * honest_round(2, n=1)[0]]
-    stats = stats_from_plain(ups, list(range(5)), None)
+    stats = stats_from_plain(ups, list(range(5)))
     verdicts = multikrum_filter(stats, f=2)  # 5 <= 2*2 + 2: falls back to f' = 1
     assert rejected(verdicts) == {4}
     note = "multikrum:degraded(n=5<=2f+2, f=2->1)"
     assert all(note in v.reasons for v in verdicts)
     assert all(v.scores["krum_f"] == 1.0 for v in verdicts)
-    tiny = stats_from_plain(honest_round(3, n=2), ["a", "b"], None)
+    tiny = stats_from_plain(honest_round(3, n=2), ["a", "b"])
     assert rejected(multikrum_filter(tiny, f=1)) == set()
-    solo = stats_from_plain(honest_round(3, n=1), ["a"], None)
+    solo = stats_from_plain(honest_round(3, n=1), ["a"])
     assert [v.accepted for v in screen(solo, [3], ALL, f=0)] == [True]
 
 
@@ -249,16 +227,11 @@ def test_non_finite_updates_rejected_by_every_filter(bad: float) -> None:
     poisoned = ups[0].copy()
     poisoned[3] = bad
     ups.append(poisoned)
-    trusted_direction = np.mean(ups[:10], axis=0)  # e.g. last round's aggregate update
-    stats = stats_from_plain(ups, list(range(11)), trusted_direction)
+    stats = stats_from_plain(ups, list(range(11)))
     assert rejected(norm_filter(stats)) == {10}
     assert 10 in rejected(multikrum_filter(stats, f=1))
     assert len(rejected(multikrum_filter(stats, f=1))) == 2  # f = 1 more, by construction
     assert rejected(cosine_filter(stats)) == {10}
-    no_pairs = UpdateStats(
-        stats.client_ids, stats.sq_norms, None, stats.inner_with_ref, stats.ref_sq_norm
-    )
-    assert rejected(cosine_filter(no_pairs)) == {10}
     decision = screen(stats, [1] * 11, ALL, f=1)[10]
     assert not decision.accepted
     assert decision.reasons == ("norm:non-finite", "multikrum:non-finite", "cosine:non-finite")
@@ -333,7 +306,7 @@ def test_clients_rejected_upstream_cannot_move_the_filters() -> None:
 def test_screen_is_the_intersection_of_filters(seed: int, n: int, f: int) -> None:
     rng = np.random.default_rng(seed)
     ups = [rng.normal(size=8) * rng.choice([1.0, 1.0, -1.0, 10.0]) for _ in range(n)]
-    stats = stats_from_plain(ups, list(range(n)), None)
+    stats = stats_from_plain(ups, list(range(n)))
     parts = {
         "norm": norm_filter(stats),
         "multikrum": multikrum_filter(stats, f=f),
@@ -348,7 +321,7 @@ def test_screen_is_the_intersection_of_filters(seed: int, n: int, f: int) -> Non
 
 def test_screen_none_accepts_everyone_and_takes_mapping_counts() -> None:
     ups = [*honest_round(0, n=3), 100 * honest_round(1, n=1)[0]]
-    stats = stats_from_plain(ups, ["w", "x", "y", "z"], None)
+    stats = stats_from_plain(ups, ["w", "x", "y", "z"])
     decisions = screen(stats, {"z": 4, "y": 3, "x": 2, "w": 1}, "none", f=1)
     assert [(d.client_id, d.accepted, d.weight) for d in decisions] == [
         ("w", True, 1),
@@ -390,7 +363,7 @@ def test_cosine_keeps_honest_clients_whose_updates_are_mostly_noise() -> None:
     rng = np.random.default_rng(3)
     signal = rng.normal(size=5000) * 0.01
     updates = [signal + rng.normal(size=5000) for _ in range(12)]
-    verdicts = cosine_filter(stats_from_plain(updates, list(range(12)), None))
+    verdicts = cosine_filter(stats_from_plain(updates, list(range(12))))
     assert all(v.accepted for v in verdicts)
 
 
@@ -399,7 +372,7 @@ def test_cosine_still_rejects_a_sign_flip_among_noisy_honest_updates() -> None:
     signal = rng.normal(size=5000)
     honest = [signal + 0.8 * rng.normal(size=5000) for _ in range(9)]
     flipped = -3.0 * signal
-    verdicts = cosine_filter(stats_from_plain([*honest, flipped], list(range(10)), None))
+    verdicts = cosine_filter(stats_from_plain([*honest, flipped], list(range(10))))
     assert [v.client_id for v in verdicts if not v.accepted] == [9]
 
 
@@ -417,7 +390,7 @@ def dp_like_round(seed: int, n: int = 12, d: int = 4096) -> tuple[list[np.ndarra
 @pytest.mark.parametrize("seed", range(5))
 def test_under_dp_euclidean_krum_drops_the_largest_clients_and_angular_krum_does_not(seed: int) -> None:
     ups, steps = dp_like_round(seed)
-    stats = stats_from_plain(ups, list(range(12)), None)
+    stats = stats_from_plain(ups, list(range(12)))
     largest = set(np.argsort(steps)[-3:].tolist())
     assert rejected(multikrum_filter(stats, f=3)) == largest  # the bias being fixed
     angular = multikrum_filter(stats, f=3, angular=True)
@@ -431,13 +404,13 @@ def test_angular_krum_ignores_each_updates_scale_and_still_drops_flipped_updates
     ups = honest_round(seed)
     ups += [-ups[0], -ups[1]]
     scales = np.random.default_rng(seed).uniform(0.1, 10.0, size=12)
-    stats = stats_from_plain(ups, list(range(12)), None)
-    scaled = stats_from_plain([s * u for s, u in zip(scales, ups, strict=True)], list(range(12)), None)
+    stats = stats_from_plain(ups, list(range(12)))
+    scaled = stats_from_plain([s * u for s, u in zip(scales, ups, strict=True)], list(range(12)))
     assert rejected(multikrum_filter(stats, f=2, angular=True)) == {10, 11}
     assert rejected(multikrum_filter(scaled, f=2, angular=True)) == {10, 11}
     plain = screen(stats, [1] * 12, ALL, f=2, angular_krum=True)
     assert [d.accepted for d in plain] == [d.accepted for d in screen(scaled, [1] * 12, ("multikrum", "cosine"), f=2, angular_krum=True)]
-    zero = stats_from_plain([*ups[:10], np.zeros_like(ups[0])], list(range(11)), None)
+    zero = stats_from_plain([*ups[:10], np.zeros_like(ups[0])], list(range(11)))
     assert multikrum_filter(zero, f=2, angular=True)[10].reasons[0] == "multikrum:non-finite"
 
 
@@ -450,10 +423,10 @@ RULE = {"angular_krum": True, "krum_selection": "threshold", "duplicates": True,
 def test_the_servers_rule_drops_no_honest_client_for_its_size(seed: int) -> None:
     # issue 10 item 5: Multi-Krum with a fixed f dropped the f largest honest clients
     ups, _steps = dp_like_round(seed)
-    stats = stats_from_plain(ups, list(range(12)), None)
+    stats = stats_from_plain(ups, list(range(12)))
     decisions = screen(stats, [1] * 12, "multikrum,cosine", f=3, **RULE)
     assert all(d.accepted for d in decisions), [d.reasons for d in decisions if not d.accepted]
-    honest = stats_from_plain(honest_round(seed, n=10, spread=1.0), list(range(10)), None)
+    honest = stats_from_plain(honest_round(seed, n=10, spread=1.0), list(range(10)))
     assert all(d.accepted for d in screen(honest, [1] * 10, ALL, f=3, **RULE))
 
 
@@ -461,7 +434,7 @@ def test_the_servers_rule_drops_no_honest_client_for_its_size(seed: int) -> None
 def test_the_servers_rule_still_drops_flipped_and_boosted_updates(seed: int) -> None:
     ups = honest_round(seed)
     ups += [-ups[0], 20 * ups[1]]
-    stats = stats_from_plain(ups, list(range(12)), None)
+    stats = stats_from_plain(ups, list(range(12)))
     out = {d.client_id: d for d in screen(stats, [1] * 12, ALL, f=2, **RULE)}
     assert {c for c, d in out.items() if not d.accepted} == {10, 11}
     assert "norm>3.0*median" in out[11].reasons
@@ -471,11 +444,11 @@ def test_colluders_sending_one_update_are_evidence_not_the_most_central() -> Non
     ups = honest_round(2)
     bad = -0.3 * ups[0] + 0.5 * np.mean(ups, axis=0)
     ups += [bad, bad * (1 + 1e-9), bad.copy()]
-    stats = stats_from_plain(ups, list(range(13)), None)
+    stats = stats_from_plain(ups, list(range(13)))
     out = screen(stats, [1] * 13, "multikrum", f=3, **RULE)
     assert {d.client_id for d in out if not d.accepted} == {10, 11, 12}
     assert all(out[i].reasons == ("collusion:near-duplicate",) for i in (10, 11, 12))
-    assert near_duplicates(stats_from_plain(honest_round(2), list(range(10)), None)) == set()
+    assert near_duplicates(stats_from_plain(honest_round(2), list(range(10)))) == set()
 
 
 def test_the_cosine_cut_cannot_drift_into_an_opposing_direction() -> None:
@@ -485,7 +458,7 @@ def test_the_cosine_cut_cannot_drift_into_an_opposing_direction() -> None:
     sig = rng.normal(size=60)
     honest = [0.4 * sig + rng.normal(size=60) for _ in range(9)]
     opposing = -0.25 * sig + rng.normal(size=60)
-    stats = stats_from_plain([*honest, opposing], list(range(10)), None)
+    stats = stats_from_plain([*honest, opposing], list(range(10)))
     loose = {v.client_id: v for v in cosine_filter(stats)}
     floored = {v.client_id: v for v in cosine_filter(stats, floor=cosine_floor(stats))}
     assert loose[9].accepted and loose[9].scores["cosine"] < 0  # admitted before
@@ -493,3 +466,24 @@ def test_the_cosine_cut_cannot_drift_into_an_opposing_direction() -> None:
     assert all(floored[i].accepted for i in range(9))
     sketched = UpdateStats(stats.client_ids, stats.sq_norms, stats.pair_sq_dists, sketch_repetitions=137)
     assert cosine_floor(sketched) == pytest.approx(-1 / math.sqrt(137))
+
+
+def test_decide_without_a_defence_applies_only_the_validity_verdicts() -> None:
+    # the server's rule with --defense none: what the encrypted validity check rejected stays
+    # rejected (with its reason); nobody else is screened, not even an obvious outlier
+    from federation.robust import decide
+
+    rng = np.random.default_rng(3)
+    mean = rng.normal(size=64)
+    ups = [mean + rng.normal(size=64), mean + rng.normal(size=64), -50.0 * mean,
+           mean + rng.normal(size=64), mean + rng.normal(size=64)]
+    stats = stats_from_plain(ups, [1, 2, 3, 4, 5])
+    rejected = UpdateStats(stats.client_ids, stats.sq_norms, stats.pair_sq_dists,
+                           rejected={4: "statistic:wraparound"})
+    counts = [10, 20, 30, 40, 50]
+    out = {d.client_id: d for d in decide(rejected, counts, "none", f=1)}
+    assert [c for c, d in out.items() if d.accepted] == [1, 2, 3, 5]
+    assert out[4].reasons == ("statistic:wraparound",) and out[4].weight == 0
+    assert [out[c].weight for c in (1, 2, 3, 5)] == [10, 20, 30, 50]
+    guarded = {d.client_id: d for d in decide(rejected, counts, "norm,multikrum,cosine", f=1)}
+    assert [c for c, d in guarded.items() if d.accepted] == [1, 2, 5]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import json
 import re
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -13,9 +15,10 @@ from flwr.app import Message
 from rich.console import Console
 
 from clients.app import app as client_app
+from federation import protocol as P
 from federation.config import FedConfig, from_flat
 from server.app import run_server
-from server.progress import RoundProgress
+from server.progress import PROGRESS_FILE, RoundProgress
 
 ANSI = re.compile(r"\x1b\[")
 
@@ -92,3 +95,38 @@ def test_not_a_terminal_means_no_live_line_and_no_control_codes(fake_grid: Any, 
 def test_rounds_must_be_positive() -> None:
     with pytest.raises(ValueError, match="total_rounds"):
         RoundProgress(0)
+
+
+def test_a_deployment_draws_the_phase_the_serverapp_writes(fake_grid: Any, tmp_path: Path) -> None:
+    """The ServerApp side writes progress.json; the `fedguard server` side draws it live."""
+    status = tmp_path / PROGRESS_FILE
+    cfg = _cfg(tmp_path, **{"num-server-rounds": 1, "secure-aggregation": "none",
+                            "defense": "none"})
+    seen: list[dict[str, Any]] = []
+
+    class _Spy(_PushPullGrid):  # what the file said while each phase was still open
+        def pull_messages(self, message_ids: Iterable[str]) -> list[Message]:
+            seen.append(json.loads(status.read_text()))
+            return super().pull_messages(message_ids)
+
+    writer = RoundProgress(1, console=Console(file=io.StringIO()), live=False, status_file=status)
+    run_server(writer.watch(_Spy(fake_grid(client_app, 3))), cfg)
+    phases = {(s["round"], s["message_type"]) for s in seen}
+    assert ("1", P.MSG_TRAIN) in phases and ("2", P.MSG_EVALUATE) in phases
+    assert any(s["replied"] < s["expected"] for s in seen)  # written while replies came in
+    final = json.loads(status.read_text())
+    assert final["replied"] == final["expected"] == 3 and final["started"] <= time.time()
+
+    buf = io.StringIO()
+    reader = RoundProgress(1, console=Console(file=buf, force_terminal=True, width=120))
+    with reader:
+        reader.follow(tmp_path / "missing.json")  # nothing yet: the line keeps its start text
+        assert reader.status().startswith("starting")
+        status.write_text(json.dumps({"round": "1", "message_type": "train", "replied": 2,
+                                      "expected": 3, "started": time.time() - 4.0}))
+        reader.follow(status)
+        assert re.fullmatch(r"round 1/1 · train · 2/3 replied · 4\.\d s", reader.status())
+        status.write_text("{not json")  # a torn or foreign file changes nothing
+        reader.follow(status)
+        assert reader.status().startswith("round 1/1 · train · 2/3")
+    assert "2/3 replied" in buf.getvalue()

@@ -127,7 +127,7 @@ def test_default_scaling_is_caught_and_adaptive_scaling_is_not() -> None:
     naive = make_attack("scaling").poison_update(est[0], ctx(("norm",)))
     adaptive = make_attack("scaling", adaptive=True).poison_update(est[0], ctx(("norm",)))
     for sent, caught in ((naive, True), (adaptive, False)):
-        stats = stats_from_plain([*est[1:], sent], list(range(10)), None)
+        stats = stats_from_plain([*est[1:], sent], list(range(10)))
         assert (9 in {v.client_id for v in norm_filter(stats) if not v.accepted}) is caught
 
 
@@ -223,10 +223,10 @@ def test_backdoor_knows_the_norm_filter_and_stays_just_under_it() -> None:
     out = make_attack("backdoor", boost=50.0).poison_update(est[0], c)
     median = float(np.median(np.linalg.norm(est, axis=1)))
     assert np.linalg.norm(out) == pytest.approx(0.9 * 3.0 * median, rel=1e-5)
-    stats = stats_from_plain([*est, out], list(range(10)), None)
+    stats = stats_from_plain([*est, out], list(range(10)))
     assert all(v.accepted for v in norm_filter(stats))
     naive = make_attack("backdoor", boost=50.0, adaptive=False).poison_update(est[0], c)
-    stats = stats_from_plain([*est, naive], list(range(10)), None)
+    stats = stats_from_plain([*est, naive], list(range(10)))
     assert [v.client_id for v in norm_filter(stats) if not v.accepted] == [9]
 
 
@@ -237,7 +237,7 @@ def test_backdoor_hides_in_the_benign_cloud_under_multikrum() -> None:
     centre = est.astype(np.float64).mean(axis=0)
     radius = np.median(np.linalg.norm(est - centre, axis=1))
     assert np.linalg.norm(out - centre) <= radius * (1 + 1e-5)
-    stats = stats_from_plain([*est, out], list(range(10)), None)
+    stats = stats_from_plain([*est, out], list(range(10)))
     assert screen(stats, [1] * 10, ("norm", "multikrum"), f=1)[9].accepted
 
 
@@ -326,8 +326,48 @@ def test_in_spread_attacks_go_as_far_as_the_benign_spread_allows(name: str) -> N
     assert info.value.key == f"attack.{name}.perturbation"
 
 
+def test_colluders_send_one_vector_as_published_and_the_server_rule_rejects_it() -> None:
+    # Shejwalkar & Houmansadr pool the colluders' benign updates and send one malicious vector
+    # from every colluder. Through the real adversary hooks (real local training on the
+    # bundled data) both attackers of a 6-client run send the same vector; the server's rule
+    # rejects both as collusion and nobody else. (min-sum shares this path: MinSum(MinMax).)
+    name = "min-max"
+    from federation import protocol as P
+    from federation.config import from_flat
+    from federation.robust import decide
+    from federation.tasks import build_model, flatten_params
+    from simulations.adversary import hooks_for
+
+    def sent(attack: str) -> list[np.ndarray]:
+        cfg = from_flat({"num-clients": 6, "partition": "iid", "data-dir": "subset",
+                         "batch-size": 32, "malicious": 0.34, "attack": attack})
+        assert sorted(select_malicious(6, 0.34, cfg.run.seed)) == [3, 4]
+        g = flatten_params(build_model(cfg.data.task, cfg.run.seed))
+        out = []
+        for pid in (3, 4):
+            hooks = hooks_for(cfg, {P.NODE_PARTITION_ID: pid, P.NODE_NUM_PARTITIONS: 6})
+            assert hooks.poison_update is not None
+            own = np.random.default_rng(pid).normal(0, 0.01, g.size).astype(np.float32)
+            out.append(hooks.poison_update(own, {"global": g, "round": 1}))
+        return out
+
+    pooled = sent(name)
+    np.testing.assert_array_equal(pooled[0], pooled[1])
+    assert np.linalg.norm(pooled[0]) > 0.1
+    assert make_attack("min-sum", collude=False).collude is False  # type: ignore[attr-defined]
+
+    rng = np.random.default_rng(5)
+    honest = [pooled[0] + rng.normal(0, 0.004, pooled[0].size).astype(np.float32) for _ in range(4)]
+    updates = [*honest, pooled[0], pooled[1]]
+    stats = stats_from_plain(updates, list(range(6)))
+    verdicts = {d.client_id: d for d in decide(stats, [100] * 6, "norm,multikrum,cosine", f=1)}
+    assert [c for c, d in verdicts.items() if not d.accepted] == [4, 5]
+    assert verdicts[4].reasons == ("collusion:near-duplicate",)
+
+
 def test_wrap_and_shift_change_only_the_ciphertext_plaintext_as_documented() -> None:
     from crypto import Preset, SecretContext, decrypt, encrypt
+    from crypto.provenance import upload_seed
 
     secret = SecretContext.generate(Preset.AGGREGATION)
     u = (np.random.default_rng(0).normal(size=5000) * 0.01).astype(np.float32)
@@ -337,5 +377,5 @@ def test_wrap_and_shift_change_only_the_ciphertext_plaintext_as_documented() -> 
     enc = encrypt(secret, u)
     for attack in (wrap, shift):
         bad = attack.poison_upload(enc, ctx())  # type: ignore[attr-defined]
-        assert bad.seeded and bad._seed == enc._seed and bad.length == enc.length
+        assert bad.seeded and upload_seed(bad) == upload_seed(enc) and bad.length == enc.length
         assert not np.allclose(decrypt(secret, bad), u, atol=1e-3)  # the plaintext is gone
