@@ -129,6 +129,13 @@ class CkksScheme:
     hides_updates = True
 
     @property
+    def validates_uploads(self) -> bool:
+        """Projection screening (the validity check) needs the single-prime AGGREGATION
+        preset; keys provisioned with another preset aggregate without it (and refuse a
+        filter at :meth:`setup`)."""
+        return self.preset is Preset.AGGREGATION
+
+    @property
     def global_round(self) -> int:
         """The newest round whose aggregate the global includes (0: the initial model)."""
         return self._history[-1][0] if self._history else 0

@@ -13,9 +13,10 @@ One round (DESIGN.md §3):
    metrics. The evaluation therefore describes the *previous* round's model; the loop holds a
    round's report back until that evaluation arrives (next round, or the final evaluate
    phase).
-2. **screen** (only with a defence): the scheme computes the statistics the filters need
-   (in plaintext, or under encryption with a quorum of key holders) and the pure filters in
-   :mod:`federation.robust` decide who is accepted.
+2. **screen** (with a defence, and always under encryption): the scheme computes the
+   statistics the filters need (in plaintext, or under encryption with a quorum of key
+   holders: there the uploads' validity check runs even with ``--defense none``) and the pure
+   rule :func:`federation.robust.decide` says who is accepted.
 3. **aggregate**: integer-weighted sum of accepted updates (:mod:`federation.aggregation`),
    each declared sample count capped at ``weight-cap`` times the median of the set
    aggregated; under encryption a round with fewer than ``group-size`` accepted updates is
@@ -44,11 +45,12 @@ from federation import protocol as P
 from federation.aggregation import capped_counts, integer_weights
 from federation.config import FedConfig, to_flat
 from federation.errors import ProtocolError, RejectedUpdate
-from federation.robust import Decision, max_krum_f, screen
+from federation.robust import Decision, decide, max_krum_f
 from server.replies import describe_error_reply
 from server.schemes import Scheme, U
 
 __all__ = [
+    "REJOIN_WAIT",
     "ClientResult",
     "GridLike",
     "RoundReport",
@@ -228,6 +230,55 @@ def exchange(
     return replies, lost
 
 
+_OFFLINE_REASON = "offline: not connected during the round"
+"""Why a node that was not connected while its round ran has no reply (``lost: ...``)."""
+
+
+def _train_exchange(
+    grid: GridLike,
+    node_contents: dict[int, RecordDict],
+    round_: int,
+    timeout: float,
+    *,
+    expected_back: set[int],
+    rejoin_wait: float,
+    clock: Callable[[], float],
+    sleep: Callable[[float], None],
+) -> tuple[dict[int, Message], dict[int, str]]:
+    """One train phase in which a node that is offline when it starts can still take part.
+
+    A message to an offline node is answered at once by the SuperLink with an error, so a
+    client that crashed in the previous round and is restarting would miss this round too.
+    Instead, the nodes connected now get their messages; afterwards, each node that has come
+    back (re)connected gets its message (the round waits for it). Nodes in ``expected_back``
+    (lost in the previous round) are waited for up to ``rejoin_wait`` seconds after the others
+    replied. A node still offline then is lost with :data:`_OFFLINE_REASON`. Returns
+    ``(replies, lost)`` like :func:`exchange`.
+    """
+    online = {int(n) for n in grid.get_node_ids()}
+    later = {n: c for n, c in node_contents.items() if n not in online}
+    now_ = {n: c for n, c in node_contents.items() if n in online}
+    replies, lost = exchange(grid, now_, P.MSG_TRAIN, round_, timeout) if now_ else ({}, {})
+    deadline = clock() + rejoin_wait
+    while later:
+        online = {int(n) for n in grid.get_node_ids()}
+        back = {n: c for n, c in later.items() if n in online}
+        if back:
+            log.info("round %d: node(s) %s came back; sending them this round", round_, sorted(back))
+            more, more_lost = exchange(grid, back, P.MSG_TRAIN, round_, timeout)
+            replies.update(more)
+            lost.update(more_lost)
+            for n in back:
+                del later[n]
+            continue
+        if not expected_back & set(later) or clock() >= deadline:
+            break
+        sleep(0.5)
+    for n in later:
+        lost[n] = _OFFLINE_REASON
+    return replies, lost
+
+
 def _metrics_of(content: RecordDict) -> dict[str, float]:
     if P.METRICS not in content.metric_records:
         raise ProtocolError("reply has no metrics record")
@@ -295,6 +346,11 @@ def _parse_eval(content: RecordDict) -> dict[str, float]:
             raise ProtocolError("evaluation metrics out of range")
     return m
 
+
+REJOIN_WAIT = 30.0
+"""Seconds a node lost in one train phase (a crashed client restarting) may take to come back
+in the next one, counted once the others have replied; a node that does not is not waited for
+again until it has replied once more (see :func:`run_federation`)."""
 
 MAX_RECOVERIES_PER_ROUND = 2
 """Rollbacks one round's phase may trigger before the loop goes on with what it has."""
@@ -474,12 +530,19 @@ def run_federation(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
     node_wait: float = 120.0,
+    rejoin_wait: float = REJOIN_WAIT,
 ) -> RunResult:
     """Run rounds ``start_round .. cfg.run.rounds`` and return how the run ended.
 
     A bad reply costs that reply only: it is recorded with a reason and the round goes on
     while at least ``min-clients`` (default 1) accepted updates remain. A global that the
     trainers refuse costs its round (rolled back, attributed, redone), never the run.
+
+    A node that is offline when a train phase starts (a crashed client restarting) gets its
+    message once it is back, within the same phase; one lost in the previous train phase is
+    waited for up to ``rejoin_wait`` seconds after the others replied (once: a node that did
+    not come back is not waited for again until it has replied). So a client killed mid-round
+    and restarted misses that round only, if it reconnects before the next one ends.
     """
     obs = observer or _NullObserver()
     flat = to_flat(cfg)
@@ -504,12 +567,21 @@ def run_federation(
     rolled_back: list[int] = []
     rnd, recoveries, t0 = start_round, 0, clock()
     extra_timings: dict[str, float] = {}
+    lost_last: set[int] = set()  # nodes without a reply in the previous train phase
+    gone: set[int] = set()  # waited for once in vain: not waited for again until they reply
     while rnd <= cfg.run.rounds:
         t_phase = clock()
         global_round = scheme.global_round
         contents = _contents(scheme, flat, nodes, rnd)
         down = {n: scheme.bytes_down(n) for n in nodes}
-        replies, lost = exchange(grid, contents, P.MSG_TRAIN, rnd, cfg.run.round_timeout)
+        # A node lost last round (a crashed client restarting) may come back within
+        # rejoin_wait; one that did not is not waited for again until it has replied.
+        replies, lost = _train_exchange(
+            grid, contents, rnd, cfg.run.round_timeout, expected_back=lost_last - gone,
+            rejoin_wait=rejoin_wait, clock=clock, sleep=sleep)
+        gone = (gone | (lost_last & set(lost))) - set(replies)
+        lost_last = set(lost)
+        down = {n: b for n, b in down.items() if lost.get(n) != _OFFLINE_REASON}  # not sent
         t_train = clock() - t_phase
 
         results: list[ClientResult[U]] = [ClientResult(n, "lost", reason) for n, reason in lost.items()]
@@ -680,19 +752,24 @@ def run_federation(
 
 def _decide(grid: GridLike, cfg: FedConfig, scheme: Scheme[U], candidates: list[ClientResult[U]],
             rnd: int) -> dict[int, Decision]:
+    """Who is aggregated, with what weight (the screen phase, when there is one).
+
+    Under encryption the uploads' validity check (the projection screen's certified band,
+    docs/soundness.md) runs with or without ``--defense``: the server cannot look at an
+    update, so validity is part of secure aggregation (as PINE/Prio validity proofs are), and
+    a wrapped, shifted or garbage upload is rejected (``statistic:*``) before it can spoil an
+    aggregate; the rollback stays the second line for what the check cannot see. The filters
+    run only when ``--defense`` names some. Plaintext without a filter screens nothing.
+    """
     ids = [r.node_id for r in candidates]
     counts = [r.num_examples for r in candidates]
-    if not cfg.defense.defenses or not candidates:
+    validity = scheme.validates_uploads
+    if not candidates or not (cfg.defense.defenses or validity):
         return {i: Decision(i, True, c, (), {}) for i, c in zip(ids, counts, strict=True)}
     n = len(candidates)
     f = cfg.defense.max_malicious if cfg.defense.max_malicious >= 0 else max_krum_f(n)
     stats = scheme.statistics(grid, {r.node_id: _payload(r) for r in candidates}, rnd)
-    # Size alone never drops an honest client: Multi-Krum compares directions and drops only
-    # score outliers; near-duplicates of different clients are collusion evidence; the cosine
-    # cut cannot fall below the statistics' own error (federation.robust.screen)
-    decisions = screen(stats, dict(zip(ids, counts, strict=True)), cfg.defense.defenses, f=f,
-                       angular_krum=True, krum_selection="threshold", duplicates=True,
-                       floored_cosine=True)
+    decisions = decide(stats, dict(zip(ids, counts, strict=True)), cfg.defense.defenses, f=f)
     return {int(d.client_id): d for d in decisions}
 
 

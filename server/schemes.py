@@ -41,6 +41,11 @@ class Scheme(Protocol[U]):
     hides_updates: bool  # True when nobody may decrypt fewer than group-size updates summed
 
     @property
+    def validates_uploads(self) -> bool:
+        """True when :meth:`statistics` certifies each upload's validity (CKKS projection
+        screening): the loop then screens every round, with or without a filter."""
+
+    @property
     def global_round(self) -> int:
         """The newest round whose aggregate the global model includes (0: the initial model)."""
 
@@ -85,6 +90,7 @@ class PlaintextScheme:
 
     name = "none"
     hides_updates = False  # the server sees every plaintext update anyway
+    validates_uploads = False  # nothing hidden to certify: the filters see the plaintext
 
     def __init__(self, initial: npt.NDArray[np.float32]) -> None:
         self.global_model = initial.astype(np.float32, copy=True)

@@ -5,6 +5,9 @@ ids. Attackers know the defence configuration. For attacks that need the spread 
 updates (ALIE, IPM, Gaussian, and the defence evasion of backdoor/scaling), each attacker
 estimates it itself: it trains two extra honest models on the two halves of its clean data
 and uses those updates together with its full honest update (``benign_estimates``, k = 3).
+Min-max and min-sum with ``collude`` (their default, as published) instead pool the clean
+updates of every colluder's client (k = number of attackers, at least 2), so that all
+colluders send the same vector.
 In backdoor runs every client also reports the attack success rate of the global model on
 its triggered test images (``eval-x-asr``), which the server averages like accuracy.
 """
@@ -81,6 +84,40 @@ def _benign_estimates(cfg: FedConfig, pid: int, num: int, global_vec: npt.NDArra
     return np.stack(estimates).astype(np.float32)
 
 
+def _colluder_estimates(cfg: FedConfig, colluders: list[int], num: int,
+                        global_vec: npt.NDArray[np.float32], round_: int) -> npt.NDArray[np.float32]:
+    """The clean honest update of every colluder's client, the same set for each colluder.
+
+    The published min-max / min-sum colluders pool the benign updates of the clients they
+    control. A simulated attacker cannot read another process's update, so each one trains
+    every colluder's partition itself, deterministically (seed from the round and the
+    partition): all colluders obtain the same estimates and hence the same malicious vector.
+    """
+    estimates = []
+    for pid in colluders:
+        x, y, _tx, _ty = raw_partition(cfg, pid, num)
+        model = build_model(cfg.data.task, cfg.run.seed)
+        load_flat_params(model, global_vec)
+        with _one_torch_thread():
+            train_local(model, normalize(x), np.asarray(y, np.int64), epochs=cfg.train.local_epochs,
+                        batch_size=cfg.train.batch_size, lr=cfg.train.lr,
+                        momentum=cfg.train.momentum, seed=round_ * 7919 + pid, dp=None)
+        estimates.append(flatten_params(model) - global_vec)
+    return np.stack(estimates).astype(np.float32)
+
+
+class _one_torch_thread:
+    """One torch thread while colluders recompute each other's updates: identical sums on
+    every process, so their shared vector is the same bit for bit."""
+
+    def __enter__(self) -> None:
+        self._threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+    def __exit__(self, *exc: object) -> None:
+        torch.set_num_threads(self._threads)
+
+
 def parse_attack(text: str) -> tuple[str, dict[str, Any]]:
     """``"scaling:boost=50"`` -> ``("scaling", {"boost": 50.0})`` (values: number, bool, text)."""
     name, _, rest = text.partition(":")
@@ -128,13 +165,18 @@ def hooks_for(cfg: FedConfig, node_config: Mapping[str, Any]) -> ClientHooks:
     if name == "label-flip":  # pure data poisoning: the update is left as trained
         return ClientHooks(poison_data=attack.poison_data, extra_eval=extra)
     poisons_data = backdoor
-    n_attackers = len(select_malicious(num, cfg.attack.malicious, cfg.run.seed))
+    colluders = sorted(select_malicious(num, cfg.attack.malicious, cfg.run.seed))
+    n_attackers = len(colluders)
+    pooled = bool(getattr(attack, "collude", False)) and n_attackers >= 2
 
     def poison_update(update: npt.NDArray[np.float32], info: dict[str, Any]) -> npt.NDArray[np.float32]:
         global_vec = info["global"]
         round_ = int(info["round"])
-        # Data-poisoning attacks trained on poisoned data already; estimates use clean halves.
-        estimates = _benign_estimates(cfg, pid, num, global_vec, update, round_)
+        if pooled:  # min-max / min-sum as published: one shared estimate set, one vector
+            estimates = _colluder_estimates(cfg, colluders, num, global_vec, round_)
+        else:
+            # Data-poisoning attacks trained on poisoned data already; estimates use clean halves.
+            estimates = _benign_estimates(cfg, pid, num, global_vec, update, round_)
         if poisons_data:  # the trained update is poisoned: only the clean halves are benign
             estimates = estimates[1:]
         ctx = AttackContext(global_model=global_vec, round=round_, n_clients=num,

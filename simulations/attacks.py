@@ -22,6 +22,7 @@ ipm        ``-epsilon x mean`` of the benign estimates                        mo
 backdoor   pixel trigger + relabel to ``target`` on a fraction, then boosted  data+model
 min-max    ``mean + gamma p``, max distance to benign <= max benign distance  model
 min-sum    ``mean + gamma p``, sum of sq. distances <= largest benign sum     model
+           (both: colluders pool their benign updates, all send one vector)
 wrap       boosted update + padding-slot mass that wraps the modulus          ciphertext
 shift      ``(q - 1) / 2`` added to every NTT value of ``c0`` (key-free)       ciphertext
 garbage    uniform coefficients below each prime under a valid header        ciphertext
@@ -491,9 +492,17 @@ class MinMax:
     minus the mean's direction, ``sign``: minus its signs), with the largest ``gamma`` whose
     distance to every benign estimate stays within the largest distance between two benign
     estimates: as far out as possible without looking farther than an honest outlier.
+
+    ``collude=True`` (default) is the paper's setting: the colluders pool the benign updates
+    of their own clients (``benign_estimates`` holds one per colluder, the same set for
+    every colluder; :mod:`simulations.adversary` computes it) and **all send the one
+    malicious vector** this yields. ``collude=False`` is a variant the paper does not
+    evaluate: each attacker works from its own data alone (its update and two half-data
+    updates), so the colluders' vectors differ.
     """
 
     perturbation: str = "std"
+    collude: bool = True
     name: str = field(default="min-max", init=False)
 
     def __post_init__(self) -> None:

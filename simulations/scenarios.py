@@ -5,8 +5,12 @@ and backdoor success) into the output folder. Every scenario has its own run fol
 usual metrics, summary and audit log, so each number in the table can be traced to its rounds.
 
 ``small`` (default): 6 clients, 3 rounds, the vendored subset; attacks {none, scaling, sign-flip,
-backdoor, min-max, wrap, shift} x defences {none, norm,multikrum,cosine} x {plaintext, ckks}:
-minutes on 2 cores.
+backdoor, min-max, min-sum, wrap, shift, garbage} x defences {none, norm,multikrum,cosine} x
+{plaintext, ckks}: minutes on 2 cores.
+
+Besides accuracy, every row says how often the attackers were caught: ``caught_per_round``
+(attackers whose update was not aggregated, per round, out of ``attackers``) and
+``honest_rejected_per_round`` (honest clients not aggregated: the filter's cost).
 ``full``: the issue's target setting, 20 clients (20 % attackers), Dirichlet(0.5), full
 Fashion-MNIST, 10 rounds, every attack, DP off and on; each attack runs unfiltered in plaintext
 (the damage) and with the encrypted filter (the defence): about 80 minutes on 2 cores with
@@ -26,13 +30,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from federation.config import FedConfig, from_flat
-from simulations.attacks import ATTACKS
+from server.report import read_rows
+from simulations.attacks import ATTACKS, select_malicious
 from simulations.simulate import with_dp_recipe
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-__all__ = ["MATRICES", "Scenario", "markdown_table", "run_matrix", "scenario_config", "scenarios"]
+__all__ = ["MATRICES", "Scenario", "catches", "markdown_table", "run_matrix", "scenario_config",
+           "scenarios", "select"]
 
 # every attack of the registry; the encoding attacks (wrap, shift) only differ from an honest
 # or boosted update under CKKS, where they tamper with the ciphertext itself
@@ -55,7 +61,8 @@ class Scenario:
 # "arms" are (defence, aggregation) pairs run for every attack
 MATRICES: dict[str, dict[str, Any]] = {
     "small": {
-        "attacks": ("none", "scaling", "sign-flip", "backdoor", "min-max", "wrap", "shift"),
+        "attacks": ("none", "scaling", "sign-flip", "backdoor", "min-max", "min-sum", "wrap",
+                    "shift", "garbage"),
         "arms": (("none", "none"), ("none", "ckks"), (GUARD, "none"), (GUARD, "ckks")),
         "dp": (False,),
         "flat": {"num-clients": 6, "num-server-rounds": 3, "partition": "iid",
@@ -77,6 +84,47 @@ def scenarios(matrix: str) -> list[Scenario]:
     m = MATRICES[matrix]
     return [Scenario(attack, defense, mode, dp)
             for dp in m["dp"] for attack in m["attacks"] for defense, mode in m["arms"]]
+
+
+def select(matrix: str, only: Iterable[str] | None = None) -> list[Scenario]:
+    """The scenarios of ``matrix`` whose name contains one of ``only`` (all when empty).
+
+    Each value is a name fragment (``min-max``, ``none__none__none``, ``ckks__dp``); a
+    defence may be spelled as on the command line (``norm,multikrum,cosine``: names write
+    ``+`` for ``,``). The result is the union, in matrix order.
+
+    Raises
+    ------
+    ValueError
+        A value that matches no scenario (naming ``--only``): a typo never silently runs
+        fewer scenarios than asked for.
+    """
+    if isinstance(only, str):  # one fragment, not its characters
+        only = [only]
+    wanted = [o.strip().replace(",", "+") for o in only or () if o.strip()]
+    runs = scenarios(matrix)
+    unmatched = [o for o in wanted if not any(o in s.name for s in runs)]
+    if unmatched:
+        raise ValueError(f"--only: {', '.join(map(repr, unmatched))} matches no scenario of the "
+                         f"{matrix!r} matrix (names look like {runs[0].name!r})")
+    return [s for s in runs if not wanted or any(o in s.name for o in wanted)]
+
+
+def catches(rows: Iterable[dict[str, Any]], malicious: Iterable[int]) -> tuple[list[int], list[int]]:
+    """Per round: attackers not aggregated, honest clients not aggregated.
+
+    ``rows`` are a run's ``metrics.jsonl`` lines; ``malicious`` the attackers' partition ids
+    (:func:`simulations.attacks.select_malicious`). A client counts as not aggregated when its
+    node is in the round's ``rejected`` (filtered, invalid, or excluded by attribution).
+    """
+    bad = {f"client-{int(p)}" for p in malicious}
+    caught, honest = [], []
+    for row in rows:
+        labels = row.get("clients") or {}
+        rejected = [labels.get(str(n), f"node-{n}") for n in row.get("rejected") or {}]
+        caught.append(sum(1 for lab in rejected if lab in bad))
+        honest.append(sum(1 for lab in rejected if lab not in bad))
+    return caught, honest
 
 
 def scenario_config(sc: Scenario, base: dict[str, Any], out_dir: Path, dp_epsilon: float) -> FedConfig:
@@ -132,8 +180,7 @@ def run_matrix(
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = [] if fresh else _load_rows(out_dir / "results.json")
     done = {r["scenario"] for r in rows}
-    only = list(only or ())
-    chosen = [s for s in scenarios(matrix) if not only or any(o in s.name for o in only)]
+    chosen = select(matrix, only)
     for i, sc in enumerate(chosen, 1):
         if sc.name in done:
             progress(f"[{i}/{len(chosen)}] {sc.name}: already in results.json, skipped")
@@ -148,6 +195,9 @@ def run_matrix(
                 summary = simulate(cfg, display=display)
         else:
             summary = simulate(cfg, progress=lambda line: progress("    " + line))
+        malicious = (select_malicious(cfg.run.clients, cfg.attack.malicious, cfg.run.seed)
+                     if sc.attack != "none" else frozenset())
+        caught, honest = catches(read_rows(Path(cfg.run.out_dir) / "metrics.jsonl"), malicious)
         rows.append({
             "scenario": sc.name, "attack": sc.attack, "defense": sc.defense, "mode": sc.mode,
             "dp": sc.dp, "final_accuracy": summary.get("final_accuracy"),
@@ -157,6 +207,8 @@ def run_matrix(
             "rejected_per_round": [len(r) for r in summary.get("rejected_by_round") or []],
             "rejection_reasons": sorted({str(v).split(";")[0] for r in summary.get("rejected_by_round")
                                          or [] for v in r.values()}),
+            "attackers": len(malicious), "caught_per_round": caught,
+            "honest_rejected_per_round": honest,
             "wall_seconds": round(time.time() - t, 1), "run_folder": str(cfg.run.out_dir),
         })
         (out_dir / "results.json").write_text(json.dumps(rows, indent=2))
@@ -173,14 +225,24 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     ref = {r["dp"]: r["final_accuracy"] for r in rows
            if (r["attack"], r["defense"], r["mode"]) == ("none", "none", "none")}
     lines = ["| attack | defence | aggregation | DP | accuracy | vs attack-free | backdoor success "
-             "| rejected (last round) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| rejected (last round) | attackers caught per round | honest rejected per round |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         acc = r["final_accuracy"]
         base = ref.get(r["dp"])
         delta = "" if acc is None or base is None else f"{round(100 * (acc - base), 1) + 0.0:+.1f}"
         acc_s = "n/a" if acc is None else f"{100 * acc:.1f} %"
         asr = "" if r["attack_success_rate"] is None else f"{100 * r['attack_success_rate']:.1f} %"
+        caught = _per_round(r.get("caught_per_round"), r["attackers"]) if r.get("attackers") else ""
         lines.append(f"| {r['attack']} | {r['defense']} | {r['mode']} | {'on' if r['dp'] else 'off'} "
-                     f"| {acc_s} | {delta} | {asr} | {len(r['rejected_last_round'])} |")
+                     f"| {acc_s} | {delta} | {asr} | {len(r['rejected_last_round'])} "
+                     f"| {caught} "
+                     f"| {_per_round(r.get('honest_rejected_per_round'))} |")
     return "\n".join(lines) + "\n"
+
+
+def _per_round(counts: list[int] | None, of: int | None = None) -> str:
+    """``"2/2 2/2 1/2"`` (or ``"0 1 0"`` without a total); empty for rows of older runs."""
+    if counts is None:
+        return ""
+    return " ".join(f"{c}/{of}" if of is not None else str(c) for c in counts)

@@ -326,6 +326,45 @@ def test_in_spread_attacks_go_as_far_as_the_benign_spread_allows(name: str) -> N
     assert info.value.key == f"attack.{name}.perturbation"
 
 
+def test_colluders_send_one_vector_as_published_and_the_server_rule_rejects_it() -> None:
+    # Shejwalkar & Houmansadr pool the colluders' benign updates and send one malicious vector
+    # from every colluder. Through the real adversary hooks (real local training on the
+    # bundled data) both attackers of a 6-client run send the same vector; the server's rule
+    # rejects both as collusion and nobody else. (min-sum shares this path: MinSum(MinMax).)
+    name = "min-max"
+    from federation import protocol as P
+    from federation.config import from_flat
+    from federation.robust import decide
+    from federation.tasks import build_model, flatten_params
+    from simulations.adversary import hooks_for
+
+    def sent(attack: str) -> list[np.ndarray]:
+        cfg = from_flat({"num-clients": 6, "partition": "iid", "data-dir": "subset",
+                         "batch-size": 32, "malicious": 0.34, "attack": attack})
+        assert sorted(select_malicious(6, 0.34, cfg.run.seed)) == [3, 4]
+        g = flatten_params(build_model(cfg.data.task, cfg.run.seed))
+        out = []
+        for pid in (3, 4):
+            hooks = hooks_for(cfg, {P.NODE_PARTITION_ID: pid, P.NODE_NUM_PARTITIONS: 6})
+            assert hooks.poison_update is not None
+            own = np.random.default_rng(pid).normal(0, 0.01, g.size).astype(np.float32)
+            out.append(hooks.poison_update(own, {"global": g, "round": 1}))
+        return out
+
+    pooled = sent(name)
+    np.testing.assert_array_equal(pooled[0], pooled[1])
+    assert np.linalg.norm(pooled[0]) > 0.1
+    assert make_attack("min-sum", collude=False).collude is False  # type: ignore[attr-defined]
+
+    rng = np.random.default_rng(5)
+    honest = [pooled[0] + rng.normal(0, 0.004, pooled[0].size).astype(np.float32) for _ in range(4)]
+    updates = [*honest, pooled[0], pooled[1]]
+    stats = stats_from_plain(updates, list(range(6)))
+    verdicts = {d.client_id: d for d in decide(stats, [100] * 6, "norm,multikrum,cosine", f=1)}
+    assert [c for c, d in verdicts.items() if not d.accepted] == [4, 5]
+    assert verdicts[4].reasons == ("collusion:near-duplicate",)
+
+
 def test_wrap_and_shift_change_only_the_ciphertext_plaintext_as_documented() -> None:
     from crypto import Preset, SecretContext, decrypt, encrypt
     from crypto.provenance import upload_seed

@@ -11,10 +11,12 @@ from simulations.scenarios import (
     ALL_ATTACKS,
     GUARD,
     MATRICES,
+    catches,
     markdown_table,
     run_matrix,
     scenario_config,
     scenarios,
+    select,
 )
 from simulations.simulate import DP_RECIPE
 
@@ -57,9 +59,11 @@ def test_table_reports_the_difference_to_attack_free_fedavg_with_the_same_dp_set
 
 
 def test_a_damaged_results_file_is_refused_not_overwritten(tmp_path: Path) -> None:
-    # `only` matches no scenario: run_matrix reads the results file and runs nothing
-    nothing = ["no-such-scenario"]
-    assert run_matrix("small", tmp_path / "fresh", only=nothing, progress=print) == []
+    # `only` names one scenario that the good file already holds: run_matrix reads the results
+    # file and runs nothing (a fragment matching no scenario is refused, see below)
+    nothing = ["none__none__none__nodp"]
+    with pytest.raises(ValueError, match="--only: 'no-such-scenario' matches no scenario"):
+        run_matrix("small", tmp_path / "fresh", only=["no-such-scenario"], progress=print)
     bad = tmp_path / "results.json"
     for text in ("{not json", '{"a": 1}', '[{"no": "scenario"}]'):
         bad.write_text(text)
@@ -69,3 +73,36 @@ def test_a_damaged_results_file_is_refused_not_overwritten(tmp_path: Path) -> No
     good = [{"scenario": "none__none__none__nodp", "final_accuracy": 0.5}]
     bad.write_text(json.dumps(good))
     assert run_matrix("small", tmp_path, only=nothing) == good  # an earlier run's rows are kept
+
+
+def test_small_matrix_has_the_in_spread_and_encoding_attacks() -> None:
+    attacks = {s.attack for s in scenarios("small")}
+    assert {"min-max", "min-sum", "wrap", "shift", "garbage"} <= attacks
+
+
+def test_only_takes_many_values_and_their_union_and_refuses_a_fragment_that_matches_nothing() -> None:
+    # six fragments, one of them spelled with the defence's commas as on the command line
+    only = ["none__none__none", "none__norm,multikrum,cosine__ckks", "min-max__none__none",
+            "min-max__norm+multikrum+cosine__ckks", "wrap__norm+multikrum+cosine__ckks",
+            "shift__norm+multikrum+cosine__ckks"]
+    chosen = [s.name for s in select("small", only)]
+    assert chosen == [s.name for s in scenarios("small")
+                      if any(o.replace(",", "+") in s.name for o in only)]
+    assert len(chosen) == 6
+    assert len(select("small", ["min-max", "min-sum"])) == 8
+    assert [s.name for s in select("small", "min-sum__none__none")] == ["min-sum__none__none__nodp"]
+    assert select("small", None) == select("small", []) == scenarios("small")
+    with pytest.raises(ValueError, match="--only: 'minmax' matches no scenario"):
+        select("small", ["min-max", "minmax"])
+
+
+def test_catches_counts_attackers_and_honest_clients_left_out_per_round() -> None:
+    rows = [{"clients": {"7": "client-3", "8": "client-4", "9": "client-0"},
+             "rejected": {"7": "collusion:near-duplicate", "8": "collusion:near-duplicate"}},
+            {"clients": {"7": "client-3", "8": "client-4", "9": "client-0"},
+             "rejected": {"8": "statistic:wraparound", "9": "cosine<0.0"}},
+            {"clients": {"7": "client-3"}, "rejected": {}}]
+    assert catches(rows, {3, 4}) == ([2, 1, 0], [0, 1, 0])
+    table = markdown_table([{**_row("min-max", GUARD, "ckks", 0.6), "attackers": 2,
+                             "caught_per_round": [2, 1, 0], "honest_rejected_per_round": [0, 1, 0]}])
+    assert table.splitlines()[2].endswith("| 2/2 1/2 0/2 | 0 1 0 |")
