@@ -10,7 +10,10 @@ launcher runs the unchanged SuperNode in this process after the adjustments of
 default 0.5 s; heartbeat ``FEDGUARD_SUPERNODE_HEARTBEAT``, default 10 s, the smallest the
 SuperLink accepts) and with Flower's exit code recorded in ``$FEDGUARD_SUPERNODE_STATUS``
 (:func:`federation.flower_internals.install_exit_record`); ``"ended": true`` is added once
-Flower's own shutdown (which deactivates the node) has run.
+Flower's own shutdown (which deactivates the node) has run. When ``fedguard client`` names a
+node its dead predecessor left online (``$FEDGUARD_SUPERNODE_RELEASE``), that node is released
+at the SuperLink first; on SIGTERM the node leaves the SuperLink before anything else
+(:func:`federation.flower_internals.install_node_handover`).
 
 On another Flower version the SuperNode runs exactly as ``flower-supernode`` would, with a
 note. Every argument is passed through unchanged.
@@ -26,8 +29,11 @@ from pathlib import Path
 from typing import TextIO
 
 from federation.flower_internals import (
+    RELEASE_LINE_PREFIX,
+    SUPERNODE_RELEASE_ENV,
     SUPERNODE_STATUS_ENV,
     install_exit_record,
+    install_node_handover,
     patch_supernode_polling,
     run_supernode,
 )
@@ -45,6 +51,16 @@ def _env_float(name: str, default: float, low: float, high: float) -> float:
     except ValueError:
         return default
     return value if low <= value <= high else default
+
+
+def _release_request(value: str) -> tuple[int, float] | None:
+    """``NODE_ID:SETTLE`` from ``fedguard client`` (a dead predecessor's node), else None."""
+    node, _, settle = value.partition(":")
+    try:
+        pause = float(settle or 0.0)
+        return (int(node), min(pause, 30.0)) if 0.0 <= pause else None  # NaN fails too
+    except ValueError:
+        return None
 
 
 def _mark_ended(path: Path | None) -> None:
@@ -111,6 +127,8 @@ def main(argv: list[str]) -> None:
     status_path = Path(status) if status else None
     if status_path is not None:
         install_exit_record(status_path)
+    install_node_handover(_release_request(os.environ.get(SUPERNODE_RELEASE_ENV, "")),
+                          lambda line: print(RELEASE_LINE_PREFIX + line, flush=True))
     try:
         run_supernode(argv)
     finally:

@@ -28,9 +28,11 @@ error code, :func:`federation.flower_internals.read_exit_record`), not from its 
   exit code 5 after ``--max-wait-time``;
 * a SuperLink that restarted (and forgot this node): a fresh SuperNode, with backoff.
 
-A client whose predecessor died holding a message waits until the SuperLink has declared
-that node dead (:class:`_Lease`), because a node back too soon would leave the server waiting
-for that message until ``--round-timeout``.
+A client whose predecessor died without leaving the SuperLink has its new SuperNode release
+that node first (Flower's Fleet ``DeactivateNode``, signed with the trainer's own key), so it
+is not refused as "still online" for two heartbeats; if the predecessor held a message, it
+then waits a few seconds for the server to record that message as lost (:class:`_Lease`),
+because a node back too soon would leave the server waiting for it until ``--round-timeout``.
 """
 
 from __future__ import annotations
@@ -48,7 +50,9 @@ from typing import Any
 
 from federation.flower_internals import (
     API_CODE_ACTIVATION_FAILED,
+    RELEASE_LINE_PREFIX,
     SUPERNODE_PATTERNS,
+    SUPERNODE_RELEASE_ENV,
     SUPERNODE_STATUS_ENV,
     ExitRecord,
     features_off,
@@ -286,7 +290,7 @@ def _supervise(opts: ClientOptions, b: Any, node_config: list[str], extra_env: d
     # wait, or else once the SuperNode is connected.
     if opts.warm_start and lease.will_wait(clean_exit=_clean_exit(status_file)):
         launcher = start_launcher()
-    lease.claim(say, stop, clean_exit=_clean_exit(status_file))
+    release = lease.claim(say, stop, clean_exit=_clean_exit(status_file))
     refusals = 0
     restart_wait = 1.0
     ever_connected = False
@@ -303,12 +307,16 @@ def _supervise(opts: ClientOptions, b: Any, node_config: list[str], extra_env: d
                 for text in describe_line(line, a, opts.superlink):
                     say(text)
 
-            proc = ManagedProcess("supernode", argv, env=env, log_path=state / "supernode.log",
+            proc = ManagedProcess("supernode", argv, log_path=state / "supernode.log",
+                                  env={**env, SUPERNODE_RELEASE_ENV: release} if release else env,
                                   on_line=on_line, new_session=opts.new_session)
             try:
                 while proc.poll() is None and not stop.is_set():
                     if opts.warm_start and launcher is None and attempt.connected:
                         launcher = start_launcher()
+                    if attempt.connected and lease.node_id != attempt.node_id:
+                        lease.node_id = attempt.node_id  # a successor may have to release it
+                        lease.beat(attempt.busy, force=True)
                     lease.beat(attempt.busy)
                     owner.refresh()
                     time.sleep(0.1)
@@ -364,8 +372,8 @@ def _supervise(opts: ClientOptions, b: Any, node_config: list[str], extra_env: d
                 + f"); starting a new one in {restart_wait:.0f}s (the privacy ledger is kept)")
             stop.wait(restart_wait)
             restart_wait = min(restart_wait * 2, 20.0)
-            lease.claim(say, stop, superlink_restarted=attempt.retries > 0 or code == 0
-                        or attempt.forgotten, clean_exit=_clean_exit(status_file))
+            release = lease.claim(say, stop, superlink_restarted=attempt.retries > 0 or code == 0
+                                  or attempt.forgotten, clean_exit=_clean_exit(status_file))
         return 0
     finally:
         if launcher is not None:
@@ -390,53 +398,91 @@ def _app_line(line: str, say: Say) -> None:
         say(line[:300])
 
 
-class _Lease:
-    """``STATE_DIR/supernode.lease``: when this client's SuperNode was last alive, and busy.
+_RELEASE_SETTLE = 3.5
+"""Seconds a SuperNode waits after releasing a node that died holding a message: the server
+must pull once while the node is offline to record that message as lost (fedguard's ServerApp
+pulls every 0.5 s or less, Flower's own grid every 3 s)."""
 
-    A SuperNode killed while it holds a message (pulled, not yet answered) leaves the ServerApp
-    waiting: the SuperLink answers for a node only once it is *offline*, which happens 2
-    heartbeat intervals after its last heartbeat, or at once when the SuperNode deactivates
-    itself on its way out. A SuperNode with the same key that comes back sooner takes the same
-    node id and the message is never answered, so the round waits for its timeout.
-    :meth:`claim` therefore waits out that window when the previous SuperNode died busy
-    without shutting down cleanly. The file is refreshed every 2 s and removed on a clean stop.
+
+class _Lease:
+    """``STATE_DIR/supernode.lease``: this client's SuperNode, when last alive, node id, busy.
+
+    A SuperNode killed without leaving the SuperLink (SIGKILL of the SuperNode itself, a
+    machine crash) keeps its node *online* there for 2 heartbeat intervals, so a SuperNode
+    with the same key is refused until then; if it held a message (pulled, not yet answered),
+    the SuperLink answers for it only once the node is offline, and a node back too soon
+    takes the same node id and leaves the ServerApp waiting for that message until its
+    ``--round-timeout``. :meth:`claim` therefore has the next SuperNode *release* the node
+    first (Flower's Fleet ``DeactivateNode``, signed with the same key:
+    :func:`federation.flower_internals.install_node_handover`), and only where that is not
+    available waits out the window. The file is refreshed every 2 s and removed on a clean stop.
     """
 
     def __init__(self, path: Path, heartbeat: float) -> None:
         self.path = path
         self.window = 2 * heartbeat + 3.0
         self.predecessor_recent = False
+        self.node_id = ""  # set once this client's SuperNode is connected
         self._last = 0.0
         self._busy = False
         self._lock = threading.Lock()  # the main loop and the output reader both write
 
-    def _read(self) -> tuple[bool, float]:
+    def _read(self) -> tuple[bool, float, int | None]:
         try:
             info = json.loads(self.path.read_text(encoding="utf-8"))
             age = time.time() - self.path.stat().st_mtime
         except (OSError, ValueError):
-            return False, float("inf")
-        return isinstance(info, dict) and bool(info.get("busy")), age
+            return False, float("inf"), None
+        if not isinstance(info, dict):
+            return False, age, None
+        node = info.get("node")
+        return bool(info.get("busy")), age, node if isinstance(node, int) else None
+
+    def _stale(self, superlink_restarted: bool, clean_exit: bool) -> tuple[bool, float, int | None]:
+        """(busy, age, node) of a predecessor that may still hold its node online, else age inf."""
+        busy, age, node = self._read()
+        # After a SuperLink restart the node and its message died with the old SuperLink, and a
+        # SuperNode that shut down cleanly deactivated its node: nothing is held.
+        if age >= self.window or superlink_restarted or clean_exit:
+            return False, float("inf"), None
+        return busy, age, node
 
     def will_wait(self, *, superlink_restarted: bool = False, clean_exit: bool = False) -> bool:
-        """Whether :meth:`claim` would wait (the predecessor died busy, without leaving)."""
-        busy, age = self._read()
-        # After a SuperLink restart the message died with the old SuperLink, and a SuperNode
-        # that shut down cleanly deactivated its node: nothing to wait for.
-        return busy and age < self.window and not superlink_restarted and not clean_exit
+        """Whether :meth:`claim` would wait (died busy without leaving; node not releasable)."""
+        from federation.flower_internals import supported
+
+        busy, age, node = self._stale(superlink_restarted, clean_exit)
+        return busy and age < self.window and (node is None or not supported())
 
     def claim(self, say: Say, stop: threading.Event, *, superlink_restarted: bool = False,
-              clean_exit: bool = False) -> None:
-        _busy, age = self._read()
-        self.predecessor_recent = age < self.window
-        if self.will_wait(superlink_restarted=superlink_restarted, clean_exit=clean_exit):
+              clean_exit: bool = False) -> str:
+        """Take over from the previous SuperNode; return the release request for the next one.
+
+        The return value is ``NODE_ID:SETTLE`` for
+        :data:`~federation.flower_internals.SUPERNODE_RELEASE_ENV`, or empty.
+        """
+        from federation.flower_internals import supported
+
+        self.predecessor_recent = self._read()[1] < self.window
+        busy, age, node = self._stale(superlink_restarted, clean_exit)
+        release = ""
+        if node is not None and supported():
+            settle = _RELEASE_SETTLE if busy else 0.0
+            release = f"{node}:{settle:g}"
+            say(f"the previous SuperNode of this client died {age:.0f}s ago without leaving the "
+                f"SuperLink (node {node}" + (", holding a message" if busy else "") + "); the new "
+                "one releases that node first" + (f" and waits {settle:g}s for the server to "
+                                                  "record the message as lost" if busy else ""))
+        elif busy and age < self.window:
             wait = self.window - age
             say(f"the previous SuperNode of this client stopped {age:.0f}s ago while handling a "
                 f"message; waiting {wait:.0f}s until the SuperLink reports that message as lost "
                 "(otherwise the server would wait for it until its --round-timeout)")
             stop.wait(wait)
         self._busy = False
+        self.node_id = ""
         self.beat(False, force=True)
+        return release
 
     def beat(self, busy: bool, force: bool = False) -> None:
         with self._lock:
@@ -444,8 +490,11 @@ class _Lease:
             if not force and busy == self._busy and now - self._last < 2.0:
                 return
             self._busy, self._last = busy, now
+            info: dict[str, object] = {"pid": os.getpid(), "busy": busy}
+            if self.node_id.isdigit():
+                info["node"] = int(self.node_id)
             tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text(json.dumps({"pid": os.getpid(), "busy": busy}), encoding="utf-8")
+            tmp.write_text(json.dumps(info), encoding="utf-8")
             os.replace(tmp, self.path)
 
     def release(self) -> None:
@@ -513,6 +562,8 @@ def describe_line(line: str, a: NodeAttempt, superlink: str) -> list[str]:
         a.forgotten = True
         a.last_error = "the SuperLink no longer knows this node (it restarted)"
         return []
+    if line.startswith(RELEASE_LINE_PREFIX):  # clients._supernode on a dead predecessor's node
+        return [line[len(RELEASE_LINE_PREFIX):]]
     if "Exit Code:" in line:
         return []  # the exit record says why; the lines after it repeat it
     if line.startswith(("ERROR", "fedguard:")) or "could not handle" in line:

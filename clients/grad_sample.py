@@ -6,19 +6,28 @@ The loss is the task's (per example), so nothing here assumes classification.
 
 Grad-sample modes:
 
-``fused`` (default for models made of ``Linear``/``Conv2d`` layers)
+``fused`` (default for models made of ``Linear``/``Conv2d``/``GroupNorm`` layers)
     One forward pass with activation hooks and one ``torch.autograd.grad`` call for the
     layer outputs only, so autograd never computes the (unclipped) weight gradients it would
-    throw away. Linear layers get their per-sample norms by the ghost-norm identity
-    ``‖g aᵀ‖ = ‖g‖·‖a‖`` and their clipped sum as one matmul; convolutions materialise
-    per-sample gradients from unfolded activations (cheap for small CNNs).
-    GroupNorm's affine parameters get theirs from the normalised input (``Σ g·x̂``, ``Σ g``).
-    Not covered: every other parameterised layer (LayerNorm, Embedding, ...); a model with
-    one of them falls back to ``hooks`` as a whole (``fedguard bench models`` measures the
-    cost on the GroupNorm ResNet tasks).
+    throw away. Per layer, the per-sample squared norms come either from ghost norm
+    (``‖Σ_t a_t g_tᵀ‖² = ⟨A Aᵀ, G Gᵀ⟩``, Gram matrices of the layer's inputs and output
+    gradients) or from per-sample weight gradients materialised by one convolution call,
+    whichever costs less (:func:`ghost_is_cheaper`, the "mixed ghost norm" rule); each
+    parameter's clipped sum is then ``coef @ per_sample`` where materialised, else one
+    book-keeping product ``(c ⊙ G)ᵀ A`` — the layer's ordinary weight gradient with every
+    sample's output gradient scaled by its clipping coefficient. No second backward pass.
+    Convolutions may have any stride, zero padding, dilation and groups (ghost norm only for
+    ``groups=1``). GroupNorm's affine parameters get theirs from the normalised input
+    (``Σ g·x̂``, ``Σ g``). :func:`fused_plan` tells which method each layer gets.
+    Not covered: every other parameterised layer (LayerNorm, Embedding, ...) and string
+    padding / non-zero padding modes; a model with one of them falls back to ``hooks`` as a
+    whole.
 ``hooks``, ``ghost``, ``functorch``
     Opacus' own ``GradSampleModule`` (hooks), ``GradSampleModuleFastGradientClipping``
     (ghost clipping, two backward passes), and Opacus' functorch path.
+
+All modes give the same clipped sum up to float rounding; tests hold ``fused`` to Opacus'
+``hooks``.
 """
 
 from __future__ import annotations
@@ -26,19 +35,25 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from typing import Literal, cast
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+import torch.nn.grad as nn_grad
 from torch import nn
 
 from federation.errors import ConfigError
 
 __all__ = [
     "GRAD_SAMPLE_MODES",
+    "PER_SAMPLE_KEEP_FLOATS",
     "ClipFn",
+    "FusedLayer",
     "GradSampleMode",
     "PerExampleLoss",
+    "fused_plan",
+    "ghost_is_cheaper",
     "make_clipper",
     "resolve_grad_sample_mode",
 ]
@@ -71,60 +86,142 @@ def _clip_and_sum(per_sample: Sequence[torch.Tensor], max_grad_norm: float) -> l
     return [(coef @ g.reshape(b, -1)).view(g.shape[1:]) for g in per_sample]
 
 
-# Chunk of samples per bmm when materialising convolution per-sample gradients: keeps the
-# unfolded activations in cache (measured: 2-3x faster than one batch-wide bmm at B >= 128).
-_CONV_CHUNK = 16
+PER_SAMPLE_KEEP_FLOATS = 1 << 26
+"""Floats (4 bytes each) of materialised per-sample gradients kept per batch for the clipped sum.
+
+Past this budget (256 MB) a materialised layer keeps only its norms, and its clipped sum is
+recomputed by book-keeping (one weighted weight-gradient call): same result, bounded memory
+(the 11 M-parameter ResNet at batch 64 would otherwise hold about 1 GB).
+"""
 
 
-def _conv2d_per_sample_weight_grads(m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """Per-sample weight gradients of a ``groups=1`` Conv2d, flattened: B x (Cout·Cin·kh·kw).
+def ghost_is_cheaper(positions: int, fan_in: int, fan_out: int) -> bool:
+    """Whether ghost norm beats materialising per-sample gradients for one layer.
 
-    ``a`` is the layer input BxCinxHxW, ``g`` the gradient of the summed loss with respect to
-    the layer output BxCoutxHoxWo.
+    A layer whose per-sample weight gradient is ``Σ_t a_t g_tᵀ`` over ``T = positions``
+    (the output positions of a convolution, the steps of a Linear applied to a sequence), with
+    ``a_t`` of length ``d = fan_in`` (``Cin/groups · kh · kw`` for a convolution) and ``g_t``
+    of length ``p = fan_out``, has the per-sample squared norm ``⟨A Aᵀ, G Gᵀ⟩`` (A is T x d,
+    G is T x p). Ghost norm costs ``T²·(d + p)`` multiply-adds per sample and never holds a
+    d x p matrix per sample; materialising costs ``T·d·p`` and writes ``d·p`` floats per
+    sample. Ghost wins when ``T·(d + p) < d·p``. This is the "mixed ghost norm" idea of Bu et
+    al. (2022) with the cost of our kernels: their ``2T² < d·p`` sends a ResNet's 16x16 stage
+    (T = 256, d = 1152, p = 128) to ghost norm, where materialising measured 2.4x faster here.
+    A sample's gradient (T = 1) always goes to ghost norm: ``‖g aᵀ‖ = ‖g‖·‖a‖``.
+    """
+    return positions * (fan_in + fan_out) < fan_in * fan_out
+
+
+@dataclass(frozen=True)
+class FusedLayer:
+    """How the fused engine treats one parameterised layer (see :func:`fused_plan`).
+
+    Attributes
+    ----------
+    name:
+        The layer's qualified name in the model (``features.3.conv1``).
+    kind:
+        ``Linear``, ``Conv2d`` or ``GroupNorm``.
+    method:
+        ``ghost`` (norm from Gram matrices, clipped sum by one weighted weight-gradient
+        product, the book-keeping trick), ``per-sample`` (per-sample weight gradients
+        materialised once, used for the norm and the clipped sum) or ``per-channel``
+        (GroupNorm's affine parameters: ``B x C`` per-sample gradients, always cheap).
+    positions, fan_in, fan_out:
+        T, d and p of :func:`ghost_is_cheaper` for this layer at the probed input size.
+    """
+
+    name: str
+    kind: str
+    method: Literal["ghost", "per-sample", "per-channel"]
+    positions: int
+    fan_in: int
+    fan_out: int
+
+
+def _conv_args(m: nn.Conv2d) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+    if isinstance(m.padding, str):  # refused in _Fused.__init__
+        raise NotImplementedError("string padding")
+    return (
+        (int(m.stride[0]), int(m.stride[1])),
+        (int(m.padding[0]), int(m.padding[1])),
+        (int(m.dilation[0]), int(m.dilation[1])),
+    )
+
+
+def _conv_weight_grad(
+    m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, weight_shape: Sequence[int], groups: int
+) -> torch.Tensor:
+    """The weight gradient of a convolution with ``m``'s geometry (one oneDNN call)."""
+    stride, padding, dilation = _conv_args(m)
+    out: torch.Tensor = nn_grad.conv2d_weight(  # type: ignore[no-untyped-call]
+        a, list(weight_shape), g, stride, padding, dilation, groups
+    )
+    return out
+
+
+def _conv_per_sample(m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Per-sample weight gradients, B x (Cout·Cin/groups·kh·kw) in the weight's layout.
+
+    One weight-gradient call of a convolution whose groups are (sample, group) pairs: the batch
+    is folded into the channels, so each sample's input channels meet only its own output
+    gradient. Handles stride, padding, dilation and groups as the layer does.
+    """
+    b = a.shape[0]
+    w = m.weight
+    if m.in_channels == 1:
+        # One input channel (a first layer on grey images): a single grouped convolution of
+        # the input by the output gradients, one group per sample, with stride and dilation
+        # swapped, measured 2x faster than the weight-gradient call. The result may overhang
+        # the kernel by up to stride-1 rows and columns: cropped.
+        (sh, sw), (ph, pw), (dh, dw) = _conv_args(m)
+        kh, kw = m.kernel_size
+        out = F.conv2d(a.reshape(1, b, a.shape[2], a.shape[3]),
+                       g.reshape(b * g.shape[1], 1, g.shape[2], g.shape[3]),
+                       padding=(ph, pw), stride=(dh, dw), dilation=(sh, sw), groups=b)
+        return out[:, :, :kh, :kw].reshape(b, -1)
+    folded = _conv_weight_grad(
+        m,
+        a.reshape(1, b * a.shape[1], a.shape[2], a.shape[3]),
+        g.reshape(1, b * g.shape[1], g.shape[2], g.shape[3]),
+        (b * w.shape[0], *w.shape[1:]),
+        b * m.groups,
+    )
+    return folded.reshape(b, -1)
+
+
+def _conv_patches(m: nn.Conv2d, a: torch.Tensor, ho: int, wo: int) -> torch.Tensor:
+    """The input patch of every output position: B x (Ho·Wo) x (kh·kw·Cin), groups=1 only.
+
+    A strided view of the padded, channels-last input, copied once (F.unfold measured several
+    times slower). Column order differs from the weight's layout; Gram matrices do not care.
     """
     b, cin = a.shape[0], a.shape[1]
-    cout, ho, wo = g.shape[1], g.shape[2], g.shape[3]
     kh, kw = m.kernel_size
-    sh, sw = m.stride
-    dh, dw = m.dilation
-    if isinstance(m.padding, str):
-        raise NotImplementedError("string padding")
-    ph, pw = int(m.padding[0]), int(m.padding[1])
-    if cin == 1:
-        # One grouped convolution (one group per sample): the input plays the image and the
-        # output gradient the kernel; stride and dilation swap roles.
-        out = F.conv2d(
-            a.reshape(1, b, a.shape[2], a.shape[3]),
-            g.reshape(b * cout, 1, ho, wo),
-            padding=(ph, pw),
-            stride=(dh, dw),
-            dilation=(sh, sw),
-            groups=b,
-        )
-        return out[:, :, :kh, :kw].reshape(b, cout * kh * kw)
-    # Channels-last strided view of the padded input (no im2col call: F.unfold is several
-    # times slower here), copied chunk by chunk into BxLx(kh·kw·Cin) and multiplied.
+    (sh, sw), (ph, pw), (dh, dw) = _conv_args(m)
     ap = F.pad(a, (pw, pw, ph, ph)) if (ph or pw) else a
     acl = ap.permute(0, 2, 3, 1).contiguous()
     s0, s1, s2, s3 = acl.stride()
-    out_chunks = []
-    for start in range(0, b, _CONV_CHUNK):
-        stop = min(b, start + _CONV_CHUNK)
-        cols = (
-            acl[start:stop]
-            .as_strided(
-                (stop - start, ho, wo, kh, kw, cin),
-                (s0, s1 * sh, s2 * sw, s1 * dh, s2 * dw, s3),
-            )
-            .reshape(stop - start, ho * wo, kh * kw * cin)
-        )
-        gw = torch.bmm(g[start:stop].reshape(stop - start, cout, ho * wo), cols)
-        out_chunks.append(gw.view(stop - start, cout, kh, kw, cin).permute(0, 1, 4, 2, 3))
-    return torch.cat(out_chunks).reshape(b, cout * cin * kh * kw)
+    return acl.as_strided(
+        (b, ho, wo, kh, kw, cin), (s0, s1 * sh, s2 * sw, s1 * dh, s2 * dw, s3)
+    ).reshape(b, ho * wo, kh * kw * cin)
+
+
+Finish = Callable[[torch.Tensor], torch.Tensor]
+"""coef (B,) -> the clipped sum of one parameter, Σ_i coef_i · grad_i."""
 
 
 class _Fused:
-    """Single-backward per-sample clipping for models built from Linear, Conv2d, GroupNorm."""
+    """Single-backward per-sample clipping for models built from Linear, Conv2d, GroupNorm.
+
+    One forward with hooks that keep each layer's input a and output; one autograd call for
+    the gradients g of the layer outputs only (autograd never forms the unclipped weight
+    gradients). Then, per layer, the per-sample squared norms by ghost norm or materialisation
+    (:func:`ghost_is_cheaper`), the clipping coefficients, and each parameter's clipped sum:
+    ``coef @ per_sample`` where materialised, else the book-keeping product — the layer's
+    ordinary weight gradient with every sample's g scaled by its coefficient,
+    ``Σ_i c_i A_iᵀ G_i = (c ⊙ A)ᵀ G``, one call, no second backward.
+    """
 
     SUPPORTED = (nn.Linear, nn.Conv2d, nn.GroupNorm)
 
@@ -136,20 +233,18 @@ class _Fused:
         self.c = max_grad_norm
         self.loss = loss
         self.layers: list[nn.Module] = []
+        self.names: dict[int, str] = {}
         covered: set[int] = set()
-        for _name, m in model.named_modules():
+        for name, m in model.named_modules():
             own = [p for p in m.parameters(recurse=False) if p.requires_grad]
             if not own:
                 continue
             if type(m) not in self.SUPPORTED:
                 raise NotImplementedError(f"fused mode does not support {type(m).__name__}")
-            if isinstance(m, nn.Conv2d) and (
-                m.groups != 1 or m.padding_mode != "zeros" or isinstance(m.padding, str)
-            ):
-                raise NotImplementedError(
-                    "fused mode supports Conv2d with groups=1, numeric zero padding"
-                )
+            if isinstance(m, nn.Conv2d) and (m.padding_mode != "zeros" or isinstance(m.padding, str)):
+                raise NotImplementedError("fused mode supports Conv2d with numeric zero padding")
             self.layers.append(m)
+            self.names[id(m)] = name
             covered.update(id(p) for p in own)
         if covered != {id(p) for p in params}:
             raise NotImplementedError(
@@ -158,6 +253,7 @@ class _Fused:
         self._records: list[tuple[nn.Module, torch.Tensor, torch.Tensor, int, int]] = []
         self._handles = [m.register_forward_hook(self._hook) for m in self.layers]
         self.params = params
+        self.plan: list[FusedLayer] = []
 
     def _hook(
         self, module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor
@@ -189,67 +285,105 @@ class _Fused:
                 )
         backprops = torch.autograd.grad(loss_sum, [r[2] for r in records])
         b = xb.shape[0]
-        sq = torch.zeros(b, dtype=loss_sum.dtype)
-        pending: list[tuple[nn.Module, str, torch.Tensor, torch.Tensor]] = []
-        # First pass: per-sample squared norms (and what the second pass needs).
+        self._sq = torch.zeros(b, dtype=loss_sum.dtype)
+        self._kept = 0
+        finish: dict[int, Finish] = {}
+        plan: list[FusedLayer] = []
+        # First pass: per-sample squared norms, and how each clipped sum will be formed.
         for (m, a, *_), g in zip(records, backprops, strict=True):
             if isinstance(m, nn.Linear):
-                a3 = a.reshape(b, -1, a.shape[-1])
-                g3 = g.reshape(b, -1, g.shape[-1])
-                if a3.shape[1] == 1:
-                    a2, g2 = a3[:, 0], g3[:, 0]
-                    gsq = g2.pow(2).sum(1)
-                    if m.weight.requires_grad:
-                        sq += a2.pow(2).sum(1) * gsq
-                        pending.append((m, "lin_w", a2, g2))
-                    if m.bias is not None and m.bias.requires_grad:
-                        sq += gsq
-                        pending.append((m, "b", g2, g2))
-                else:
-                    if m.weight.requires_grad:
-                        gw = torch.einsum("nto,nti->noi", g3, a3).reshape(b, -1)
-                        sq += torch.linalg.vector_norm(gw, dim=1).pow(2)
-                        pending.append((m, "w", gw, gw))
-                    if m.bias is not None and m.bias.requires_grad:
-                        gb = g3.sum(1)
-                        sq += gb.pow(2).sum(1)
-                        pending.append((m, "b", gb, gb))
-            elif isinstance(m, nn.GroupNorm):
-                # y = x̂·w + b per channel, x̂ the group-normalised input: the per-sample weight
-                # gradient is Σ_spatial g·x̂, the bias gradient Σ_spatial g (B x C each).
-                xhat = F.group_norm(a, m.num_groups, eps=m.eps).reshape(b, m.num_channels, -1)
-                g3 = g.reshape(b, m.num_channels, -1)
-                if m.weight is not None and m.weight.requires_grad:
-                    gw = (g3 * xhat).sum(2)
-                    sq += gw.pow(2).sum(1)
-                    pending.append((m, "w", gw, gw))
-                if m.bias is not None and m.bias.requires_grad:
-                    gb = g3.sum(2)
-                    sq += gb.pow(2).sum(1)
-                    pending.append((m, "b", gb, gb))
+                plan.append(self._linear(m, a, g, finish))
+            elif isinstance(m, nn.Conv2d):
+                plan.append(self._conv(m, a, g, finish))
             else:
-                assert isinstance(m, nn.Conv2d)
-                g4 = g.reshape(b, g.shape[1], g.shape[2], g.shape[3])
-                if m.weight.requires_grad:
-                    gw = _conv2d_per_sample_weight_grads(m, a, g4)  # B x Cout·Cin·kh·kw
-                    sq += torch.linalg.vector_norm(gw, dim=1).pow(2)
-                    pending.append((m, "w", gw, gw))
-                if m.bias is not None and m.bias.requires_grad:
-                    gb = g4.sum((2, 3))
-                    sq += gb.pow(2).sum(1)
-                    pending.append((m, "b", gb, gb))
-        coef = (self.c / (sq.sqrt() + _CLIP_EPS)).clamp(max=1.0)
-        # Second pass: clipped sums, one matmul per parameter.
-        clipped: dict[int, torch.Tensor] = {}
-        for m, kind, u, v in pending:
-            weight = cast(torch.Tensor, m.weight)
-            if kind == "lin_w":
-                clipped[id(weight)] = (v * coef[:, None]).t() @ u
-            elif kind == "w":
-                clipped[id(weight)] = (coef @ u.reshape(b, -1)).view_as(weight)
+                assert isinstance(m, nn.GroupNorm)
+                plan.append(self._group_norm(m, a, g, finish))
+        coef = (self.c / (self._sq.sqrt() + _CLIP_EPS)).clamp(max=1.0)
+        self.plan = plan
+        # Second pass: each parameter's clipped sum.
+        clipped = [finish[id(p)](coef).view_as(p) for p in self.params]
+        return clipped, float(loss_sum.item())
+
+    def _materialised(self, per_sample: torch.Tensor, fallback: Finish) -> Finish:
+        """Add the norms of B x k per-sample gradients; keep them for the sum if memory allows."""
+        self._sq += torch.linalg.vector_norm(per_sample, dim=1).square()  # no B x k temporary
+        if self._kept + per_sample.numel() > PER_SAMPLE_KEEP_FLOATS:
+            return fallback
+        self._kept += per_sample.numel()
+        return lambda coef: coef @ per_sample
+
+    def _bias(self, per_sample: torch.Tensor) -> Finish:
+        self._sq += torch.linalg.vector_norm(per_sample, dim=1).square()
+        return lambda coef: coef @ per_sample
+
+    def _linear(
+        self, m: nn.Linear, a: torch.Tensor, g: torch.Tensor, finish: dict[int, Finish]
+    ) -> FusedLayer:
+        b = a.shape[0]
+        a3 = a.reshape(b, -1, a.shape[-1])  # B x T x d
+        g3 = g.reshape(b, -1, g.shape[-1])  # B x T x p
+        t, d, p = a3.shape[1], a3.shape[2], g3.shape[2]
+        ghost = ghost_is_cheaper(t, d, p)
+
+        def book_keeping(coef: torch.Tensor) -> torch.Tensor:
+            return (g3 * coef[:, None, None]).reshape(-1, p).t() @ a3.reshape(-1, d)
+
+        if m.weight.requires_grad:
+            if t == 1:
+                self._sq += a3[:, 0].pow(2).sum(1) * g3[:, 0].pow(2).sum(1)
+                finish[id(m.weight)] = book_keeping
+            elif ghost:
+                gram = torch.bmm(a3, a3.transpose(1, 2)) * torch.bmm(g3, g3.transpose(1, 2))
+                self._sq += gram.sum((1, 2))
+                finish[id(m.weight)] = book_keeping
             else:
-                clipped[id(m.bias)] = coef @ u
-        return [clipped[id(p)] for p in self.params], float(loss_sum.item())
+                per_sample = torch.einsum("nto,nti->noi", g3, a3).reshape(b, -1)
+                finish[id(m.weight)] = self._materialised(per_sample, book_keeping)
+        if m.bias is not None and m.bias.requires_grad:
+            finish[id(m.bias)] = self._bias(g3.sum(1))
+        return FusedLayer(self.names[id(m)], "Linear", "ghost" if ghost else "per-sample", t, d, p)
+
+    def _conv(
+        self, m: nn.Conv2d, a: torch.Tensor, g: torch.Tensor, finish: dict[int, Finish]
+    ) -> FusedLayer:
+        b, cout, ho, wo = g.shape
+        kh, kw = m.kernel_size
+        t, d, p = ho * wo, (m.in_channels // m.groups) * kh * kw, cout // m.groups
+        # Ghost norm is written for groups=1 (a grouped layer's Gram matrices are per group).
+        ghost = m.groups == 1 and ghost_is_cheaper(t, d, p)
+        weight = m.weight
+
+        def book_keeping(coef: torch.Tensor) -> torch.Tensor:
+            return _conv_weight_grad(m, a, g * coef[:, None, None, None], weight.shape, m.groups)
+
+        if weight.requires_grad:
+            if ghost:
+                cols = _conv_patches(m, a, ho, wo)
+                g2 = g.reshape(b, cout, t)
+                gram = torch.bmm(cols, cols.transpose(1, 2))
+                del cols
+                self._sq += (gram * torch.bmm(g2.transpose(1, 2), g2)).sum((1, 2))
+                finish[id(weight)] = book_keeping
+            else:
+                finish[id(weight)] = self._materialised(_conv_per_sample(m, a, g), book_keeping)
+        if m.bias is not None and m.bias.requires_grad:
+            finish[id(m.bias)] = self._bias(g.sum((2, 3)))
+        return FusedLayer(self.names[id(m)], "Conv2d", "ghost" if ghost else "per-sample", t, d, p)
+
+    def _group_norm(
+        self, m: nn.GroupNorm, a: torch.Tensor, g: torch.Tensor, finish: dict[int, Finish]
+    ) -> FusedLayer:
+        # y = x̂·w + b per channel, x̂ the group-normalised input: the per-sample weight
+        # gradient is Σ_spatial g·x̂, the bias gradient Σ_spatial g (B x C each).
+        b = a.shape[0]
+        g3 = g.reshape(b, m.num_channels, -1)
+        if m.weight is not None and m.weight.requires_grad:
+            xhat = F.group_norm(a, m.num_groups, eps=m.eps).reshape(b, m.num_channels, -1)
+            finish[id(m.weight)] = self._bias((g3 * xhat).sum(2))
+        if m.bias is not None and m.bias.requires_grad:
+            finish[id(m.bias)] = self._bias(g3.sum(2))
+        return FusedLayer(self.names[id(m)], "GroupNorm", "per-channel", g3.shape[2], 1,
+                          m.num_channels)
 
 
 @contextlib.contextmanager
@@ -371,6 +505,27 @@ def resolve_grad_sample_mode(
     finally:
         fused.close()
     return "fused"
+
+
+def fused_plan(
+    model: nn.Module,
+    probe: tuple[torch.Tensor, torch.Tensor],
+    loss: PerExampleLoss | None = None,
+) -> list[FusedLayer]:
+    """How the fused engine treats each parameterised layer of ``model`` at ``probe``'s size.
+
+    Runs the engine once on ``probe`` (a few inputs and their targets; ``loss`` defaults to
+    cross-entropy of ``model(x)``) and returns one :class:`FusedLayer` per layer, in forward
+    order. The method depends on the input size (T), not on the batch size. Raises
+    ``NotImplementedError`` naming the reason when ``model`` is outside the fused engine.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    fused = _Fused(model, params, 1.0, loss or _default_loss)
+    try:
+        fused(*probe)
+    finally:
+        fused.close()
+    return list(fused.plan)
 
 
 def _default_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -51,6 +51,7 @@ from federation.tasks import (
     load_flat_params,
     resolve_task,
 )
+from federation.updates import NoisedUpdate, PlainUpdate
 
 __all__ = ["NO_HOOKS", "ClientHooks", "LocalData", "check_global", "handle_evaluate", "handle_train",
            "handle_verify", "local_data", "raw_partition"]
@@ -297,7 +298,9 @@ def handle_train(
     metrics.update({P.NUM_EXAMPLES: result.num_examples, P.M_STEPS: result.steps})
     if np.isfinite(result.mean_loss):  # NaN when every Poisson batch of a tiny client was empty
         metrics[P.M_TRAIN_LOSS] = result.mean_loss
-    arrays = secure.encode_update(update, state, cfg, metrics)
+    # what leaves: DP-SGD's output when the plan noised it (the ledger recorded it above)
+    released = NoisedUpdate(PlainUpdate(update)) if plan is not None else PlainUpdate(update)
+    arrays = secure.encode_update(released, state, cfg, metrics)
     if hooks.poison_upload is not None:
         arrays = hooks.poison_upload(arrays, {"round": round_, "cfg": cfg, P.M_PARTITION_ID: pid,
                                               "state": state, "global": global_vec})

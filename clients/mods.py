@@ -44,6 +44,7 @@ from federation import protocol as P
 from federation.arrays import ArrayLayout
 from federation.config import SecureAggregation
 from federation.errors import FedguardError, PrivacyBudgetExceeded, RejectedUpdate
+from federation.updates import PlainUpdate
 
 __all__ = ["enable_fedguard", "fedguard_mod"]
 
@@ -133,7 +134,7 @@ def _train(msg: Message, context: Context, call_next: CallNext) -> Message:
     metrics[P.M_TRAIN_SECONDS] = train_seconds
     if cfg.dp.enabled:
         metrics[P.M_EPSILON] = spent_epsilon(context, cfg, int(metrics[P.NUM_EXAMPLES]))
-    arrays = secure.encode_update(update, context.state, cfg, metrics)
+    arrays = secure.encode_update(PlainUpdate(update), context.state, cfg, metrics)
     return _reply(msg, P.STATUS_OK, "", metrics, arrays)
 
 

@@ -18,6 +18,7 @@ from federation import protocol as P
 from federation.config import FedConfig, SecureAggregation
 from federation.errors import GlobalRefused, ProtocolError, RejectedUpdate
 from federation.records import record_vector, vector_record
+from federation.updates import PlainUpdate
 
 __all__ = ["encode_update", "read_global"]
 
@@ -54,9 +55,13 @@ def read_global(
 
 
 def encode_update(
-    update: npt.NDArray[np.float32], state: RecordDict, cfg: FedConfig, metrics: dict[str, float]
+    update: PlainUpdate, state: RecordDict, cfg: FedConfig, metrics: dict[str, float]
 ) -> dict[str, Any]:
-    """The records carrying ``update`` to the server; adds ``bytes-up`` (and timings)."""
+    """The records carrying ``update`` to the server; adds ``bytes-up`` (and timings).
+
+    ``update`` is this trainer's plaintext update (a ``NoisedUpdate`` when DP-SGD produced it):
+    sent as is in plaintext mode, encrypted under CKKS.
+    """
     if cfg.secure.mode is SecureAggregation.CKKS:
         from clients import encrypted
 

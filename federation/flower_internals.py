@@ -11,6 +11,9 @@ fedguard feature              Flower internal it needs                        of
 SuperNode fast polling and    ``flwr.supernode.start_client_internal.time``,   stock SuperNode
 10 s heartbeat                ``HEARTBEAT_DEFAULT_INTERVAL`` (two modules)     (3 s polling, 30 s)
 SuperNode exit record         ``flwr_exit`` as imported by the SuperNode       log lines only
+node leaves at once on       ``start_client_internal.http_request_response``, wait out the
+SIGTERM; release of a node a  ``FleetHttpClient``, ``NodeAuthHttpInterceptor``, heartbeat window
+dead SuperNode left online    ``add_exit_handler`` (Fleet ``DeactivateNode``)   (2 beats)
 ServerApp fast reply polling  ``flwr.superlink.grid.http_grid.HttpGrid``       Flower's 3 s pulls
 warm ClientApp launcher       ``flwr.proto.runtime_pb2.AcquireTaskRequest``,   a fresh process per
                               ``flwr.supercore.runtime.RuntimeHttpClient``,    message (Flower's
@@ -52,8 +55,10 @@ __all__ = [
     "API_CODE_ACTIVATION_FAILED",
     "FLOWER_HELPERS",
     "FLOWER_SERIES",
+    "RELEASE_LINE_PREFIX",
     "SUPERLINK_PATTERNS",
     "SUPERNODE_PATTERNS",
+    "SUPERNODE_RELEASE_ENV",
     "SUPERNODE_STATUS_ENV",
     "ExitRecord",
     "RuntimeTasks",
@@ -62,6 +67,7 @@ __all__ = [
     "flower_version",
     "http_grid_type",
     "install_exit_record",
+    "install_node_handover",
     "patch_supernode_polling",
     "read_exit_record",
     "register_keys",
@@ -81,6 +87,13 @@ FLOWER_SERIES = "1.42."
 
 SUPERNODE_STATUS_ENV = "FEDGUARD_SUPERNODE_STATUS"
 """Environment variable naming the JSON file the SuperNode's exit record is written to."""
+
+SUPERNODE_RELEASE_ENV = "FEDGUARD_SUPERNODE_RELEASE"
+"""Environment variable ``NODE_ID:SETTLE_SECONDS``: the node a dead predecessor left online,
+which the SuperNode releases before it connects (:func:`install_node_handover`)."""
+
+RELEASE_LINE_PREFIX = "fedguard release: "
+"""How the SuperNode's lines about that release start (``fedguard client`` passes them on)."""
 
 API_CODE_ACTIVATION_FAILED = 2004
 """Flower's ``ApiErrorCode.FLEET_NODE_ACTIVATION_FAILED``: the SuperLink did not activate the
@@ -157,6 +170,8 @@ def features_off() -> list[str]:
         "SuperNode fast polling and 10 s heartbeat (stock SuperNode: 3 s idle polling, 30 s "
         "heartbeat; a dead client is noticed after up to 60 s)",
         "SuperNode exit record (refusal causes come from log lines only)",
+        "prompt leave on SIGTERM and release of a node a dead SuperNode left online (a "
+        "restarted client may wait until the SuperLink declares it dead: 2 heartbeats)",
         "ServerApp fast reply polling (Flower's fixed 3 s between pulls)",
         "warm ClientApp launcher (Flower's SuperExec starts a fresh process per message)",
         "key registration in one interpreter (one flwr process per key)",
@@ -303,6 +318,101 @@ def install_exit_record(path: Path) -> bool:
                 _merge_record(path, {"left": True})
 
         start_client_internal.http_request_response = recording_connection  # type: ignore[attr-defined]
+    return True
+
+
+def install_node_handover(release: tuple[int, float] | None,
+                          emit: Callable[[str], None]) -> bool:
+    """Make the SuperNode in this process leave the SuperLink promptly, and clean up after
+    a predecessor that did not.
+
+    * **Leaving.** On SIGTERM, Flower's SuperNode runs its exit handlers under a 5 s force-exit
+      timer and deactivates its node only when the connection unwinds afterwards; when the
+      handlers take longer, the process ends without deactivating and the node stays
+      *online* at the SuperLink for two heartbeats. Here the node is deactivated first, by an
+      exit handler that runs before that timer starts (Flower's Fleet ``DeactivateNode``).
+    * **Releasing.** With ``release = (node_id, settle)``: a SuperNode that died without
+      leaving (SIGKILL, a machine crash) left ``node_id`` online, and a SuperNode with the
+      same key is refused until two heartbeats pass. Its successor holds that key, so before
+      connecting it sends the ``DeactivateNode`` the dead one could not, signed with it, then
+      waits ``settle`` seconds (non-zero when the dead one held a message: the server must
+      pull once while the node is offline to record that message as lost; fedguard's
+      ServerApp pulls every 0.5 s or less, Flower's grid every 3 s).
+
+    ``emit`` receives one line about the release. Returns False (nothing installed) on
+    another Flower version.
+    """
+    if not supported():
+        return False
+    try:
+        import httpx
+        from flwr.proto.fleet_pb2 import DeactivateNodeRequest
+        from flwr.supercore.exit.exit_handler import add_exit_handler
+        from flwr.supercore.interceptors.http.runtime_version import (
+            RuntimeVersionHttpInterceptor,
+        )
+        from flwr.supernode import start_client_internal
+        from flwr.supernode.fleet_http_client import FleetHttpClient
+        from flwr.supernode.node_auth_http_interceptor import NodeAuthHttpInterceptor
+    except ImportError:  # pragma: no cover - another Flower layout
+        return False
+    connect = getattr(start_client_internal, "http_request_response", None)
+    if connect is None:  # pragma: no cover
+        return False
+    pending = release
+
+    def deactivate(target: tuple[str, bool, Any, Any], node_id: int) -> None:
+        """Flower's ``DeactivateNode`` for ``node_id``, signed with the node's key (raises)."""
+        address, insecure, roots, keys = target
+        with FleetHttpClient.from_server_address(
+            address, insecure, roots,
+            interceptors=[RuntimeVersionHttpInterceptor(component_name="SuperNode"),
+                          NodeAuthHttpInterceptor(*keys)],
+        ) as client:
+            client.DeactivateNode(DeactivateNodeRequest(node_id=node_id))
+
+    def release_predecessor(target: tuple[str, bool, Any, Any], node_id: int,
+                            settle: float) -> None:
+        try:
+            deactivate(target, node_id)
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code == httpx.codes.UNAUTHORIZED:
+                emit(f"node {node_id} is not this key's node at the SuperLink (it restarted): "
+                     "nothing to release")
+            else:  # FLEET_NODE_DEACTIVATION_FAILED: offline already
+                emit(f"node {node_id} is already offline at the SuperLink: nothing to release")
+            return
+        except (httpx.HTTPError, OSError, ValueError) as exc:
+            emit(f"could not release node {node_id} at the SuperLink ({type(exc).__name__}); "
+                 "connecting anyway")
+            return
+        emit(f"released node {node_id} at the SuperLink (its previous SuperNode died without "
+             "leaving)" + (f"; waiting {settle:g}s so that the server records the message it "
+                           "held as lost" if settle > 0 else ""))
+        _time.sleep(settle)
+
+    @contextlib.contextmanager
+    def handing_over(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        nonlocal pending
+        target = (str(args[0]), bool(args[1]), args[2], args[3]) if len(args) >= 4 else None
+        if pending is not None and target is not None and target[3] is not None:
+            node_id, settle = pending
+            pending = None  # once: later connections of this process are its own node's
+            release_predecessor(target, node_id, settle)
+        with connect(*args, **kwargs) as conn:
+            if target is not None and target[3] is not None and conn and isinstance(conn[0], int):
+                node_id = conn[0]
+
+                def leave_first() -> None:
+                    try:
+                        deactivate(target, node_id)
+                    except Exception:  # noqa: BLE001 - Flower's own deactivation still follows
+                        pass
+
+                add_exit_handler(leave_first, run_before_force_exit=True)
+            yield conn
+
+    start_client_internal.http_request_response = handing_over  # type: ignore[attr-defined]
     return True
 
 

@@ -6,9 +6,9 @@ Two tasks, both 10-class classifiers:
 * :data:`RESNET_10M` — widths 128/256/512, two blocks per stage: 11.09 M parameters.
 
 GroupNorm instead of BatchNorm: BatchNorm mixes the examples of a batch, which breaks
-per-example clipping (Opacus refuses it). The fused per-sample-gradient engine does not cover
-GroupNorm, so DP training of these models runs on Opacus hooks (measured by
-``fedguard bench dp --models``).
+per-example clipping (Opacus refuses it). The fused per-sample-gradient engine covers every
+layer here (``clients.grad_sample.fused_plan``: the 32x32 and 16x16 stages by materialised
+per-sample gradients, the 8x8 stage by ghost norm); ``fedguard bench models`` measures it.
 
 Data: a directory in the CIFAR-10 *binary* layout (``data_batch_1.bin`` ... ``data_batch_5.bin``
 and ``test_batch.bin``; each record one label byte and 3072 pixel bytes, channel-major) when the

@@ -184,9 +184,13 @@ def make_server_app(overrides: Mapping[str, Any] | None = None,
         resume_flag = bool(flat.pop("resume", False)) or resume
         try:
             cfg = resolve_for_run(from_flat(flat), grid)
-        except ConfigError as exc:  # one line naming the key, not a traceback
+        except ConfigError as exc:  # one line naming the key, then a failed run
             print(f"fedguard: bad setting: {exc}", file=sys.stderr, flush=True)
-            raise SystemExit(2) from None
+            # Raised, not SystemExit: Flower marks a run whose ServerApp raises an Exception
+            # `finished:failed` with the message as its details (what `flwr ls` and
+            # `python -m simulations.flwr_run` report); a SystemExit slips past its handler
+            # and the run reads `finished:completed`.
+            raise exc from None
         if grid_hook is not None:
             watched = grid_hook(grid)
         elif cfg.run.out_dir:  # the phase for `fedguard server`'s live line and for operators

@@ -288,9 +288,11 @@ def annotate_summary(out_dir: Path) -> dict[str, Any] | None:
     """Add ``crash_recovery`` to ``summary.json`` from ``metrics.jsonl``; return the summary.
 
     ``crash_recovery`` = ``{"server_restarts": N, "rounds_retrained": [r, ...],
-    "rounds_missing_clients": {"r": {"node": "why", ...}}}``: the rounds a server crash cost
-    (trained again after ``--resume``) and, per round, the clients whose update was lost
-    (a crashed or unreachable client: reason starting with ``lost``). None without a summary.
+    "rounds_missing_clients": {"r": {"node": "why", ...}}, "rounds_missed_by_client":
+    {"node": n}}``: the rounds a server crash cost (trained again after ``--resume``), per
+    round the clients whose update was lost (a crashed, restarting or unreachable client:
+    reason starting with ``lost``, e.g. ``lost: offline: not connected during the round``),
+    and how many rounds each of them missed. None without a summary.
     """
     from server.report import atomic_write
 
@@ -307,10 +309,15 @@ def annotate_summary(out_dir: Path) -> dict[str, Any] | None:
         lost = {str(k): str(v) for k, v in refused.items() if str(v).startswith("lost")}
         if lost and "event" not in r:
             missing.setdefault(str(r.get("round")), {}).update(lost)
+    missed: dict[str, int] = {}
+    for lost_in_round in missing.values():
+        for node in lost_in_round:
+            missed[node] = missed.get(node, 0) + 1
     summary["crash_recovery"] = {
         "server_restarts": len(restarts),
         "rounds_retrained": sorted({int(r["round"]) for r in restarts}),
         "rounds_missing_clients": missing,
+        "rounds_missed_by_client": dict(sorted(missed.items())),
     }
     atomic_write(path, (json.dumps(summary, indent=2) + "\n").encode())
     return dict(summary)

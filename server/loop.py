@@ -50,6 +50,7 @@ from server.replies import describe_error_reply
 from server.schemes import Scheme, U
 
 __all__ = [
+    "REJOIN_WAIT",
     "ClientResult",
     "GridLike",
     "RoundReport",
@@ -229,6 +230,55 @@ def exchange(
     return replies, lost
 
 
+_OFFLINE_REASON = "offline: not connected during the round"
+"""Why a node that was not connected while its round ran has no reply (``lost: ...``)."""
+
+
+def _train_exchange(
+    grid: GridLike,
+    node_contents: dict[int, RecordDict],
+    round_: int,
+    timeout: float,
+    *,
+    expected_back: set[int],
+    rejoin_wait: float,
+    clock: Callable[[], float],
+    sleep: Callable[[float], None],
+) -> tuple[dict[int, Message], dict[int, str]]:
+    """One train phase in which a node that is offline when it starts can still take part.
+
+    A message to an offline node is answered at once by the SuperLink with an error, so a
+    client that crashed in the previous round and is restarting would miss this round too.
+    Instead, the nodes connected now get their messages; afterwards, each node that has come
+    back (re)connected gets its message (the round waits for it). Nodes in ``expected_back``
+    (lost in the previous round) are waited for up to ``rejoin_wait`` seconds after the others
+    replied. A node still offline then is lost with :data:`_OFFLINE_REASON`. Returns
+    ``(replies, lost)`` like :func:`exchange`.
+    """
+    online = {int(n) for n in grid.get_node_ids()}
+    later = {n: c for n, c in node_contents.items() if n not in online}
+    now_ = {n: c for n, c in node_contents.items() if n in online}
+    replies, lost = exchange(grid, now_, P.MSG_TRAIN, round_, timeout) if now_ else ({}, {})
+    deadline = clock() + rejoin_wait
+    while later:
+        online = {int(n) for n in grid.get_node_ids()}
+        back = {n: c for n, c in later.items() if n in online}
+        if back:
+            log.info("round %d: node(s) %s came back; sending them this round", round_, sorted(back))
+            more, more_lost = exchange(grid, back, P.MSG_TRAIN, round_, timeout)
+            replies.update(more)
+            lost.update(more_lost)
+            for n in back:
+                del later[n]
+            continue
+        if not expected_back & set(later) or clock() >= deadline:
+            break
+        sleep(0.5)
+    for n in later:
+        lost[n] = _OFFLINE_REASON
+    return replies, lost
+
+
 def _metrics_of(content: RecordDict) -> dict[str, float]:
     if P.METRICS not in content.metric_records:
         raise ProtocolError("reply has no metrics record")
@@ -296,6 +346,11 @@ def _parse_eval(content: RecordDict) -> dict[str, float]:
             raise ProtocolError("evaluation metrics out of range")
     return m
 
+
+REJOIN_WAIT = 30.0
+"""Seconds a node lost in one train phase (a crashed client restarting) may take to come back
+in the next one, counted once the others have replied; a node that does not is not waited for
+again until it has replied once more (see :func:`run_federation`)."""
 
 MAX_RECOVERIES_PER_ROUND = 2
 """Rollbacks one round's phase may trigger before the loop goes on with what it has."""
@@ -475,12 +530,19 @@ def run_federation(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
     node_wait: float = 120.0,
+    rejoin_wait: float = REJOIN_WAIT,
 ) -> RunResult:
     """Run rounds ``start_round .. cfg.run.rounds`` and return how the run ended.
 
     A bad reply costs that reply only: it is recorded with a reason and the round goes on
     while at least ``min-clients`` (default 1) accepted updates remain. A global that the
     trainers refuse costs its round (rolled back, attributed, redone), never the run.
+
+    A node that is offline when a train phase starts (a crashed client restarting) gets its
+    message once it is back, within the same phase; one lost in the previous train phase is
+    waited for up to ``rejoin_wait`` seconds after the others replied (once: a node that did
+    not come back is not waited for again until it has replied). So a client killed mid-round
+    and restarted misses that round only, if it reconnects before the next one ends.
     """
     obs = observer or _NullObserver()
     flat = to_flat(cfg)
@@ -505,12 +567,21 @@ def run_federation(
     rolled_back: list[int] = []
     rnd, recoveries, t0 = start_round, 0, clock()
     extra_timings: dict[str, float] = {}
+    lost_last: set[int] = set()  # nodes without a reply in the previous train phase
+    gone: set[int] = set()  # waited for once in vain: not waited for again until they reply
     while rnd <= cfg.run.rounds:
         t_phase = clock()
         global_round = scheme.global_round
         contents = _contents(scheme, flat, nodes, rnd)
         down = {n: scheme.bytes_down(n) for n in nodes}
-        replies, lost = exchange(grid, contents, P.MSG_TRAIN, rnd, cfg.run.round_timeout)
+        # A node lost last round (a crashed client restarting) may come back within
+        # rejoin_wait; one that did not is not waited for again until it has replied.
+        replies, lost = _train_exchange(
+            grid, contents, rnd, cfg.run.round_timeout, expected_back=lost_last - gone,
+            rejoin_wait=rejoin_wait, clock=clock, sleep=sleep)
+        gone = (gone | (lost_last & set(lost))) - set(replies)
+        lost_last = set(lost)
+        down = {n: b for n, b in down.items() if lost.get(n) != _OFFLINE_REASON}  # not sent
         t_train = clock() - t_phase
 
         results: list[ClientResult[U]] = [ClientResult(n, "lost", reason) for n, reason in lost.items()]

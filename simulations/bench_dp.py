@@ -72,9 +72,15 @@ def time_epochs(
     lr: float = 0.05,
     momentum: float = 0.9,
     task: str = "fashion-mnist",
+    threads: int = 1,
     log: Log = _stderr,
 ) -> dict[str, Any]:
     """Seconds per local epoch, non-private vs each DP grad-sample mode, side by side.
+
+    Every run, plain and private, uses ``threads`` torch threads (checked after each run and
+    reported as ``torch_threads``): a ratio of epochs on different thread counts means nothing.
+    Seconds are wall-clock of the training loop; ``cpu_s`` beside them is the process CPU time
+    of the same loop, less disturbed by other load on the machine.
 
     Parameters
     ----------
@@ -93,51 +99,72 @@ def time_epochs(
         ``{"<batch>": {"plain": {...}, "<mode>": {"min_s", "median_s", "ratio_min",
         "ratio_median"}}}`` plus ``best`` (fastest mode and its ratio at each batch size).
     """
-    result: dict[str, Any] = {}
-    for batch in batch_sizes:
-        runs: dict[str, list[float]] = {"plain": [], **{m: [] for m in modes}}
-        for rep in range(repeats):
-            for mode in ["plain", *modes]:
-                model = build_model(task, 0)
-                plan = None if mode == "plain" else DPPlan(noise_multiplier, max_grad_norm, mode)  # type: ignore[arg-type]
-                r = train_local(
-                    model,
-                    x,
-                    y,
-                    epochs=1,
-                    batch_size=batch,
-                    lr=lr,
-                    momentum=momentum,
-                    seed=rep,
-                    dp=plan,
-                    task=resolve_task(task),
-                )
-                runs[mode].append(r.seconds)
-                log(
-                    f"[bench dp] batch {batch} repeat {rep + 1}/{repeats} {mode:<9} "
-                    f"{r.seconds:6.2f} s"
-                )
-        base_min = min(runs["plain"])
-        base_med = statistics.median(runs["plain"])
-        row: dict[str, Any] = {}
-        for mode, secs in runs.items():
-            row[mode] = {
-                "min_s": round(min(secs), 4),
-                "median_s": round(statistics.median(secs), 4),
-                "ratio_min": round(min(secs) / base_min, 3),
-                "ratio_median": round(statistics.median(secs) / base_med, 3),
-                "all_s": [round(s, 4) for s in secs],
-            }
-        best = min(modes, key=lambda m: row[m]["ratio_min"]) if modes else None
-        row["best"] = None if best is None else {"mode": best, **row[best]}
-        result[str(batch)] = row
-        if best is not None:
-            log(
-                f"[bench dp] batch {batch}: plain {base_min:.2f} s/epoch; best DP mode {best} "
-                f"{row[best]['min_s']:.2f} s/epoch = {row[best]['ratio_min']:.2f}x "
-                f"(minima of {repeats})"
-            )
+    result: dict[str, Any] = {"torch_threads": threads}
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for batch in batch_sizes:
+            result[str(batch)] = _time_batch(x, y, batch, modes, repeats, noise_multiplier,
+                                             max_grad_norm, lr, momentum, task, threads, log)
+    finally:
+        torch.set_num_threads(previous_threads)
     return result
+
+
+def _time_batch(x: np.ndarray, y: np.ndarray, batch: int, modes: Sequence[str], repeats: int,
+                noise_multiplier: float, max_grad_norm: float, lr: float, momentum: float,
+                task: str, threads: int, log: Log) -> dict[str, Any]:
+    runs: dict[str, list[float]] = {"plain": [], **{m: [] for m in modes}}
+    cpu: dict[str, list[float]] = {"plain": [], **{m: [] for m in modes}}
+    for rep in range(repeats):
+        for mode in ["plain", *modes]:
+            model = build_model(task, 0)
+            plan = None if mode == "plain" else DPPlan(noise_multiplier, max_grad_norm, mode)  # type: ignore[arg-type]
+            c0 = time.process_time()
+            r = train_local(
+                model,
+                x,
+                y,
+                epochs=1,
+                batch_size=batch,
+                lr=lr,
+                momentum=momentum,
+                seed=rep,
+                dp=plan,
+                task=resolve_task(task),
+            )
+            cpu[mode].append(time.process_time() - c0)
+            if torch.get_num_threads() != threads:
+                raise RuntimeError(f"{mode} epoch changed torch threads to "
+                                   f"{torch.get_num_threads()} (expected {threads})")
+            runs[mode].append(r.seconds)
+            log(
+                f"[bench dp] batch {batch} repeat {rep + 1}/{repeats} {mode:<9} "
+                f"{r.seconds:6.2f} s ({cpu[mode][-1]:.2f} CPU-s)"
+            )
+    base_min = min(runs["plain"])
+    base_med = statistics.median(runs["plain"])
+    base_cpu = min(cpu["plain"])
+    row: dict[str, Any] = {}
+    for mode, secs in runs.items():
+        row[mode] = {
+            "min_s": round(min(secs), 4),
+            "median_s": round(statistics.median(secs), 4),
+            "ratio_min": round(min(secs) / base_min, 3),
+            "ratio_median": round(statistics.median(secs) / base_med, 3),
+            "all_s": [round(s, 4) for s in secs],
+            "cpu_min_s": round(min(cpu[mode]), 4),
+            "cpu_ratio_min": round(min(cpu[mode]) / base_cpu, 3),
+        }
+    best = min(modes, key=lambda m: row[m]["ratio_min"]) if modes else None
+    row["best"] = None if best is None else {"mode": best, **row[best]}
+    if best is not None:
+        log(
+            f"[bench dp] batch {batch}: plain {base_min:.2f} s/epoch; best DP mode {best} "
+            f"{row[best]['min_s']:.2f} s/epoch = {row[best]['ratio_min']:.2f}x wall, "
+            f"{row[best]['cpu_ratio_min']:.2f}x CPU (minima of {repeats}, {threads} threads)"
+        )
+    return row
 
 
 def accuracy_at_epsilon(
@@ -259,7 +286,8 @@ def bench_dp(
         x = normalize(data.train_x[shard])
         y = np.asarray(data.train_y[shard], dtype=np.int64)
         t0 = time.perf_counter()
-        epoch = time_epochs(x, y, batch_sizes=batch_sizes, modes=modes, repeats=repeats, log=log)
+        epoch = time_epochs(x, y, batch_sizes=batch_sizes, modes=modes, repeats=repeats,
+                            threads=threads, log=log)
         result: dict[str, Any] = {
             "benchmark": "dp",
             "quick": quick,
@@ -376,19 +404,65 @@ class _PeakMemory:
         self.peak = max(self.peak, _descendants_rss(os.getpid()))
 
 
-def fused_coverage(task: str) -> dict[str, Any]:
-    """Which parameters the fused engine covers for ``task``'s model, and the mode ``auto`` picks."""
-    from clients.grad_sample import resolve_grad_sample_mode
+def fused_coverage(task: str, probe: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, Any]:
+    """Which parameters the fused engine covers for ``task``'s model, and how.
+
+    ``auto_mode`` is what ``grad-sample-mode = auto`` picks. With ``probe`` (two inputs of the
+    task's size and their targets), ``methods`` gives, per method of
+    :func:`clients.grad_sample.fused_plan` (``ghost``, ``per-sample``, ``per-channel``), the
+    layers and the parameters it handles at that input size.
+    """
+    from clients.grad_sample import fused_plan, resolve_grad_sample_mode
 
     model = build_model(task, 0)
-    covered = sum(p.numel() for m in model.modules() if type(m) in (torch.nn.Linear, torch.nn.Conv2d)
+    supported = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.GroupNorm)
+    covered = sum(p.numel() for m in model.modules() if type(m) in supported
                   for p in m.parameters(recurse=False))
     total = sum(p.numel() for p in model.parameters())
     others = sorted({type(m).__name__ for m in model.modules()
-                     if type(m) not in (torch.nn.Linear, torch.nn.Conv2d)
+                     if type(m) not in supported
                      and any(True for _ in m.parameters(recurse=False))})
-    return {"parameters": total, "in_linear_conv": covered, "uncovered_layer_types": others,
-            "auto_mode": resolve_grad_sample_mode(model)}
+    row: dict[str, Any] = {"parameters": total, "in_fused_layers": covered,
+                           "uncovered_layer_types": others,
+                           "auto_mode": resolve_grad_sample_mode(model)}
+    if probe is not None and row["auto_mode"] == "fused":
+        modules = dict(model.named_modules())
+        methods: dict[str, dict[str, int]] = {}
+        for layer in fused_plan(model, probe):
+            entry = methods.setdefault(layer.method, {"layers": 0, "parameters": 0})
+            entry["layers"] += 1
+            entry["parameters"] += sum(p.numel() for p in modules[layer.name].parameters(False))
+        row["methods"] = methods
+    return row
+
+
+def _start_ray(log: Log, attempts: int = 4, pause_s: float = 10.0) -> None:
+    """Start Ray for the next simulation, retrying when its start-up times out.
+
+    Under heavy load Ray's node start-up gives up after a fixed 30 s ("the current node timed
+    out during startup"); Flower's Ray backend then fails the whole run. Flower uses an
+    already-running Ray as it is, so the benchmark starts it here, with retries, with the
+    resources the simulation asks for (all cores, one per client, no dashboard).
+    """
+    import logging
+
+    import ray
+
+    from simulations.simulate import quiet_flower
+
+    quiet_flower()
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(num_cpus=os.cpu_count() or 1, num_gpus=0, include_dashboard=False,
+                     log_to_driver=False, logging_level=logging.ERROR)
+            return
+        except Exception as exc:  # Ray raises a bare Exception for the start-up timeout
+            ray.shutdown()
+            if attempt == attempts:
+                raise
+            log(f"[bench models] Ray start-up failed ({str(exc)[:120]}); retry {attempt} of "
+                f"{attempts - 1} in {pause_s * attempt:.0f} s")
+            time.sleep(pause_s * attempt)
 
 
 def _round_stats(summary: dict[str, Any], out_dir: Path) -> dict[str, Any]:
@@ -396,13 +470,18 @@ def _round_stats(summary: dict[str, Any], out_dir: Path) -> dict[str, Any]:
             if line.strip()]
     per_round = [r["seconds"] for r in rows if r.get("seconds")]
     timing = {k: statistics.median(r["timings"].get(k, 0.0) for r in rows)
-              for k in ("screen", "aggregate", "client-encrypt-seconds-max",
-                        "client-decrypt-seconds-max", "client-train-seconds-max")}
+              for k in (*_CRYPTO_PHASES, "client-train-seconds-max", "train-phase")}
     return {"seconds_per_round": per_round,
             "median_round_seconds": statistics.median(per_round[1:] or per_round),
             "upload_bytes_per_param": summary.get("upload_bytes_per_param"),
             "timings_median": {k: round(v, 3) for k, v in timing.items()},
+            "crypto_seconds_median": round(sum(timing[k] for k in _CRYPTO_PHASES), 3),
             "rounds_completed": summary.get("rounds_completed")}
+
+
+# The phases of a round that encryption adds or makes slower (server/loop.py's timings keys).
+_CRYPTO_PHASES = ("client-encrypt-seconds-max", "client-decrypt-seconds-max", "screen",
+                  "aggregate")
 
 
 def bench_models(
@@ -436,14 +515,15 @@ def bench_models(
         "torch": torch.__version__, "cpu_count": os.cpu_count(), "python": platform.python_version()},
         "models": {}}
     for task in tasks:
-        row: dict[str, Any] = {"coverage": fused_coverage(task)}
-        log(f"[bench models] {task}: {row['coverage']}")
         data = resolve_task(task).load_data(DataRequest(0, clients, "iid", 0))
-        torch.set_num_threads(1)
+        probe = (torch.from_numpy(data.train.x[:2]), torch.from_numpy(data.train.y[:2]))
+        row: dict[str, Any] = {"coverage": fused_coverage(task, probe)}
+        log(f"[bench models] {task}: {row['coverage']}")
         big = task in encrypted_only  # the large model: fused only, one repeat, one CKKS round
         row["epoch_time"] = time_epochs(data.train.x, data.train.y, batch_sizes=(batch_size,),
                                         modes=("fused",) if big else modes,
-                                        repeats=1 if big else repeats, task=task, log=log)
+                                        repeats=1 if big else repeats, task=task, threads=1,
+                                        log=log)
         with tempfile.TemporaryDirectory(prefix="fg-bench-models-") as tmp:
             for mode in (("ckks",) if big else ("none", "ckks")):
                 folder = Path(tmp) / mode
@@ -453,6 +533,7 @@ def bench_models(
                                  "secure-aggregation": mode, "defense": "norm,multikrum",
                                  "out-dir": str(folder)})
                 log(f"[bench models] {task}: simulation, secure-aggregation {mode}")
+                _start_ray(log)
                 t = time.perf_counter()
                 with _PeakMemory() as mem:
                     summary = simulate(cfg, progress=lambda line: log("  " + line))
@@ -460,8 +541,12 @@ def bench_models(
                              "wall_seconds": round(time.perf_counter() - t, 1),
                              "peak_rss_bytes": mem.peak}
         if "none" in row:
+            plain_round = row["none"]["median_round_seconds"]
             row["encrypted_over_plaintext"] = round(
-                row["ckks"]["median_round_seconds"] / row["none"]["median_round_seconds"], 3)
+                row["ckks"]["median_round_seconds"] / plain_round, 3)
+            # Less noisy under load: what the crypto phases add, over the plaintext round.
+            row["crypto_phases_over_plaintext_round"] = round(
+                1 + row["ckks"]["crypto_seconds_median"] / plain_round, 3)
         result["models"][task] = row
         if out is not None:  # after every model: a long run keeps what it measured
             Path(out).parent.mkdir(parents=True, exist_ok=True)

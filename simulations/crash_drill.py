@@ -6,13 +6,15 @@ authentication, the quick start's settings: vendored subset, CKKS, DP ε = 8, ``
 and:
 
 1. SIGKILLs one ``fedguard client`` (the process alone) when its round-2 request arrives,
-   counts the processes of its tree still alive 10 s later, restarts it and times restart ->
-   connected and restart -> first reply sent;
-2. SIGKILLs ``fedguard server`` (alone) once the checkpoint of round N-2 exists, counts its tree's
-   survivors, restarts it with ``--resume`` and times kill -> first round line of the resumed
-   run;
-3. reports the rounds that missed the killed client, the summary's ``crash_recovery`` and the
-   wall times, as JSON on stdout and in ``DIR/crash-drill.json``.
+   waits (at most 10 s) until no process of its tree is alive and counts what is left,
+   restarts it and times, from the restart, each step to its first reply (bundle unsealed,
+   SuperNode started, connected, ClientApp launcher ready, first request, first reply);
+2. SIGKILLs ``fedguard server`` (alone) once the checkpoint of round max(N-2, 3) exists, counts
+   its tree's survivors, restarts it with ``--resume`` and times kill -> first round line of
+   the resumed run;
+3. reports the rounds that missed the killed client, the summary's ``crash_recovery``, the
+   time the server crash cost and the processes left, as JSON on stdout and in
+   ``DIR/crash-drill.json``.
 
 A benchmark, not a test: it takes a few minutes and prints what it measured.
 """
@@ -20,6 +22,7 @@ A benchmark, not a test: it takes a few minutes and prints what it measured.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -51,13 +54,46 @@ def _said(proc: ManagedProcess, pattern: str) -> bool:
     return any(re.search(pattern, line) for line in list(proc.lines))
 
 
-def _survivors(tree: list[int], wait: float) -> list[int]:
-    time.sleep(wait)
-    return [p for p in tree if process_tree(p)]
+def _gone_within(tree: list[int], timeout: float) -> tuple[float, list[int]]:
+    """Seconds until no pid of ``tree`` is alive (at most ``timeout``), and the pids left."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if not [p for p in tree if process_tree(p)]:
+            break
+        time.sleep(0.1)
+    return round(time.monotonic() - start, 1), [p for p in tree if process_tree(p)]
+
+
+def _stamped(path: Path) -> list[tuple[float, str]]:
+    """(Unix time, line) of every line of a :class:`ManagedProcess` log."""
+    out: list[tuple[float, str]] = []
+    for raw in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        stamp, _, line = raw.partition(" ")
+        try:
+            out.append((float(stamp), line))
+        except ValueError:
+            continue
+    return out
+
+
+def _first(lines: list[tuple[float, str]], pattern: str, after: float = 0.0) -> float | None:
+    return next((t for t, line in lines if t >= after and re.search(pattern, line)), None)
+
+
+def _since(t: float | None, t0: float) -> float | None:
+    return None if t is None else round(t - t0, 1)
 
 
 def drill(out: Path, rounds: int = 8) -> dict[str, Any]:
-    """Run the drill in ``out`` and return what it measured (times in seconds)."""
+    """Run the drill in ``out`` and return what it measured (times in seconds).
+
+    The keys that answer the targets of issue 15: ``processes_left`` (after SIGKILL of each
+    command), ``client_restart_to_rejoin_s`` (restart of the killed client -> its SuperNode
+    connected), ``client_rounds_missed`` (rounds of the run without its update, the round it
+    died in included), ``server_time_lost_s`` (kill of the server -> the resumed run's first
+    round line, minus one round's time before the kill: what the crash cost beyond the round
+    it interrupted). ``client_timeline_s`` shows where the restart's time goes.
+    """
     from crypto.ckks import Preset, SecretContext
     from crypto.keys import provision_federation
 
@@ -95,45 +131,76 @@ def drill(out: Path, rounds: int = 8) -> dict[str, Any]:
         victim = clients[2]
         _wait("client 2's round-2 request",
               lambda: _said(victim, r"round 2 \(train\): request received"), 300)
+        node = next(m.group(1) for line in victim.lines
+                    if (m := re.search(r"as node (\d+)", line)))
         tree = process_tree(victim.pid)
+        killed_at = time.time()
         os.kill(victim.pid, signal.SIGKILL)
         victim.wait()
         result["client_tree_size"] = len(tree)
-        result["client_survivors_after_10s"] = len(_survivors(tree, 10.0))
+        result["client_tree_gone_after_s"], left = _gone_within(tree, 10.0)
+        result["client_survivors"] = len(left)
+        restarted_at = time.time()
         restarted = client(2, "client2-restarted")
-        result["client_restart_to_connected_s"] = round(_wait(
-            "the restarted client to connect",
-            lambda: _said(restarted, r"connected to the SuperLink .* as node"), 120), 1)
+        _wait("the restarted client to connect",
+              lambda: _said(restarted, r"connected to the SuperLink .* as node"), 120)
         try:
-            result["client_restart_to_first_reply_s"] = round(_wait(
-                "the restarted client's first reply",
-                lambda: _said(restarted, r"\(train\): reply sent"), 120)
-                + result["client_restart_to_connected_s"], 1)
+            _wait("the restarted client's first reply",
+                  lambda: _said(restarted, r"\(train\): reply sent"), 300)
         except TimeoutError:
-            result["client_restart_to_first_reply_s"] = None
+            pass
+        lines = _stamped(out / "client2-restarted.out")
+        result["client_restart_to_rejoin_s"] = _since(
+            _first(lines, r"connected to the SuperLink .* as node"), restarted_at)
+        result["client_timeline_s"] = {  # from the restart
+            "killed": round(killed_at - restarted_at, 1),
+            "bundle unsealed": _since(_first(lines, r"^trainer bundle:"), restarted_at),
+            "SuperNode started": _since(_first(lines, r"^SuperNode: ClientApp I/O"), restarted_at),
+            "connected": result["client_restart_to_rejoin_s"],
+            "ClientApp launcher ready": _since(_first(lines, r"launcher ready"), restarted_at),
+            "first request": _since(_first(lines, r"request received"), restarted_at),
+            "first reply": _since(_first(lines, r"\(train\): reply sent"), restarted_at),
+        }
+        result["client_waits_said"] = [line for _t, line in lines
+                                       if re.search(r"waiting|releases that node|released", line)]
 
-        checkpoint = run / "checkpoints" / f"round-{max(rounds - 2, 2):04d}.npz"
-        _wait(f"checkpoint {checkpoint.name}", checkpoint.exists, 300)
+        checkpoint = run / "checkpoints" / f"round-{max(rounds - 2, 3):04d}.npz"
+        _wait(f"checkpoint {checkpoint.name}", checkpoint.exists, 600)
+        before = _stamped(out / "server.out")
+        round_lines = [t for t, line in before if re.match(r"round +\d+/", line)]
+        gaps = sorted(b - a for a, b in itertools.pairwise(round_lines))
+        result["round_seconds_median"] = round(gaps[len(gaps) // 2], 1) if gaps else None
         tree = process_tree(srv.pid)
         killed = time.monotonic()
         os.kill(srv.pid, signal.SIGKILL)
         srv.wait()
         result["server_tree_size"] = len(tree)
-        result["server_survivors_after_10s"] = len(_survivors(tree, 10.0))
-        restarted_at = time.monotonic()
+        result["server_tree_gone_after_s"], left = _gone_within(tree, 10.0)
+        result["server_survivors"] = len(left)
+        result["processes_left"] = result["client_survivors"] + result["server_survivors"]
+        restarted_server = time.monotonic()
         resumed = server("server-resumed", "--resume")
-        _wait("the resumed run's first round", lambda: _said(resumed, r"^round +\d+/"), 300)
+        _wait("the resumed run's first round", lambda: _said(resumed, r"^round +\d+/"), 600)
         result["server_kill_to_first_resumed_round_s"] = round(time.monotonic() - killed, 1)
-        result["server_resume_to_first_round_s"] = round(time.monotonic() - restarted_at, 1)
-        _wait("the resumed run to end", lambda: resumed.poll() is not None, 600)
+        result["server_resume_to_first_round_s"] = round(time.monotonic() - restarted_server, 1)
+        if result["round_seconds_median"] is not None:
+            result["server_time_lost_s"] = round(
+                result["server_kill_to_first_resumed_round_s"] - result["round_seconds_median"],
+                1)
+        _wait("the resumed run to end", lambda: resumed.poll() is not None, 900)
         result["server_exit_code"] = resumed.poll()
         summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
         result["rounds_completed"] = summary["rounds_completed"]
         result["crash_recovery"] = summary.get("crash_recovery")
         rows = [json.loads(line) for line in
                 (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+        trained = list({r["round"]: r for r in rows if "event" not in r and not str(
+            r.get("note", "")).startswith(("evaluated after", "lost to a server"))}.values())
         result["accepted_by_round"] = {str(r["round"]): len(r.get("accepted") or [])
-                                       for r in rows if "event" not in r and not r.get("note")}
+                                       for r in trained}
+        result["client_rounds_missed"] = sorted(
+            {int(r["round"]) for r in trained if int(node) not in (r.get("accepted") or [])})
+        result["client_rounds_missed_count"] = len(result["client_rounds_missed"])
         result["final_accuracy"] = summary.get("final_accuracy")
         result["drill_wall_s"] = round(time.monotonic() - t0, 1)
     finally:

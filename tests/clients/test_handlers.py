@@ -59,7 +59,11 @@ def _trained_key_holder(fake_grid, recorder):
     cfg = _cfg(**{"secure-aggregation": "ckks", "dp-noise": 0.0})
     grid = fake_grid(client_app, 2)
     run_federation(grid, cfg, make_scheme(cfg), observer=recorder())
-    return next(iter(grid.nodes.values()))  # its state remembers round 1 with 2 clients
+    ctx = next(iter(grid.nodes.values()))
+    # Round 1 was screened for validity by the run itself (CKKS checks every upload, filter or
+    # not); the requests below are about a round 2 this trainer took part in, with 2 clients.
+    note_round(ctx.state, 2, 2)
+    return ctx
 
 
 def test_a_key_holder_answers_one_checked_screen_request_per_round(fake_grid, recorder) -> None:
@@ -67,21 +71,21 @@ def test_a_key_holder_answers_one_checked_screen_request_per_round(fake_grid, re
     seeds = [bytes([k]) * 32 for k in range(3)]
     refusals = {
         "another round": _screen_request(5, seeds[:2]),
-        "more seeds": _screen_request(1, seeds),
-        "distinct": _screen_request(1, [seeds[0], seeds[0]]),
-        "repetitions": _screen_request(1, seeds[:2], reps=10_000),
-        "length": _screen_request(1, seeds[:2], length=0),
-        "nonce": _screen_request(1, seeds[:2], nonce=b"short"),
+        "more seeds": _screen_request(2, seeds),
+        "distinct": _screen_request(2, [seeds[0], seeds[0]]),
+        "repetitions": _screen_request(2, seeds[:2], reps=10_000),
+        "length": _screen_request(2, seeds[:2], length=0),
+        "nonce": _screen_request(2, seeds[:2], nonce=b"short"),
     }
     for why, request in refusals.items():
         with pytest.raises(ProtocolError):
             handle_screen(request, ctx.state, {}, ctx.run_id)
         assert why  # each refusal above is a different check
-    reply = handle_screen(_screen_request(1, seeds[:2]), ctx.state, {}, ctx.run_id)
+    reply = handle_screen(_screen_request(2, seeds[:2]), ctx.state, {}, ctx.run_id)
     values = list(reply[P.SCREEN][P.SCREEN_VALUES])
     assert len(values) == 2 * 40 and all(isinstance(v, int) for v in values)
     with pytest.raises(ProtocolError, match="second screening request"):
-        handle_screen(_screen_request(1, seeds[2:]), ctx.state, {}, ctx.run_id)
+        handle_screen(_screen_request(2, seeds[2:]), ctx.state, {}, ctx.run_id)
 
 
 def test_a_key_holder_is_no_decryption_oracle(fake_grid, recorder) -> None:
@@ -93,14 +97,14 @@ def test_a_key_holder_is_no_decryption_oracle(fake_grid, recorder) -> None:
     ctx = _trained_key_holder(fake_grid, recorder)
     secret = secret_context(RecordDict(), ctx.state, {}, ctx.run_id)
     # 1) the old request shape (masked-statistic blobs) is refused outright
-    old = RecordDict({P.SCREEN: bytes_record({"s000000": b"x" * 64}), P.CFG: ConfigRecord({"round": 1})})
+    old = RecordDict({P.SCREEN: bytes_record({"s000000": b"x" * 64}), P.CFG: ConfigRecord({"round": 2})})
     with pytest.raises(ProtocolError):
         handle_screen(old, ctx.state, {}, ctx.run_id)
     # 2) a seed-only request: the answer is never the exact linear form in s
     seeds = [bytes([9]) * 32, bytes([10]) * 32]
-    reply = handle_screen(_screen_request(1, seeds), ctx.state, {}, ctx.run_id)
+    reply = handle_screen(_screen_request(2, seeds), ctx.state, {}, ctx.run_id)
     got = np.array(list(reply[P.SCREEN][P.SCREEN_VALUES]), dtype=object).reshape(2, 40)
-    challenge = Challenge(1, 40, 39210, b"\x07" * 32, tuple(seeds))
+    challenge = Challenge(2, 40, 39210, b"\x07" * 32, tuple(seeds))
     exact = _exact_seed_projections(secret, challenge)
     q = Preset.AGGREGATION.spec.data_moduli[0]
     diff = [(int(g) - e + q // 2) % q - q // 2 for g, e in zip(got.ravel(), exact, strict=True)]
@@ -108,9 +112,9 @@ def test_a_key_holder_is_no_decryption_oracle(fake_grid, recorder) -> None:
     assert sum(d != 0 for d in diff) >= 78  # a zero flood has probability 1/2049 per value
     assert len(set(diff)) > 60  # spread, not a constant offset one could subtract
     # 3) asking about the same seeds again (next round, fresh nonce) is refused
-    note_round(ctx.state, 2, 2)
+    note_round(ctx.state, 3, 2)
     with pytest.raises(ProtocolError, match="answered before"):
-        handle_screen(_screen_request(2, seeds, nonce=b"\x08" * 32), ctx.state, {}, ctx.run_id)
+        handle_screen(_screen_request(3, seeds, nonce=b"\x08" * 32), ctx.state, {}, ctx.run_id)
 
 
 def _exact_seed_projections(secret, challenge: Challenge) -> list[int]:

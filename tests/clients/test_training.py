@@ -3,13 +3,16 @@ caller's own parameters, and refuses BatchNorm."""
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clients.grad_sample import make_clipper
+from clients import grad_sample
+from clients.grad_sample import GradSampleMode, fused_plan, ghost_is_cheaper, make_clipper
 from clients.training import (
     DPPlan,
     EvalResult,
@@ -79,7 +82,7 @@ def _reference_clipped_sum(
     total = None
     for i in range(x.shape[0]):
         model.zero_grad()
-        F.cross_entropy(model(x[i : i + 1]), y[i : i + 1], reduction="sum").backward()
+        torch.autograd.backward(F.cross_entropy(model(x[i : i + 1]), y[i : i + 1], reduction="sum"))
         g = torch.cat([p.grad.reshape(-1) for p in model.parameters()])  # type: ignore[union-attr]
         g = g * min(1.0, c / (float(g.norm()) + 1e-6))
         total = g if total is None else total + g
@@ -119,7 +122,7 @@ def test_every_grad_sample_mode_gives_the_exact_clipped_sum(mode: str, net: str)
     c = 0.3  # small enough that most samples are clipped
     params = list(model.parameters())
     loss = lambda m, xb, yb: F.cross_entropy(m(xb), yb, reduction="none")  # noqa: E731
-    _, clip, close = make_clipper(model, params, mode, c, loss)
+    _, clip, close = make_clipper(model, params, cast(GradSampleMode, mode), c, loss)
     try:
         sums, loss_sum = clip(x, y)
     finally:
@@ -333,3 +336,126 @@ def test_bad_dp_plans_and_data_are_refused() -> None:
         )
     with pytest.raises(ValueError):
         evaluate(build_model("fashion-mnist", 0), x[:0], y[:0])
+
+
+# --------------------------------------------------------------------------------------------
+# the fused engine against Opacus' hooks: every geometry, both per-layer methods, real steps
+
+
+class MixedNet(nn.Module):
+    """Layers that the fused engine sends to ghost norm and to materialisation, with strided,
+    padded, dilated, grouped and depthwise convolutions, GroupNorm and sequence Linears."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 32, 3, stride=2, padding=1)  # T=36 d=27 p=32: per-sample
+        self.n1 = nn.GroupNorm(4, 32)
+        self.c2 = nn.Conv2d(32, 64, 3, stride=2, padding=2, dilation=2)  # T=9: ghost
+        self.c3 = nn.Conv2d(64, 64, 3, padding=1, groups=4, bias=False)  # grouped: per-sample
+        self.c4 = nn.Conv2d(64, 64, 3, padding=1, groups=64)  # depthwise: per-sample
+        self.seq1 = nn.Linear(64, 48)  # T=9 d=64 p=48: ghost
+        self.seq2 = nn.Linear(48, 2)  # T=9 d=48 p=2: per-sample
+        self.head = nn.Linear(18, 10)  # T=1: ghost
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.n1(self.c1(x)))
+        h = torch.relu(self.c2(h))
+        h = torch.tanh(self.c4(torch.relu(self.c3(h))) + h)
+        s = h.flatten(2).transpose(1, 2)  # B x 9 x 64
+        s = self.seq2(torch.tanh(self.seq1(s)))  # B x 9 x 2
+        return self.head(s.flatten(1))  # type: ignore[no-any-return]
+
+
+def _small_resnet() -> nn.Module:
+    from federation.resnet import ResNetGN
+
+    model = ResNetGN((16, 32, 64), blocks=1, groups=4)
+    with torch.no_grad():  # non-trivial GroupNorm affine parameters
+        for m in model.modules():
+            if isinstance(m, nn.GroupNorm):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+    return model
+
+
+def _ce(m: nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(m(xb), yb, reduction="none")
+
+
+@pytest.mark.parametrize(("net", "keep_floats"), [("mixed", None), ("mixed", 0), ("odd", None),
+                                                ("resnet", None), ("resnet", 0)])
+def test_fused_clipped_sums_equal_opacus_hooks(
+    net: str, keep_floats: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if keep_floats is not None:  # no memory for per-sample gradients: book-keeping everywhere
+        monkeypatch.setattr(grad_sample, "PER_SAMPLE_KEEP_FLOATS", keep_floats)
+    torch.manual_seed(1)
+    if net == "mixed":
+        model: nn.Module = MixedNet()
+        x = torch.randn(12, 3, 12, 12)
+    elif net == "odd":
+        model = OddNet()
+        x = torch.randn(12, 1, 23, 21)
+    else:
+        model = _small_resnet()
+        x = torch.randn(12, 3, 8, 8)
+    y = torch.randint(0, 10, (12,))
+    params = list(model.parameters())
+    sums = {}
+    for mode in ("fused", "hooks"):
+        concrete, clip, close = make_clipper(model, params, mode, 0.2, _ce)
+        try:
+            got, loss_sum = clip(x, y)
+        finally:
+            close()
+        assert concrete == mode
+        sums[mode] = (torch.cat([s.reshape(-1) for s in got]), loss_sum)
+    (fused, fused_loss), (hooks, hooks_loss) = sums["fused"], sums["hooks"]
+    assert fused.shape == hooks.shape
+    assert float((fused - hooks).norm() / hooks.norm()) < 1e-5
+    assert fused_loss == pytest.approx(hooks_loss, rel=1e-6)
+    assert float(fused.norm()) <= 12 * 0.2 * (1 + 1e-5)  # each of the 12 terms has norm <= C
+
+
+def test_fused_plan_mixes_ghost_norm_and_materialisation_by_cost() -> None:
+    plan = {layer.name: layer for layer in fused_plan(MixedNet(), (torch.randn(2, 3, 12, 12),
+                                                                   torch.randint(0, 10, (2,))))}
+    methods = {name: layer.method for name, layer in plan.items()}
+    assert methods == {"c1": "per-sample", "n1": "per-channel", "c2": "ghost", "c3": "per-sample",
+                       "c4": "per-sample", "seq1": "ghost", "seq2": "per-sample", "head": "ghost"}
+    assert (plan["c2"].positions, plan["c2"].fan_in, plan["c2"].fan_out) == (9, 32 * 9, 64)
+    assert (plan["c3"].fan_in, plan["c3"].fan_out) == (16 * 9, 16)  # per group
+    for layer in plan.values():
+        if layer.kind != "GroupNorm":
+            ghost = layer.method == "ghost"
+            assert ghost == (ghost_is_cheaper(layer.positions, layer.fan_in, layer.fan_out)
+                             and layer.name not in ("c3", "c4"))
+    # The 1 M-parameter ResNet at 32x32: early stages materialised, the 8x8 stage by ghost norm.
+    big = fused_plan(build_model("resnet-1m", 0), (torch.randn(2, 3, 32, 32),
+                                                   torch.randint(0, 10, (2,))))
+    by_t = {(layer.positions, layer.method) for layer in big if layer.kind == "Conv2d"}
+    assert (1024, "per-sample") in by_t and (64, "ghost") in by_t
+    assert not any(m == "ghost" for t, m in by_t if t == 1024)
+    with pytest.raises(NotImplementedError, match="LayerNorm"):
+        fused_plan(nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4)),
+                   (torch.randn(2, 4), torch.randint(0, 4, (2,))))
+
+
+def test_fused_dp_sgd_steps_match_opacus_hooks() -> None:
+    # Same public seed: the same Poisson batches and noise, so the two engines must take the
+    # same DP-SGD steps; the models may differ only by float rounding.
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((48, 3, 8, 8)).astype(np.float32)
+    y = rng.integers(0, 10, 48).astype(np.int64)
+    finals = {}
+    for mode in ("fused", "hooks"):
+        torch.manual_seed(0)
+        model = _small_resnet()
+        start = flatten_params(model).copy()
+        r = train_local(model, x, y, epochs=1, batch_size=12, lr=0.5, momentum=0.9, seed=5,
+                        dp=DPPlan(0.5, 0.3, mode, secure_rng=False))
+        assert r.grad_sample_mode == mode and r.steps == 4
+        finals[mode] = flatten_params(model)
+    moved = finals["hooks"] - start
+    assert np.linalg.norm(moved) > 1e-2  # the steps did something
+    assert np.linalg.norm(finals["fused"] - finals["hooks"]) < 1e-4 * np.linalg.norm(moved)

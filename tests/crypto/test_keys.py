@@ -18,7 +18,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from crypto import at_rest, keys, passphrase, tls
+from crypto import at_rest, keys, tls
 from crypto.keys import (
     WrapKeyPair,
     load_server_bundle,
@@ -216,13 +216,13 @@ def test_every_byte_flip_of_a_sealed_blob_fails(
 ) -> None:
     blob = seal_at_rest(b"sealed-payload", PASSPHRASE)
     costs: list[tuple[int, int, int]] = []
-    real = at_rest._scrypt
+    real = at_rest.Scrypt  # the cryptography KDF at_rest derives with
 
-    def spy(salt: bytes, log2_n: int, r: int, p: int, pw: bytes) -> bytes:
-        costs.append((log2_n, r, p))
-        return real(salt, log2_n, r, p, pw)
+    def spy(*, salt: bytes, length: int, n: int, r: int, p: int) -> object:
+        costs.append((n.bit_length() - 1, r, p))
+        return real(salt=salt, length=length, n=n, r=r, p=p)
 
-    monkeypatch.setattr(at_rest, "_scrypt", spy)
+    monkeypatch.setattr(at_rest, "Scrypt", spy)
     # Every header byte (magic, KDF id and parameters, salt, nonce) and every
     # ciphertext/tag byte; each attempt runs scrypt, so one bit per byte.
     for i in range(len(blob)):
@@ -244,11 +244,14 @@ def test_tampered_kdf_params_are_refused_before_scrypt(
     blob = seal_at_rest(SECRET, PASSPHRASE)
     calls: list[tuple[int, int, int]] = []
 
-    def spy(salt: bytes, log2_n: int, r: int, p: int, pw: bytes) -> bytes:
-        calls.append((log2_n, r, p))
-        return b"\x00" * 32  # never run a real, possibly huge, scrypt here
+    class Spy:  # never run a real, possibly huge, scrypt here
+        def __init__(self, *, salt: bytes, length: int, n: int, r: int, p: int) -> None:
+            calls.append((n.bit_length() - 1, r, p))
 
-    monkeypatch.setattr(at_rest, "_scrypt", spy)
+        def derive(self, key_material: bytes) -> bytes:
+            return b"\x00" * 32
+
+    monkeypatch.setattr(at_rest, "Scrypt", Spy)
     for offset in (5, 6, 7):  # log2(n), r, p
         for value in range(256):
             bad = bytearray(blob)
@@ -281,7 +284,11 @@ def test_read_passphrase(monkeypatch: pytest.MonkeyPatch) -> None:
         read_passphrase(prompt=False)
 
     answers = iter([PASSPHRASE, PASSPHRASE, PASSPHRASE, PASSPHRASE, "different-one", ""])
-    monkeypatch.setattr(passphrase, "_stdin_is_tty", lambda: True)
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr("sys.stdin", Terminal(""))
     monkeypatch.setattr(getpass, "getpass", lambda prompt="": next(answers))
     assert read_passphrase() == PASSPHRASE
     assert read_passphrase(confirm=True) == PASSPHRASE

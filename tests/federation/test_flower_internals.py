@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from federation import flower_internals as fi
 
 
@@ -64,3 +66,26 @@ def test_a_supernode_refusal_is_recorded_with_flowers_codes(tmp_path: Path) -> N
     assert rec.api_code == fi.API_CODE_ACTIVATION_FAILED and not rec.tls
     record.write_text(json.dumps({"code": "305"}))  # not Flower's shape: no record
     assert fi.read_exit_record(record) is None
+
+
+def test_in_process_delivery_ids_the_sent_message_and_hands_over_a_copy(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from flwr.app import ConfigRecord, Message, RecordDict
+
+    fi.set_task_identity(run_id=3)
+    content = RecordDict({"cfg": ConfigRecord({"round": 2})})
+    sent = Message(content, dst_node_id=101, message_type="train", group_id="2")
+    got = fi.deliver_in_process(sent)
+    assert sent.metadata.message_id and got.metadata.message_id == sent.metadata.message_id
+    assert (got.metadata.run_id, got.metadata.dst_node_id) == (3, 101)
+    assert (got.metadata.message_type, got.metadata.group_id) == ("train", "2")
+    assert got.content is not sent.content and got.content["cfg"]["round"] == 2
+    reply = Message(RecordDict(), reply_to=got)  # what a ClientApp does: it answers the sent id
+    assert reply.metadata.reply_to_message_id == sent.metadata.message_id
+    assert fi.deliver_in_process(sent).metadata.message_id != got.metadata.message_id  # fresh
+    # another Flower: refused with the versions named, not a silent private write
+    monkeypatch.setattr(fi, "flower_version", lambda: "1.43.0")
+    with pytest.raises(RuntimeError, match=r"1\.42\.x internals; Flower 1\.43\.0"):
+        fi.deliver_in_process(sent)
+    with pytest.raises(RuntimeError, match=r"Flower 1\.43\.0"):
+        fi.set_task_identity(run_id=3)

@@ -4,13 +4,17 @@ Every process is started in a session of its own and stopped by process id, its 
 included, by the fixtures (also when a test fails). TLS and SuperNode authentication are on in
 every test; data is the vendored subset; rounds are tiny (1 local epoch, batch 32).
 
-* two rounds with three clients, CKKS and DP (+ an impostor whose key is not registered,
-  refused; one client started before the server, which retries and says so);
-* ``fedguard client`` SIGKILLed mid-round (the process alone): none of its processes is left,
-  the round completes with the others, the loss is recorded, the restarted client rejoins
-  the next round and keeps its privacy ledger;
-* ``fedguard server`` SIGKILLed after round 1: none of its processes is left; ``--resume``
-  continues from the checkpoint to the end and the summary counts the retrained round;
+* one deployment (port and clients, ``shared``) for the tests that need running clients:
+  - three rounds with three clients, CKKS and DP, an impostor whose key is not registered
+    and a duplicate of a live bundle (both refused, with their causes), one client started
+    before the server (it retries and says so), and ``fedguard client`` SIGKILLed mid-round
+    (the process alone): none of its processes is left, the round completes with the others,
+    the loss is recorded, the restarted client keeps its privacy ledger and trains again in
+    the very next round;
+  - on the same clients (they reconnect to the next server by themselves): ``fedguard
+    server`` SIGKILLed after round 1 leaves nothing; ``--resume`` continues from the
+    checkpoint to the end and the summary counts the retrained round; then a ServerApp that
+    fails is a non-zero exit;
 * a server nobody connects to gives up after ``--client-wait``; a SuperLink killed alone is
   noticed and the command stops with a clear message.
 """
@@ -28,6 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -83,6 +88,7 @@ class Deployment:
         self.env = {**os.environ, "FEDGUARD_PASSPHRASE": PASSPHRASE,
                     "FEDGUARD_TORCH_THREADS": "1", "PYTHONUNBUFFERED": "1"}
         self.procs: list[ManagedProcess] = []
+        self.clients: dict[int, ManagedProcess] = {}  # trainer i's own client (its state dir)
         self.run_dir = base / "run"
 
     def _start(self, name: str, args: list[str]) -> ManagedProcess:
@@ -98,11 +104,21 @@ class Deployment:
 
     def client(self, i: int, *args: str, bundle: Path | None = None, name: str | None = None,
                state: str | None = None) -> ManagedProcess:
-        return self._start(name or f"client{i}", [
+        proc = self._start(name or f"client{i}", [
             "client", "--keys", str(bundle or self.keys / f"trainer-{i}"),
             "--superlink", f"127.0.0.1:{self.port}", "--partition-id", str(i),
             "--num-partitions", "3", "--state-dir", str(self.base / (state or f"state{i}")),
             *args])
+        if bundle is None and state is None:
+            self.clients[i] = proc
+        return proc
+
+    def ensure_clients(self, n: int = 3) -> None:
+        """Trainers 0..n-1 each have a live client (an earlier test's stay up: they reconnect
+        to the next server on the same port by themselves, their ClientApp launchers warm)."""
+        for i in range(n):
+            if i not in self.clients or self.clients[i].poll() is not None:
+                self.client(i)
 
     def stop_all(self) -> list[int]:
         """Stop every process (tree) started here; return the pids still alive afterwards."""
@@ -125,6 +141,18 @@ class Deployment:
     def dump(self) -> str:
         return "\n".join(f"---- {p.name} (exit {p.poll()})\n" + "\n".join(p.tail(40))
                          for p in self.procs)
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory, keys: Path) -> Iterator[Deployment]:
+    """One deployment (port, clients) for the tests that need running clients: starting three
+    clients costs more than a round, and clients outliving a run is itself what they promise."""
+    dep = Deployment(tmp_path_factory.mktemp("shared"), keys)
+    try:
+        yield dep
+    finally:
+        leftovers = dep.stop_all()
+        assert leftovers == [], f"processes left running: {leftovers}"
 
 
 @pytest.fixture
@@ -159,55 +187,13 @@ def finish(proc: ManagedProcess, dep: Deployment, timeout: float) -> int:
     return proc.wait()
 
 
-def metrics(run_dir: Path) -> list[dict[str, object]]:
+def metrics(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def summary(run_dir: Path) -> dict[str, object]:
-    return json.loads((run_dir / "summary.json").read_text())
-
-
-def test_two_rounds_three_clients_tls_auth_dp(deployment: Deployment, keys: Path) -> None:
-    dep = deployment
-    # A client that starts before the server: it retries with backoff and says so.
-    early = dep.client(0)
-    wait_for("the early client to report the unreachable SuperLink",
-             lambda: said(early, r"cannot reach the SuperLink .* retrying in"), 60, dep)
-    server = dep.server("--rounds", "2", "--clients", "3", "--dp-epsilon", "8",
-                        "--secure-aggregation", SECURE, *COMMON)
-    wait_for("the SuperLink", lambda: said(server, r"SuperLink listening on https://"), 60, dep)
-    dep.client(1)
-    dep.client(2)
-    impostor = dep.client(2, "--refused-retries", "0", bundle=keys.parent / "impostor",
-                          name="impostor", state="state-impostor")
-    # The same bundle twice: trainer-0's key while trainer-0 is online is refused, and the
-    # server says why (the client cannot tell: Flower refuses both causes alike).
-    wait_for("the run to start", lambda: said(server, r"run \d+ started"), 180, dep)
-    duplicate = dep.client(0, "--refused-retries", "0", name="duplicate", state="state-dup")
-    code = finish(server, dep, 240)
-    assert code == 0, dep.dump()
-    assert finish(duplicate, dep, 60) == CLIENT_EXIT_REFUSED, dep.dump()
-    assert said(duplicate, r"another fedguard client with this bundle is online")
-    assert said(server, r"refused a second SuperNode for node \d+: that node is still online")
-    assert said(server, r"refused a SuperNode whose key is not registered")
-
-    s = summary(dep.run_dir)
-    assert s["rounds_completed"] == 2 and not s["stopped_early"]
-    assert s["secure_aggregation"] == SECURE
-    rows = metrics(dep.run_dir)
-    assert [r["round"] for r in rows] == [1, 2]
-    assert all(len(r["accepted"]) == 3 and not r["refused"] for r in rows), rows
-    assert all(r["max_epsilon"] is not None and 0 < r["max_epsilon"] <= 8 for r in rows)
-    assert said(server, r"registered SuperNode key trainer-0\.pub")
-    assert said(server, r"round +2/2 .*accepted 3/3")
-    assert said(early, r"privacy ledger: .*\(0 event\(s\)")
-    assert said(early, r"round 1 \(train\): request received")
-    for i in range(3):
-        ledger = (dep.base / f"state{i}" / "privacy-ledger.jsonl").read_text().splitlines()
-        assert len(ledger) == 1 + 2, f"client {i}: header + one event per round"
-    # The impostor holds the CA and a sealed secret, but its key is unknown: refused.
-    assert finish(impostor, dep, 60) == CLIENT_EXIT_REFUSED, dep.dump()
-    assert said(impostor, r"refused by the SuperLink .* not registered")
+def summary(run_dir: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((run_dir / "summary.json").read_text())
+    return data
 
 
 def _sigkill_owner(proc: ManagedProcess, dep: Deployment) -> list[int]:
@@ -230,13 +216,28 @@ def _left_after(tree: list[int], timeout: float) -> list[int]:
     return [p for p in tree if process_tree(p)]
 
 
-def test_client_sigkilled_mid_round_leaves_nothing_and_rejoins_next_round(
-        deployment: Deployment) -> None:
-    dep = deployment
+def test_three_rounds_tls_auth_ckks_dp_refusals_and_a_client_crash(
+        shared: Deployment, keys: Path) -> None:
+    """One deployment, every client-side check: retries before the server is up, an unknown
+    key and a duplicate refused with their causes, and a client SIGKILLed mid-round that leaves
+    nothing behind, is restarted, keeps its ledger and trains again in the very next round."""
+    dep = shared
+    # A client that starts before the server: it retries with backoff and says so.
+    early = dep.client(0)
+    wait_for("the early client to report the unreachable SuperLink",
+             lambda: said(early, r"cannot reach the SuperLink .* retrying in"), 60, dep)
     server = dep.server("--rounds", "3", "--clients", "3", "--min-clients", "2",
-                        "--dp-noise", "1.0", *COMMON)
-    clients = [dep.client(i) for i in range(3)]
-    victim = clients[2]
+                        "--dp-epsilon", "8", "--secure-aggregation", SECURE, *COMMON)
+    wait_for("the SuperLink", lambda: said(server, r"SuperLink listening on https://"), 60, dep)
+    dep.client(1)
+    victim = dep.client(2)
+    impostor = dep.client(2, "--refused-retries", "0", bundle=keys.parent / "impostor",
+                          name="impostor", state="state-impostor")
+    # The same bundle twice: trainer-0's key while trainer-0 is online is refused, and the
+    # server says why (the client cannot tell: Flower refuses both causes alike).
+    wait_for("the run to start", lambda: said(server, r"run \d+ started"), 180, dep)
+    duplicate = dep.client(0, "--refused-retries", "0", name="duplicate", state="state-dup")
+
     wait_for("client 2 to start round 2",
              lambda: said(victim, r"round 2 \(train\): request received"), 180, dep)
     tree = _sigkill_owner(victim, dep)  # a crash of `fedguard client` itself
@@ -249,43 +250,68 @@ def test_client_sigkilled_mid_round_leaves_nothing_and_rejoins_next_round(
     # The target (<= 20 s) is measured by simulations/crash_drill.py; on a loaded CI machine a
     # restart has taken up to 37 s.
     assert rejoin <= 60, f"restart -> rejoin took {rejoin:.1f}s\n{dep.dump()}"
-    assert finish(server, dep, 240) == 0, dep.dump()
+    assert finish(server, dep, 300) == 0, dep.dump()
+    assert finish(duplicate, dep, 60) == CLIENT_EXIT_REFUSED, dep.dump()
+    assert said(duplicate, r"another fedguard client with this bundle is online")
+    assert said(server, r"refused a second SuperNode for node \d+: that node is still online")
+    assert said(server, r"refused a SuperNode whose key is not registered")
+    # The impostor holds the CA and a sealed secret, but its key is unknown: refused.
+    assert finish(impostor, dep, 60) == CLIENT_EXIT_REFUSED, dep.dump()
+    assert said(impostor, r"refused by the SuperLink .* not registered")
 
     s = summary(dep.run_dir)
     assert s["rounds_completed"] == 3 and not s["stopped_early"], s
+    assert s["secure_aggregation"] == SECURE
     rows = {r["round"]: r for r in metrics(dep.run_dir)}
-    assert len(rows[1]["accepted"]) == 3
-    assert len(rows[2]["accepted"]) == 2  # the crash cost that client round 2
-    (node, why), = rows[2]["refused"].items()
-    assert why.startswith("lost"), rows[2]
-    # Every round the client missed is in the summary, and only those. (Whether it is back for
-    # round 3 depends on the machine: here a round takes ~9 s, a restart ~15 s; the crash
-    # drill, simulations/crash_drill.py, measures it with realistic rounds.)
-    missed = sorted(str(r) for r, row in rows.items() if int(node) not in row["accepted"])
-    assert sorted(s["crash_recovery"]["rounds_missing_clients"]) == missed, s["crash_recovery"]
+    assert sorted(rows) == [1, 2, 3]
+    assert len(rows[1]["accepted"]) == 3 and not rows[1]["refused"]
+    (node, why), = rows[2]["refused"].items()  # the crash cost that client round 2 ...
+    assert why.startswith("lost") and len(rows[2]["accepted"]) == 2, rows[2]
+    assert len(rows[3]["accepted"]) == 3, rows[3]  # ... and nothing more: back in round 3
+    assert all(r["max_epsilon"] is not None and 0 < r["max_epsilon"] <= 8 for r in rows.values())
+    # Every round a client missed is in the summary, with the client, and only those.
+    assert s["crash_recovery"]["rounds_missing_clients"] == {"2": {node: why}}, s
+    assert s["crash_recovery"]["rounds_missed_by_client"] == {node: 1}, s
+    assert said(server, r"round +1/3 .*accepted 3/3") and said(server, r"round +3/3 .*accepted 3/3")
     events = [line for line in server.lines if f"client node {node} " in line]
     assert sum(" connected " in line for line in events) == 2, events  # it came back
-    # The restarted client read the ledger its predecessor wrote.
-    assert said(restarted, r"privacy ledger: .*\(([1-9]) event\(s\)")
+    assert said(early, r"privacy ledger: .*\(0 event\(s\)")
+    assert said(early, r"round 1 \(train\): request received")
+    for i in range(2):
+        ledger = (dep.base / f"state{i}" / "privacy-ledger.jsonl").read_text().splitlines()
+        assert len(ledger) == 1 + 3, f"client {i}: header + one event per round"
+    # The restarted client read the ledger its predecessor wrote, and added to it.
+    assert said(restarted, r"privacy ledger: .*\(([12]) event\(s\)")
+    ledger = (dep.base / "state2" / "privacy-ledger.jsonl").read_text().splitlines()
+    assert len(ledger) >= 1 + 2, "rounds 1 and 3 (and 2 if it was recorded before the kill)"
 
 
-def test_server_sigkilled_leaves_nothing_and_resume_completes(deployment: Deployment) -> None:
-    dep = deployment
+def test_server_sigkilled_resumes_to_the_end_and_a_failing_serverapp_is_nonzero(
+        shared: Deployment) -> None:
+    """On the same clients: a SIGKILLed server leaves nothing and ``--resume`` completes the
+    run; then a ServerApp that fails (``flwr run --stream`` exits 0 then) is exit code 1."""
+    import io
+
+    import numpy as np
+
+    from federation.config import from_flat, to_flat
+
+    dep = shared
+    dep.run_dir = dep.base / "run-resume"
     # dp-noise, not dp-epsilon: a round cut short by the kill is retrained after the resume and
     # (correctly) counted twice by the clients' ledgers, which a budget calibrated for exactly
     # the planned rounds would not allow.
     args = ["--rounds", "2", "--clients", "3", "--dp-noise", "1.0", *COMMON]
-    first = dep.server(*args)
-    for i in range(3):
-        dep.client(i)
+    first = dep.server(*args, name="server-b")
+    dep.ensure_clients()
     checkpoint = dep.run_dir / "checkpoints" / "round-0001.npz"
-    wait_for("the round-1 checkpoint", checkpoint.exists, 180, dep)
+    wait_for("the round-1 checkpoint", checkpoint.exists, 240, dep)
     tree = _sigkill_owner(first, dep)  # SuperLink, SuperExec, ServerApp, flwr run must follow
     assert _left_after(tree, 10.0) == [], "the killed server's Flower processes lived on"
     assert not (dep.run_dir / "summary.json").exists()
 
     second = dep.server("--resume", name="server-resumed")
-    assert finish(second, dep, 180) == 0, dep.dump()
+    assert finish(second, dep, 240) == 0, dep.dump()
     assert said(second, r"resuming from round-0001\.npz")
     s = summary(dep.run_dir)
     assert s["rounds_completed"] == 2 and not s["stopped_early"], s
@@ -294,6 +320,23 @@ def test_server_sigkilled_leaves_nothing_and_resume_completes(deployment: Deploy
     assert any(r.get("event") == "server-restart" for r in metrics(dep.run_dir))
     assert (dep.run_dir / "checkpoints" / "round-0002.npz").exists()
     assert said(second, r"round +2/2 .*accepted 3/3"), dep.dump()
+
+    # A readable checkpoint (so the early check passes) whose model has the wrong shape: the
+    # ServerApp fails when it restores it.
+    dep.run_dir = dep.base / "run-failing"
+    flat = to_flat(from_flat({"num-server-rounds": 2, "num-clients": 3, "data-dir": "subset",
+                              "out-dir": str(dep.run_dir)}))
+    (dep.run_dir / "checkpoints").mkdir(parents=True)
+    (dep.run_dir / "config.json").write_text(json.dumps({"flat": flat}))
+    buf = io.BytesIO()
+    arrays: dict[str, Any] = {"round": np.array(1), "global": np.zeros(3, dtype=np.float32)}
+    np.savez(buf, **arrays)
+    (dep.run_dir / "checkpoints" / "round-0001.npz").write_bytes(buf.getvalue())
+    # The clients reconnect by themselves (backoff up to 20 s); the run starts once all three
+    # are back, or after --client-wait with those that are.
+    failing = dep.server("--resume", "--client-wait", "60", name="server-failing")
+    assert finish(failing, dep, 240) == 1, dep.dump()
+    assert said(failing, r"ended as finished:failed"), dep.dump()
 
 
 def test_server_without_clients_or_superlink_stops_with_a_clear_message(
@@ -315,30 +358,3 @@ def test_server_without_clients_or_superlink_stops_with_a_clear_message(
     assert finish(server, dep, 30) == 3, dep.dump()
     assert said(server, rf"the SuperLink \(pid {superlink}\) exited unexpectedly")
     assert said(server, r"add --resume|without --resume")
-
-
-def test_serverapp_failure_is_a_nonzero_exit(deployment: Deployment) -> None:
-    """``flwr run --stream`` exits 0 when the ServerApp crashes; ``fedguard server`` must not."""
-    import io
-
-    import numpy as np
-
-    from federation.config import from_flat, to_flat
-
-    dep = deployment
-    flat = to_flat(from_flat({"num-server-rounds": 2, "num-clients": 3, "data-dir": "subset",
-                              "out-dir": str(dep.run_dir)}))
-    (dep.run_dir / "checkpoints").mkdir(parents=True)
-    (dep.run_dir / "config.json").write_text(json.dumps({"flat": flat}))
-    # A readable checkpoint (so the early check passes) whose model has the wrong shape: the
-    # ServerApp fails when it restores it.
-    buf = io.BytesIO()
-    np.savez(buf, round=np.array(1), **{"global": np.zeros(3, dtype=np.float32)})
-    (dep.run_dir / "checkpoints" / "round-0001.npz").write_bytes(buf.getvalue())
-    # long enough for the client to be registered and connect (its first try may be refused
-    # while the server registers its key; it retries after 5 s), short enough for the test
-    server = dep.server("--resume", "--client-wait", "20")
-    dep.client(0)
-    code = finish(server, dep, 150)
-    assert code == 1, dep.dump()
-    assert said(server, r"ended as finished:failed"), dep.dump()

@@ -1,7 +1,7 @@
 """Plaintext and ciphertext payloads cannot be mixed: mypy --strict refuses it (issue 13).
 
 The round loop is generic in the scheme's payload type (``Scheme[U]``, ``ClientResult[U]``;
-``federation.updates``). This test type-checks a snippet that mixes them, with the real
+``federation.updates``), and a trainer encodes only a plaintext update. This test type-checks a snippet that mixes them, with the real
 mypy and the project's settings, and expects an error on exactly the mixing lines.
 """
 
@@ -19,7 +19,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from flwr.app import RecordDict
+
+from clients.secure import encode_update
 from crypto import EncryptedVector
+from federation.config import FedConfig
 from federation.updates import NoisedUpdate, PlainUpdate
 from server.encrypted import CkksScheme
 from server.loop import ClientResult
@@ -41,6 +45,10 @@ def raw_array_into_a_generic_loop(scheme: Scheme[U], result: ClientResult[U]) ->
 def results_of_another_scheme(result: ClientResult[EncryptedVector], plain: PlaintextScheme) -> None:
     if result.payload is not None:
         plain.statistics(None, {1: result.payload}, 1)  # MIXED
+
+
+def a_ciphertext_is_not_a_trainers_update(enc: EncryptedVector, cfg: FedConfig) -> None:
+    encode_update(enc, RecordDict(), cfg, {})  # MIXED
 
 
 def noise_is_not_a_claim(update: PlainUpdate) -> NoisedUpdate:
@@ -65,5 +73,5 @@ def test_mypy_refuses_exactly_the_mixing_lines(tmp_path: Path) -> None:
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     errors = {int(m.group(1)) for m in re.finditer(r"mixing\.py:(\d+): error", proc.stdout)}
     expected = {i for i, line in enumerate(SNIPPET.splitlines(), 1) if line.endswith("# MIXED")}
-    assert len(expected) == 5
+    assert len(expected) == 6
     assert errors == expected, proc.stdout + proc.stderr

@@ -44,13 +44,20 @@ def test_summary_counts_rounds_lost_to_crashes(tmp_path: Path) -> None:
          "resumed_after": 1},
         {"round": 2, "accepted": [1, 2], "refused": {"3": "lost: error-reply: Node Unavailable",
                                                      "4": "budget-exhausted"}},
+        # a client that crashed in round 2 and was not back in time for round 3
+        {"round": 3, "accepted": [1, 2], "refused": {
+            "3": "lost: offline: not connected during the round"}},
+        {"round": 4, "accepted": [1, 2, 3], "refused": {}},
     ]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert annotate_summary(tmp_path) is None  # no summary yet: nothing to annotate
     (tmp_path / "summary.json").write_text(json.dumps({"rounds_completed": 2}))
     s = annotate_summary(tmp_path)
-    assert s is not None and s["rounds_completed"] == 2
+    assert s is not None and s["rounds_completed"] == 2  # what the summary said
     assert s["crash_recovery"] == {
         "server_restarts": 1, "rounds_retrained": [2],
-        "rounds_missing_clients": {"2": {"3": "lost: error-reply: Node Unavailable"}}}
+        "rounds_missing_clients": {
+            "2": {"3": "lost: error-reply: Node Unavailable"},
+            "3": {"3": "lost: offline: not connected during the round"}},
+        "rounds_missed_by_client": {"3": 2}}
     assert json.loads((tmp_path / "summary.json").read_text()) == s
