@@ -652,29 +652,41 @@ def _sample_count_list(
 
 
 DUPLICATE_RATIO: Final[float] = 1e-3
-"""Two updates from different clients whose squared distance is below this fraction of the
-round's median pair squared distance are near-duplicates: evidence of collusion (colluders
-that send one update have distance ~0 and would look the most central to Krum). Why 1e-3:
-honest updates differ by their own data and noise, so no two are closer than a fraction of
-the typical pair distance; one plaintext under two encryptions differs only by CKKS noise
-and the screen's flooding, ~1e-8 of it. Euclidean, not angular: a boosted copy of a direction
-is the norm filter's business, not a duplicate."""
+"""Two updates from different clients whose squared distance is below this fraction of
+*their own* typical squared distance to the others (the smaller of the two clients' median
+squared distances to the rest of the round) are near-duplicates: evidence of collusion
+(colluders that send one update have distance ~0 and would look the most central to Krum).
+Why 1e-3: honest updates differ by their own data and noise, so no two are closer than a
+fraction of the typical pair distance; one plaintext under two encryptions differs only by
+CKKS noise and the screen's flooding, ~1e-8 of it. Why each client's own median and not the
+round's: far-out updates (garbage, boosts) make most pair distances of a round huge, and a
+round-wide median then called every honest pair a duplicate (seen: 2 garbage uploads among 6
+got all 4 honest clients rejected); a client's median over the others stays an honest
+distance while fewer than half of the others are attackers. Euclidean, not angular: a
+boosted copy of a direction is the norm filter's business, not a duplicate."""
 
 
 def near_duplicates(stats: UpdateStats, *, ratio: float = DUPLICATE_RATIO) -> set[int]:
-    """Positions of clients whose update nearly duplicates another client's."""
+    """Positions of clients whose update nearly duplicates another client's.
+
+    Pair ``(i, j)`` is a near-duplicate when ``||u_i - u_j||² <= ratio * min(m_i, m_j)``,
+    ``m_i`` the median of ``i``'s finite squared distances to every other client (see
+    :data:`DUPLICATE_RATIO`). Needs ``pair_sq_dists`` and at least three clients.
+    """
     if stats.pair_sq_dists is None or stats.n < 3:
         return set()
-    ang = stats.pair_sq_dists
-    upper = ang[np.triu_indices(stats.n, 1)]
-    upper = upper[np.isfinite(upper)]
-    if upper.size == 0:
-        return set()
-    limit = ratio * float(np.median(upper))
+    dists = stats.pair_sq_dists
+    typical = np.full(stats.n, np.nan)
+    for i in range(stats.n):
+        row = np.delete(dists[i], i)
+        row = row[np.isfinite(row)]
+        if row.size:
+            typical[i] = float(np.median(row))
     out: set[int] = set()
     for i in range(stats.n):
         for j in range(i + 1, stats.n):
-            if np.isfinite(ang[i, j]) and ang[i, j] <= limit:
+            scale = min(typical[i], typical[j])
+            if np.isfinite(dists[i, j]) and np.isfinite(scale) and dists[i, j] <= ratio * scale:
                 out.update((i, j))
     return out
 

@@ -42,6 +42,7 @@ LONG_FILES = (
     "tests/integration/test_simulation.py",
     "tests/examples/test_examples.py",
     "tests/integration/test_encoding_attacks.py",
+    "tests/examples/test_flwr_run.py",
 )
 _ROOT = Path(__file__).resolve().parent.parent
 

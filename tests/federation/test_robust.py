@@ -487,3 +487,22 @@ def test_decide_without_a_defence_applies_only_the_validity_verdicts() -> None:
     assert [out[c].weight for c in (1, 2, 3, 5)] == [10, 20, 30, 50]
     guarded = {d.client_id: d for d in decide(rejected, counts, "norm,multikrum,cosine", f=1)}
     assert [c for c, d in guarded.items() if d.accepted] == [1, 2, 5]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_far_out_updates_never_make_honest_pairs_look_like_duplicates(seed: int) -> None:
+    # Two garbage updates (uniform in [-4, 4] over every coordinate, as the plaintext garbage
+    # attack sends) among four honest ones: most pair distances of the round are then huge.
+    # Measured on the small matrix before the fix: all four honest clients were rejected as
+    # collusion:near-duplicate and the run stopped after round 1.
+    rng = np.random.default_rng(seed)
+    honest = [u / 64 for u in honest_round(seed, n=6, d=4096, spread=0.5)]  # norms ~1.1
+    garbage = [rng.uniform(-4, 4, size=4096).astype(np.float32) for _ in range(2)]  # ~148
+    stats = stats_from_plain([*honest[:4], *garbage], list(range(6)))
+    assert near_duplicates(stats) == set()
+    out = {d.client_id: d for d in robust.decide(stats, [1] * 6, ALL, f=1)}
+    assert {c for c, d in out.items() if d.accepted} == {0, 1, 2, 3}
+    # colluders sending one vector are still caught in the same company (attackers below half
+    # of every client's peers: 6 honest, 3 far out of which two are one vector)
+    twins = stats_from_plain([*honest, *garbage, garbage[0].copy()], list(range(9)))
+    assert near_duplicates(twins) == {6, 8}
