@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import time
@@ -472,6 +473,9 @@ def _round_stats(summary: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     timing = {k: statistics.median(r["timings"].get(k, 0.0) for r in rows)
               for k in (*_CRYPTO_PHASES, "client-train-seconds-max", "train-phase")}
     return {"seconds_per_round": per_round,
+            "timings_per_round": [{k: round(float(v), 3) for k, v in (r.get("timings") or {}).items()}
+                                  for r in rows],
+            "notes_per_round": [r.get("note") for r in rows],
             "median_round_seconds": statistics.median(per_round[1:] or per_round),
             "upload_bytes_per_param": summary.get("upload_bytes_per_param"),
             "timings_median": {k: round(v, 3) for k, v in timing.items()},
@@ -526,7 +530,11 @@ def bench_models(
                                         log=log)
         with tempfile.TemporaryDirectory(prefix="fg-bench-models-") as tmp:
             for mode in (("ckks",) if big else ("none", "ckks")):
-                folder = Path(tmp) / mode
+                # The run folders stay beside the JSON (metrics, audit log: where a slow round
+                # went); without ``out``, in a temporary folder.
+                folder = (Path(out).parent / f"{Path(out).stem}-runs" / f"{task}-{mode}"
+                          if out is not None else Path(tmp) / mode)
+                shutil.rmtree(folder, ignore_errors=True)  # this benchmark's own previous run
                 cfg = from_flat({"task": task, "num-clients": clients,
                                  "num-server-rounds": 1 if big else rounds, "partition": "iid",
                                  "dp-epsilon": 8.0, "batch-size": batch_size, "lr": 0.5,
