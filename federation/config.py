@@ -95,6 +95,9 @@ class RunConfig:
     seed: int = 0
     out_dir: str = ""  # absolute path of the run folder; empty: the ServerApp writes nothing
     round_timeout: float = 600.0  # seconds to wait for one phase's replies
+    # seconds a node lost in the previous train phase (a crashed client restarting) may take
+    # to come back, counted once the others have replied; waited for once (server.loop)
+    rejoin_wait: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -222,6 +225,7 @@ FLAT_KEYS: dict[str, tuple[str, str]] = {
     "seed": ("run", "seed"),
     "out-dir": ("run", "out_dir"),
     "round-timeout": ("run", "round_timeout"),
+    "rejoin-wait": ("run", "rejoin_wait"),
     "task": ("data", "task"),
     "partition": ("data", "partition"),
     "data-dir": ("data", "data_dir"),
@@ -397,6 +401,8 @@ def _validate(cfg: FedConfig) -> None:
         f"got {r.min_clients}; allowed: 0..num-clients ({r.clients})",
     )
     _check(r.round_timeout > 0, "round-timeout", f"got {r.round_timeout}; allowed: > 0 seconds")
+    _check(0 <= r.rejoin_wait <= r.round_timeout, "rejoin-wait",
+           f"got {r.rejoin_wait}; allowed: 0..round-timeout ({r.round_timeout}) seconds")
     _check(
         d.task in BUILTIN_TASKS or bool(_IMPORT_STRING.match(d.task)),
         "task",

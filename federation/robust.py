@@ -651,41 +651,35 @@ def _sample_count_list(
     return [int(c) for c in counts]
 
 
-DUPLICATE_RATIO: Final[float] = 1e-3
-"""Two updates from different clients whose squared distance is below this fraction of
-*their own* typical squared distance to the others (the smaller of the two clients' median
-squared distances to the rest of the round) are near-duplicates: evidence of collusion
-(colluders that send one update have distance ~0 and would look the most central to Krum).
-Why 1e-3: honest updates differ by their own data and noise, so no two are closer than a
-fraction of the typical pair distance; one plaintext under two encryptions differs only by
-CKKS noise and the screen's flooding, ~1e-8 of it. Why each client's own median and not the
-round's: far-out updates (garbage, boosts) make most pair distances of a round huge, and a
-round-wide median then called every honest pair a duplicate (seen: 2 garbage uploads among 6
-got all 4 honest clients rejected); a client's median over the others stays an honest
-distance while fewer than half of the others are attackers. Euclidean, not angular: a
-boosted copy of a direction is the norm filter's business, not a duplicate."""
+DUPLICATE_RATIO: Final[float] = 1e-4
+"""Two updates from different clients whose squared distance is below this fraction of the
+smaller of *their own* squared norms (distance under 1 % of the smaller update) are
+near-duplicates: evidence of collusion (colluders that send one update have distance ~0 and
+would look the most central to Krum). Why 1e-4: honest updates differ by their own data, batch
+sampling and DP noise, so two of them at 1 % of their size would need a cosine above 0.99995;
+one plaintext under two encryptions differs only by CKKS noise and the screen's flooding,
+~1e-8 of it. Why the pair's own norms and not distances to the other clients: any scale taken
+from the rest of the round moves with the rest of the round. A round-wide median of distances
+called every honest pair a duplicate when two garbage uploads came among six; a per-client
+median of distances still did with three clients, one of them boosted (its distance is half of
+each honest client's two). A client's own norm depends on nobody else. Euclidean, not
+angular: a boosted copy of a direction is the norm filter's business, not a duplicate."""
 
 
 def near_duplicates(stats: UpdateStats, *, ratio: float = DUPLICATE_RATIO) -> set[int]:
     """Positions of clients whose update nearly duplicates another client's.
 
-    Pair ``(i, j)`` is a near-duplicate when ``||u_i - u_j||² <= ratio * min(m_i, m_j)``,
-    ``m_i`` the median of ``i``'s finite squared distances to every other client (see
-    :data:`DUPLICATE_RATIO`). Needs ``pair_sq_dists`` and at least three clients.
+    Pair ``(i, j)`` is a near-duplicate when ``||u_i - u_j||² <= ratio * min(||u_i||², ||u_j||²)``
+    (see :data:`DUPLICATE_RATIO`); two zero updates are duplicates of each other. Needs
+    ``pair_sq_dists`` and at least two clients.
     """
-    if stats.pair_sq_dists is None or stats.n < 3:
+    if stats.pair_sq_dists is None or stats.n < 2:
         return set()
-    dists = stats.pair_sq_dists
-    typical = np.full(stats.n, np.nan)
-    for i in range(stats.n):
-        row = np.delete(dists[i], i)
-        row = row[np.isfinite(row)]
-        if row.size:
-            typical[i] = float(np.median(row))
+    dists, norms = stats.pair_sq_dists, stats.sq_norms
     out: set[int] = set()
     for i in range(stats.n):
         for j in range(i + 1, stats.n):
-            scale = min(typical[i], typical[j])
+            scale = min(norms[i], norms[j])
             if np.isfinite(dists[i, j]) and np.isfinite(scale) and dists[i, j] <= ratio * scale:
                 out.update((i, j))
     return out

@@ -50,7 +50,6 @@ from server.replies import describe_error_reply
 from server.schemes import Scheme, U
 
 __all__ = [
-    "REJOIN_WAIT",
     "ClientResult",
     "GridLike",
     "RoundReport",
@@ -347,11 +346,6 @@ def _parse_eval(content: RecordDict) -> dict[str, float]:
     return m
 
 
-REJOIN_WAIT = 30.0
-"""Seconds a node lost in one train phase (a crashed client restarting) may take to come back
-in the next one, counted once the others have replied; a node that does not is not waited for
-again until it has replied once more (see :func:`run_federation`)."""
-
 MAX_RECOVERIES_PER_ROUND = 2
 """Rollbacks one round's phase may trigger before the loop goes on with what it has."""
 
@@ -530,7 +524,6 @@ def run_federation(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
     node_wait: float = 120.0,
-    rejoin_wait: float = REJOIN_WAIT,
 ) -> RunResult:
     """Run rounds ``start_round .. cfg.run.rounds`` and return how the run ended.
 
@@ -540,7 +533,8 @@ def run_federation(
 
     A node that is offline when a train phase starts (a crashed client restarting) gets its
     message once it is back, within the same phase; one lost in the previous train phase is
-    waited for up to ``rejoin_wait`` seconds after the others replied (once: a node that did
+    waited for up to ``cfg.run.rejoin_wait`` seconds (the ``rejoin-wait`` key) after the
+    others replied (once: a node that did
     not come back is not waited for again until it has replied). So a client killed mid-round
     and restarted misses that round only, if it reconnects before the next one ends.
     """
@@ -578,7 +572,7 @@ def run_federation(
         # rejoin_wait; one that did not is not waited for again until it has replied.
         replies, lost = _train_exchange(
             grid, contents, rnd, cfg.run.round_timeout, expected_back=lost_last - gone,
-            rejoin_wait=rejoin_wait, clock=clock, sleep=sleep)
+            rejoin_wait=cfg.run.rejoin_wait, clock=clock, sleep=sleep)
         gone = (gone | (lost_last & set(lost))) - set(replies)
         lost_last = set(lost)
         down = {n: b for n, b in down.items() if lost.get(n) != _OFFLINE_REASON}  # not sent

@@ -58,6 +58,7 @@ PHASE_NAMES: dict[str, str] = {
     P.MSG_KEYS_SETUP: "key setup",
     P.MSG_KEYS_WRAP: "key setup",
     P.MSG_SCREEN: "encrypted screening",
+    P.MSG_VERIFY: "verification (after a rollback)",
 }
 """Message type -> the phase name shown on the live line."""
 

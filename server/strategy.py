@@ -18,7 +18,7 @@ Who decides what:
   on ciphertexts under CKKS, with a quorum of key holders), and aggregates the accepted updates
   as a sample-weighted mean — under encryption the server never sees an update or the model.
   It reuses the round logic of the fedguard ServerApp: :class:`server.encrypted.CkksScheme` /
-  :class:`server.schemes.PlaintextScheme` and :func:`federation.robust.screen`.
+  :class:`server.schemes.PlaintextScheme` and :func:`federation.robust.decide` (the round loop's rule).
 
 Under CKKS the aggregated model stays encrypted: :meth:`aggregate_train` returns no arrays (the
 ``Result`` keeps the initial ones) and a central ``evaluate_fn`` is refused. Clients need
@@ -45,7 +45,7 @@ from federation.aggregation import capped_counts, integer_weights
 from federation.arrays import ArrayLayout
 from federation.config import FLAT_KEYS, FedConfig, SecureAggregation, from_flat, to_flat
 from federation.errors import ConfigError, FedguardError, ProtocolError, RejectedUpdate
-from federation.robust import Decision, max_krum_f, screen
+from federation.robust import Decision, decide, max_krum_f
 from server.loop import RoundReport, RunResult
 from server.replies import NOT_FEDGUARD_CAPABLE, describe_error_reply
 from server.schemes import PlaintextScheme, Scheme
@@ -296,7 +296,9 @@ class FedguardStrategy(Strategy):
                 ) -> dict[int, Decision]:
         assert self.scheme is not None
         ids = sorted(payloads)
-        if not self.cfg.defense.defenses or not ids:
+        # the round loop's rule (server.loop._decide): under CKKS the validity check runs
+        # with or without a filter; the filters only when `defense` names some
+        if not ids or not (self.cfg.defense.defenses or self.scheme.validates_uploads):
             return {i: Decision(i, True, counts[i], (), {}) for i in ids}
         f = self.cfg.defense.max_malicious
         if f < 0:
@@ -310,8 +312,7 @@ class FedguardStrategy(Strategy):
             why = f"screening-failed: {exc}"[:300]
             log.warning("round %d: %s", rnd, why)
             return {i: Decision(i, False, 0, (why,), {}) for i in ids}
-        decisions = screen(stats, {i: counts[i] for i in ids}, self.cfg.defense.defenses, f=f,
-                           angular_krum=self.cfg.dp.enabled)
+        decisions = decide(stats, {i: counts[i] for i in ids}, self.cfg.defense.defenses, f=f)
         return {int(d.client_id): d for d in decisions}
 
     # -- evaluate replies -----------------------------------------------------------------------

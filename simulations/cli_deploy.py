@@ -142,6 +142,7 @@ def server(
     screen_quorum: opt.ScreenQuorum = None,
     max_malicious: opt.MaxMalicious = None,
     round_timeout: opt.RoundTimeout = None,
+    rejoin_wait: opt.RejoinWait = None,
     client_wait: Annotated[float, typer.Option(
         "--client-wait", min=1.0,
         help="Seconds to wait for the clients before the run starts: it starts when all are "
@@ -182,6 +183,7 @@ def server(
         "--dp-accountant": dp_accountant, "--secure-aggregation": secure_aggregation,
         "--defense": defense, "--screen-quorum": screen_quorum,
         "--max-malicious": max_malicious, "--round-timeout": round_timeout,
+        "--rejoin-wait": rejoin_wait,
     })
     flat = _server_flat(keys, out_dir, resume, given)
     try:

@@ -36,7 +36,7 @@ from typing import Any
 
 from federation.processes import ManagedProcess, free_port, process_tree, stop_tree
 
-__all__ = ["drill"]
+__all__ = ["drill", "rounds_missed"]
 
 _PASSPHRASE = "crash-drill-passphrase"
 
@@ -82,6 +82,20 @@ def _first(lines: list[tuple[float, str]], pattern: str, after: float = 0.0) -> 
 
 def _since(t: float | None, t0: float) -> float | None:
     return None if t is None else round(t - t0, 1)
+
+
+def rounds_missed(rows: list[dict[str, Any]], label: str) -> list[int]:
+    """The rounds of ``metrics.jsonl`` rows whose accepted updates do not include ``label``'s.
+
+    By the client's label (``client-<partition>``), not its node id: a resumed server starts a
+    new SuperLink, where the same key may get another node id.
+    """
+    missed = set()
+    for r in rows:
+        names = r.get("clients") or {}
+        if label not in {names.get(str(n)) for n in r.get("accepted") or []}:
+            missed.add(int(r["round"]))
+    return sorted(missed)
 
 
 def drill(out: Path, rounds: int = 8) -> dict[str, Any]:
@@ -131,8 +145,8 @@ def drill(out: Path, rounds: int = 8) -> dict[str, Any]:
         victim = clients[2]
         _wait("client 2's round-2 request",
               lambda: _said(victim, r"round 2 \(train\): request received"), 300)
-        node = next(m.group(1) for line in victim.lines
-                    if (m := re.search(r"as node (\d+)", line)))
+        result["client_node"] = next(m.group(1) for line in victim.lines
+                                     if (m := re.search(r"as node (\d+)", line)))
         tree = process_tree(victim.pid)
         killed_at = time.time()
         os.kill(victim.pid, signal.SIGKILL)
@@ -198,8 +212,7 @@ def drill(out: Path, rounds: int = 8) -> dict[str, Any]:
             r.get("note", "")).startswith(("evaluated after", "lost to a server"))}.values())
         result["accepted_by_round"] = {str(r["round"]): len(r.get("accepted") or [])
                                        for r in trained}
-        result["client_rounds_missed"] = sorted(
-            {int(r["round"]) for r in trained if int(node) not in (r.get("accepted") or [])})
+        result["client_rounds_missed"] = rounds_missed(trained, "client-2")
         result["client_rounds_missed_count"] = len(result["client_rounds_missed"])
         result["final_accuracy"] = summary.get("final_accuracy")
         result["drill_wall_s"] = round(time.monotonic() - t0, 1)

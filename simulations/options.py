@@ -36,6 +36,7 @@ __all__ = [
     "MinClients",
     "Momentum",
     "Partition",
+    "RejoinWait",
     "RoundTimeout",
     "Rounds",
     "ScreenNormBound",
@@ -72,6 +73,7 @@ FLAG_KEYS: dict[str, str] = {
     "--screen-norm-bound": "screen-norm-bound",
     "--max-malicious": "max-malicious",
     "--round-timeout": "round-timeout",
+    "--rejoin-wait": "rejoin-wait",
     "--malicious": "malicious",
     "--attack": "attack",
     "--out": "out-dir",
@@ -161,6 +163,9 @@ MaxMalicious = Annotated[int | None, typer.Option(
     "--max-malicious", help="Multi-Krum's f (default: the most Krum tolerates).")]
 RoundTimeout = Annotated[float | None, typer.Option(
     "--round-timeout", help="Seconds to wait for one phase's replies (default 600).")]
+RejoinWait = Annotated[float | None, typer.Option(
+    "--rejoin-wait", help="Seconds a client lost in the previous round may take to come back "
+    "and train in this one, once (default 30).")]
 KeysDir = Annotated[Path | None, typer.Option(
     "--keys", help="A bundle from `fedguard keys init`: DIR/server for the server, "
     "DIR/trainer-<i> for a client.")]

@@ -61,6 +61,8 @@ def test_values_are_converted_and_placed() -> None:
         ({"lr": 0}, "lr", "0 < lr"),
         ({"screen-quorum": 9, "num-clients": 3}, "screen-quorum", "1..num-clients"),
         ({"num-rounds": 3}, "num-rounds", "did you mean 'num-server-rounds'"),
+        ({"rejoin-wait": -1}, "rejoin-wait", "0..round-timeout"),
+        ({"rejoin-wait": 700}, "rejoin-wait", "0..round-timeout (600.0)"),
     ],
 )
 def test_bad_values_name_the_key(flat: dict[str, object], key: str, fragment: str) -> None:

@@ -506,3 +506,19 @@ def test_far_out_updates_never_make_honest_pairs_look_like_duplicates(seed: int)
     # of every client's peers: 6 honest, 3 far out of which two are one vector)
     twins = stats_from_plain([*honest, *garbage, garbage[0].copy()], list(range(9)))
     assert near_duplicates(twins) == {6, 8}
+
+
+def test_two_honest_clients_beside_a_boosted_one_are_not_duplicates() -> None:
+    # Three clients, one of them boosted 1000x: a scale taken from distances to the others
+    # (each honest client's median over its two peers) was dominated by the boosted distance
+    # and called the honest pair collusion (seen through the Flower strategy, defence "norm").
+    ups = honest_round(4, n=2)
+    ups.append(1000.0 * ups[0])
+    stats = stats_from_plain(ups, [0, 1, 2])
+    assert near_duplicates(stats) == set()
+    out = {d.client_id: d for d in robust.decide(stats, [1, 1, 1], "norm", f=1)}
+    assert {c for c, d in out.items() if d.accepted} == {0, 1}
+    assert any(r.startswith("norm") for r in out[2].reasons)
+    # while one update sent twice under two clients' names still is
+    twins = stats_from_plain([*ups[:2], ups[0] * (1 + 1e-7)], [0, 1, 2])
+    assert near_duplicates(twins) == {0, 2}

@@ -113,6 +113,14 @@ class Deployment:
             self.clients[i] = proc
         return proc
 
+    def stop_servers(self) -> None:
+        """Stop every process but the trainers' own clients (what an earlier test may have
+        left running if it failed: its server would hold the port)."""
+        keep = {p.pid for p in self.clients.values()}
+        for proc in self.procs:
+            if proc.pid not in keep and (proc.poll() is None or process_tree(proc.pid)):
+                proc.stop(grace=5.0)
+
     def ensure_clients(self, n: int = 3) -> None:
         """Trainers 0..n-1 each have a live client (an earlier test's stay up: they reconnect
         to the next server on the same port by themselves, their ClientApp launchers warm)."""
@@ -302,6 +310,7 @@ def test_server_sigkilled_resumes_to_the_end_and_a_failing_serverapp_is_nonzero(
     # (correctly) counted twice by the clients' ledgers, which a budget calibrated for exactly
     # the planned rounds would not allow.
     args = ["--rounds", "2", "--clients", "3", "--dp-noise", "1.0", *COMMON]
+    dep.stop_servers()
     first = dep.server(*args, name="server-b")
     dep.ensure_clients()
     checkpoint = dep.run_dir / "checkpoints" / "round-0001.npz"

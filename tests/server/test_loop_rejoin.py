@@ -75,12 +75,12 @@ def _flaky_grid(fake_grid: Any, clock: _Clock, *, crash_round: int, back_after: 
 def test_a_restarted_client_rejoins_the_next_round_and_a_dead_one_is_waited_for_once(
         fake_grid: Any, recorder: Any) -> None:
     cfg = from_flat({"num-clients": 4, "num-server-rounds": 3, "partition": "iid",
-                     "data-dir": "subset", "batch-size": 64})
+                     "data-dir": "subset", "batch-size": 64, "rejoin-wait": 5.0})
     clock = _Clock()
     grid = _flaky_grid(fake_grid, clock, crash_round=1, back_after=2.0, returns=102, dies=103)
     rec = recorder()
     result = run_federation(grid, cfg, make_scheme(cfg), observer=rec, clock=clock,
-                            sleep=clock.sleep, rejoin_wait=5.0)
+                            sleep=clock.sleep)
     assert result.rounds_completed == 3 and not result.stopped_early
     r1, r2, r3 = rec.rounds
     # round 1: both crash mid-round; their replies are lost
