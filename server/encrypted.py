@@ -34,6 +34,7 @@ import logging
 import os
 import random
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -329,8 +330,13 @@ class CkksScheme:
             vectors = [payloads[i] for i in screened]
             params = self.screen_params
             challenge = new_challenge(round_, vectors, params.repetitions, rng=self._nonce)
-            server_part = server_projections(self._public(), vectors, challenge)
-            holder_part = self._holders_answer(grid, ids, challenge, round_)
+            # The server's c0 projections (about half the screen's CPU time) run in a thread
+            # while the key holders compute the seed parts on their own machines: neither
+            # needs the other's result until combine(). numpy's matmuls release the GIL.
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedguard-screen") as pool:
+                own = pool.submit(server_projections, self._public(), vectors, challenge)
+                holder_part = self._holders_answer(grid, ids, challenge, round_)
+                server_part = own.result()
             if holder_part is None:
                 rejected.update({i: "statistic:no-key-holder-quorum" for i in screened})
             else:
