@@ -349,8 +349,9 @@ class ALIE:
     Mean and std come from the colluders' benign estimates (std with ``ddof=1`` when
     ``k >= 2``, else 0). ``z`` defaults to :func:`alie_z` of the round's ``n`` and ``f``;
     for ``z <= 1`` the update stays within one std of the benign mean in every coordinate,
-    so distance- and norm-based filters see nothing unusual. All colluders send the same
-    vector.
+    so distance- and norm-based filters see nothing unusual. Each attacker computes it from
+    the estimates it is given (``ctx``); they are not pooled as for min-max / min-sum, so
+    the attackers' vectors differ.
     """
 
     z: float | None = None
