@@ -54,6 +54,16 @@ def _said(proc: ManagedProcess, pattern: str) -> bool:
     return any(re.search(pattern, line) for line in list(proc.lines))
 
 
+def _sigkill_and_count(proc: ManagedProcess, result: dict[str, Any], who: str) -> None:
+    """SIGKILL ``proc`` and record its tree's size, how fast it went and what survived."""
+    tree = process_tree(proc.pid)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    result[f"{who}_tree_size"] = len(tree)
+    result[f"{who}_tree_gone_after_s"], left = _gone_within(tree, 10.0)
+    result[f"{who}_survivors"] = len(left)
+
+
 def _gone_within(tree: list[int], timeout: float) -> tuple[float, list[int]]:
     """Seconds until no pid of ``tree`` is alive (at most ``timeout``), and the pids left."""
     start = time.monotonic()
@@ -147,13 +157,8 @@ def drill(out: Path, rounds: int = 8) -> dict[str, Any]:
               lambda: _said(victim, r"round 2 \(train\): request received"), 300)
         result["client_node"] = next(m.group(1) for line in victim.lines
                                      if (m := re.search(r"as node (\d+)", line)))
-        tree = process_tree(victim.pid)
         killed_at = time.time()
-        os.kill(victim.pid, signal.SIGKILL)
-        victim.wait()
-        result["client_tree_size"] = len(tree)
-        result["client_tree_gone_after_s"], left = _gone_within(tree, 10.0)
-        result["client_survivors"] = len(left)
+        _sigkill_and_count(victim, result, "client")
         restarted_at = time.time()
         restarted = client(2, "client2-restarted")
         _wait("the restarted client to connect",
@@ -184,13 +189,8 @@ def drill(out: Path, rounds: int = 8) -> dict[str, Any]:
         round_lines = [t for t, line in before if re.match(r"round +\d+/", line)]
         gaps = sorted(b - a for a, b in itertools.pairwise(round_lines))
         result["round_seconds_median"] = round(gaps[len(gaps) // 2], 1) if gaps else None
-        tree = process_tree(srv.pid)
         killed = time.monotonic()
-        os.kill(srv.pid, signal.SIGKILL)
-        srv.wait()
-        result["server_tree_size"] = len(tree)
-        result["server_tree_gone_after_s"], left = _gone_within(tree, 10.0)
-        result["server_survivors"] = len(left)
+        _sigkill_and_count(srv, result, "server")
         result["processes_left"] = result["client_survivors"] + result["server_survivors"]
         restarted_server = time.monotonic()
         resumed = server("server-resumed", "--resume")
