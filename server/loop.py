@@ -35,7 +35,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol
 
@@ -44,7 +44,7 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from federation import protocol as P
 from federation.aggregation import capped_counts, integer_weights
 from federation.config import FedConfig, to_flat
-from federation.errors import ProtocolError, RejectedUpdate
+from federation.errors import FedguardError, ProtocolError, RejectedUpdate
 from federation.robust import Decision, decide, max_krum_f
 from server.replies import describe_error_reply
 from server.schemes import Scheme, U
@@ -56,6 +56,7 @@ __all__ = [
     "RunObserver",
     "RunResult",
     "run_federation",
+    "screen_round",
 ]
 
 log = logging.getLogger("fedguard.server")
@@ -251,20 +252,23 @@ def _train_exchange(
     Instead, the nodes connected now get their messages; afterwards, each node that has come
     back (re)connected gets its message (the round waits for it). Nodes in ``expected_back``
     (lost in the previous round) are waited for up to ``rejoin_wait`` seconds after the others
-    replied. A node still offline then is lost with :data:`_OFFLINE_REASON`. Returns
-    ``(replies, lost)`` like :func:`exchange`.
+    replied. A node still offline then is lost with :data:`_OFFLINE_REASON`. The whole phase
+    takes at most ``timeout + rejoin_wait``: a node that comes back late gets only what is left
+    of that, so nodes reconnecting one after another cannot each claim a full ``timeout``.
+    Returns ``(replies, lost)`` like :func:`exchange`.
     """
+    phase_end = clock() + timeout + rejoin_wait
     online = {int(n) for n in grid.get_node_ids()}
     later = {n: c for n, c in node_contents.items() if n not in online}
     now_ = {n: c for n, c in node_contents.items() if n in online}
     replies, lost = exchange(grid, now_, P.MSG_TRAIN, round_, timeout) if now_ else ({}, {})
     deadline = clock() + rejoin_wait
-    while later:
+    while later and clock() < phase_end:
         online = {int(n) for n in grid.get_node_ids()}
         back = {n: c for n, c in later.items() if n in online}
         if back:
             log.info("round %d: node(s) %s came back; sending them this round", round_, sorted(back))
-            more, more_lost = exchange(grid, back, P.MSG_TRAIN, round_, timeout)
+            more, more_lost = exchange(grid, back, P.MSG_TRAIN, round_, phase_end - clock())
             replies.update(more)
             lost.update(more_lost)
             for n in back:
@@ -746,24 +750,36 @@ def run_federation(
 
 def _decide(grid: GridLike, cfg: FedConfig, scheme: Scheme[U], candidates: list[ClientResult[U]],
             rnd: int) -> dict[int, Decision]:
-    """Who is aggregated, with what weight (the screen phase, when there is one).
+    return screen_round(grid, cfg, scheme, {r.node_id: _payload(r) for r in candidates},
+                        {r.node_id: r.num_examples for r in candidates}, rnd)
+
+
+def screen_round(grid: GridLike, cfg: FedConfig, scheme: Scheme[U], payloads: Mapping[int, U],
+                 counts: Mapping[int, int], rnd: int) -> dict[int, Decision]:
+    """Who is aggregated, with what weight: the server's one rule, for the round loop and for
+    :class:`server.strategy.FedguardStrategy`.
 
     Under encryption the uploads' validity check (the projection screen's certified band,
     docs/soundness.md) runs with or without ``--defense``: the server cannot look at an
     update, so validity is part of secure aggregation (as PINE/Prio validity proofs are), and
     a wrapped, shifted or garbage upload is rejected (``statistic:*``) before it can spoil an
     aggregate; the rollback stays the second line for what the check cannot see. The filters
-    run only when ``--defense`` names some. Plaintext without a filter screens nothing.
+    run only when ``--defense`` names some (:func:`federation.robust.decide`). Plaintext
+    without a filter screens nothing. When the screen itself cannot run (an error while
+    computing the statistics), no update is judged safe: every candidate is rejected with
+    ``screening-failed: …``, the round is lost and the run goes on.
     """
-    ids = [r.node_id for r in candidates]
-    counts = [r.num_examples for r in candidates]
-    validity = scheme.validates_uploads
-    if not candidates or not (cfg.defense.defenses or validity):
-        return {i: Decision(i, True, c, (), {}) for i, c in zip(ids, counts, strict=True)}
-    n = len(candidates)
-    f = cfg.defense.max_malicious if cfg.defense.max_malicious >= 0 else max_krum_f(n)
-    stats = scheme.statistics(grid, {r.node_id: _payload(r) for r in candidates}, rnd)
-    decisions = decide(stats, dict(zip(ids, counts, strict=True)), cfg.defense.defenses, f=f)
+    ids = sorted(payloads)
+    if not ids or not (cfg.defense.defenses or scheme.validates_uploads):
+        return {i: Decision(i, True, counts[i], (), {}) for i in ids}
+    f = cfg.defense.max_malicious if cfg.defense.max_malicious >= 0 else max_krum_f(len(ids))
+    try:
+        stats = scheme.statistics(grid, {i: payloads[i] for i in ids}, rnd)
+    except (FedguardError, ValueError) as exc:
+        why = f"screening-failed: {exc}"[:300]
+        log.warning("round %d: %s", rnd, why)
+        return {i: Decision(i, False, 0, (why,), {}) for i in ids}
+    decisions = decide(stats, {i: counts[i] for i in ids}, cfg.defense.defenses, f=f)
     return {int(d.client_id): d for d in decisions}
 
 

@@ -44,9 +44,9 @@ from federation import protocol as P
 from federation.aggregation import capped_counts, integer_weights
 from federation.arrays import ArrayLayout
 from federation.config import FLAT_KEYS, FedConfig, SecureAggregation, from_flat, to_flat
-from federation.errors import ConfigError, FedguardError, ProtocolError, RejectedUpdate
-from federation.robust import Decision, decide, max_krum_f
-from server.loop import RoundReport, RunResult
+from federation.errors import ConfigError, ProtocolError, RejectedUpdate
+from federation.robust import Decision
+from server.loop import RoundReport, RunResult, screen_round
 from server.replies import NOT_FEDGUARD_CAPABLE, describe_error_reply
 from server.schemes import PlaintextScheme, Scheme
 
@@ -294,26 +294,8 @@ class FedguardStrategy(Strategy):
 
     def _decide(self, payloads: dict[int, Any], counts: dict[int, int], rnd: int
                 ) -> dict[int, Decision]:
-        assert self.scheme is not None
-        ids = sorted(payloads)
-        # the round loop's rule (server.loop._decide): under CKKS the validity check runs
-        # with or without a filter; the filters only when `defense` names some
-        if not ids or not (self.cfg.defense.defenses or self.scheme.validates_uploads):
-            return {i: Decision(i, True, counts[i], (), {}) for i in ids}
-        f = self.cfg.defense.max_malicious
-        if f < 0:
-            f = max_krum_f(len(ids))
-        try:
-            stats = self.scheme.statistics(self._grid, payloads, rnd)
-        except (FedguardError, ValueError) as exc:
-            # The filter could not run (e.g. the screening preset's headroom is too small for
-            # this model): no update is judged safe, so none is aggregated. The round is lost,
-            # the run goes on.
-            why = f"screening-failed: {exc}"[:300]
-            log.warning("round %d: %s", rnd, why)
-            return {i: Decision(i, False, 0, (why,), {}) for i in ids}
-        decisions = decide(stats, {i: counts[i] for i in ids}, self.cfg.defense.defenses, f=f)
-        return {int(d.client_id): d for d in decisions}
+        assert self.scheme is not None and self._grid is not None
+        return screen_round(self._grid, self.cfg, self.scheme, payloads, counts, rnd)
 
     # -- evaluate replies -----------------------------------------------------------------------
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]
