@@ -317,7 +317,7 @@ def keys_init(
 
 @app.command()
 def scenarios(
-    matrix: Annotated[str, typer.Option("--matrix", help="small (minutes) | full (the target setting, ~80 min)")] = "small",
+    matrix: Annotated[str, typer.Option("--matrix", help="small (52 runs, ~30 min) | full (the target setting, 52 runs, over 2 h)")] = "small",
     out: Annotated[Path | None, typer.Option("--out")] = None,
     only: Annotated[list[str] | None, typer.Option("--only", help="Run scenarios whose name contains this (repeatable).")] = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="Run every scenario again instead of resuming from --out/results.json.")] = False,
