@@ -41,7 +41,6 @@ import numpy.typing as npt
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from clients import encrypted
 from clients.private import config_of, spent_epsilon
 from clients.schemes import TrainerScheme, trainer_scheme
 from federation import protocol as P
@@ -90,7 +89,7 @@ def _global(msg: Message, context: Context, scheme: TrainerScheme,
     scheme.install_keys(content)
     if P.GLOBAL_CIPHER in content.array_records or P.GLOBAL_PLAIN in content.array_records:
         return layout, scheme.read_global(content, initial, timings)
-    return layout, initial  # FedguardStrategy sends G0 as `arrays` (first message) only
+    return layout, initial  # no global record: the initial model kept from the first message
 
 
 def _for_user(msg: Message, layout: ArrayLayout, vec: np.ndarray) -> Message:
@@ -175,12 +174,6 @@ def enable_fedguard(app: ClientApp) -> ClientApp:
     ``query.screen`` (each round with an encrypted filter) to trainers; a ClientApp without
     them is reported as "not fedguard-capable". Returns ``app``.
     """
-    from clients.app import guarded
+    from clients.app import register_key_holder_queries
 
-    app.query(P.MSG_KEYS_SETUP.split(".", 1)[1])(guarded(
-        lambda c, ctx: encrypted.handle_keys_setup(c, ctx.state, ctx.node_config, ctx.run_id)))
-    app.query(P.MSG_KEYS_WRAP.split(".", 1)[1])(guarded(
-        lambda c, ctx: encrypted.handle_keys_wrap(c, ctx.state, ctx.run_id)))
-    app.query(P.MSG_SCREEN.split(".", 1)[1])(guarded(
-        lambda c, ctx: encrypted.handle_screen(c, ctx.state, ctx.node_config, ctx.run_id)))
-    return app
+    return register_key_holder_queries(app)
