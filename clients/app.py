@@ -14,11 +14,12 @@ from typing import Any
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from clients import encrypted
 from clients.handlers import NO_HOOKS, ClientHooks, handle_evaluate, handle_train, handle_verify
 from federation import protocol as P
 from federation.errors import FedguardError
 
-__all__ = ["app", "guarded", "make_client_app"]
+__all__ = ["app", "make_client_app", "register_key_holder_queries"]
 
 log = logging.getLogger("fedguard.client")
 
@@ -53,13 +54,33 @@ def _guarded(handler: Handler) -> Callable[[Message, Context], Message]:
     return run
 
 
-guarded = _guarded  # public: clients.mods registers fedguard's query handlers with it
+def _query(message_type: str) -> str:
+    """The action Flower's ``@app.query(action)`` takes for ``query.<action>``."""
+    return message_type.split(".", 1)[1]
+
+
+def register_key_holder_queries(client_app: ClientApp) -> ClientApp:
+    """Register a CKKS key holder's query handlers on ``client_app``; return it.
+
+    In-band key setup (``query.keys``, ``query.wrap``) and screening (``query.screen``), each
+    guarded (a failure is an error reply). Shared by fedguard's ClientApp and
+    :func:`clients.mods.enable_fedguard` (a partner's ClientApp).
+    """
+    client_app.query(_query(P.MSG_KEYS_SETUP))(_guarded(lambda c, ctx: encrypted.handle_keys_setup(
+        c, ctx.state, ctx.node_config, ctx.run_id)))
+    client_app.query(_query(P.MSG_KEYS_WRAP))(_guarded(lambda c, ctx: encrypted.handle_keys_wrap(
+        c, ctx.state, ctx.run_id)))
+    client_app.query(_query(P.MSG_SCREEN))(_guarded(lambda c, ctx: encrypted.handle_screen(
+        c, ctx.state, ctx.node_config, ctx.run_id)))
+    return client_app
 
 
 def make_client_app(hooks_factory: HooksFactory | None = None) -> ClientApp:
-    """Build the trainer ClientApp; ``hooks_factory(node_config)`` may compose in behaviour."""
-    from clients import encrypted
+    """Build the trainer ClientApp; ``hooks_factory(node_config)`` may compose in behaviour.
 
+    Each message handler takes its transport from :func:`clients.schemes.trainer_scheme`
+    (through :mod:`clients.handlers`); this module only binds them to Flower.
+    """
     client_app = ClientApp()
 
     def hooks_for(context: Context) -> ClientHooks:
@@ -69,15 +90,9 @@ def make_client_app(hooks_factory: HooksFactory | None = None) -> ClientApp:
         c, ctx.state, ctx.node_config, ctx.run_id, hooks_for(ctx))))
     client_app.evaluate()(_guarded(lambda c, ctx: handle_evaluate(
         c, ctx.state, ctx.node_config, ctx.run_id, hooks_for(ctx))))
-    client_app.query("keys")(_guarded(lambda c, ctx: encrypted.handle_keys_setup(
+    client_app.query(_query(P.MSG_VERIFY))(_guarded(lambda c, ctx: handle_verify(
         c, ctx.state, ctx.node_config, ctx.run_id)))
-    client_app.query("wrap")(_guarded(lambda c, ctx: encrypted.handle_keys_wrap(
-        c, ctx.state, ctx.run_id)))
-    client_app.query("verify")(_guarded(lambda c, ctx: handle_verify(
-        c, ctx.state, ctx.node_config, ctx.run_id)))
-    client_app.query("screen")(_guarded(lambda c, ctx: encrypted.handle_screen(
-        c, ctx.state, ctx.node_config, ctx.run_id)))
-    return client_app
+    return register_key_holder_queries(client_app)
 
 
 app = make_client_app()

@@ -40,13 +40,15 @@ from federation.errors import (
 from federation.records import bytes_record, record_bytes
 
 __all__ = [
-    "check_plain_global",
     "decrypt_candidates",
     "decrypt_global",
     "encrypt_update",
     "handle_keys_setup",
     "handle_keys_wrap",
     "handle_screen",
+    "holds_key",
+    "note_round",
+    "secret_context",
 ]
 
 _STATE_CKKS = "fg-ckks"  # ConfigRecord {"secret": bytes}
@@ -77,6 +79,11 @@ def _store_secret(state: RecordDict, secret: bytes) -> SecretContext:
     ctx = _remember(secret)
     state[_STATE_CKKS] = ConfigRecord({"secret": secret})
     return ctx
+
+
+def holds_key(state: RecordDict) -> bool:
+    """True when this node's state holds a CKKS secret context (installed or generated)."""
+    return _STATE_CKKS in state.config_records
 
 
 def secret_context(content: RecordDict, state: RecordDict, node_config: Mapping[str, Any],
@@ -313,18 +320,6 @@ def decrypt_global(content: RecordDict, state: RecordDict, node_config: Mapping[
         raise GlobalRefused(f"ciphertext:{exc.reason}") from None
     return _decrypt_checked(ctx, blob, seeds, weights, rounds, global_round, cfg, initial, state,
                             run_id, remember=True, timings=timings)
-
-
-def check_plain_global(content: RecordDict, state: RecordDict, vec: npt.NDArray[np.float32],
-                       initial: npt.NDArray[np.float32]) -> None:
-    """Under CKKS the only plaintext global is the public initial model of round 1."""
-    rec = content.config_records.get(P.CFG)
-    ckks = state.config_records.get(_STATE_CKKS) is not None or P.KEYS in content.config_records \
-        or (rec is not None and rec.get("secure-aggregation") == "ckks")
-    if ckks and (not np.array_equal(vec, initial)
-                 or (rec is not None and rec.get(P.GLOBAL_ROUND, 0) != 0)):
-        raise GlobalRefused("replaced-global", "a plaintext global under CKKS that is not the "
-                            "public initial model")
 
 
 def decrypt_candidates(content: RecordDict, state: RecordDict, node_config: Mapping[str, Any],

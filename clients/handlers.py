@@ -20,14 +20,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
-from clients import secure
 from clients.ledger import LedgerFile, load_ledger, record_event
 from clients.private import LEDGER_KEY, dp_plan
+from clients.schemes import trainer_scheme
 from clients.training import evaluate, train_local
 from federation import protocol as P
-from federation.config import FLAT_KEYS, FedConfig, SecureAggregation, from_flat
+from federation.config import FLAT_KEYS, FedConfig, from_flat
 from federation.data import normalize
 from federation.errors import ConfigError, FedguardError, GlobalRefused, PrivacyBudgetExceeded
 from federation.privacy import (
@@ -38,7 +38,6 @@ from federation.privacy import (
     epsilon,
     poisson_schedule,
 )
-from federation.records import record_vector
 from federation.tasks import (
     FASHION_MNIST,
     FASHION_MNIST_TANH,
@@ -231,13 +230,14 @@ def handle_train(
     cfg, round_ = _config(content)
     if round_ <= _last_trained(state, run_id):  # a replayed round: never train (and spend epsilon) twice
         raise FedguardError(f"round {round_} is not after the last round this trainer trained in")
+    scheme = trainer_scheme(cfg, state, node_config, run_id)
+    scheme.install_keys(content)  # before anything is read or spent: refuses with a reason
     local = _prepare(cfg, node_config, hooks.poison_data)
     cfg, pid, num, data, model = local.cfg, local.pid, local.num, local.data, local.model
     timings: dict[str, float] = {}
     global_round = _global_round(content)
     try:
-        global_vec = secure.read_global(content, state, node_config, run_id, flatten_params(model),
-                                        timings)
+        global_vec = scheme.read_global(content, flatten_params(model), timings)
         evaluated = check_global(global_vec, model, data, cfg, state, global_round, run_id=run_id)
     except GlobalRefused as exc:
         return _refused(exc, global_round, {P.M_PARTITION_ID: pid, **timings})
@@ -245,10 +245,7 @@ def handle_train(
     state[_STATE_TRAINED] = ConfigRecord({"round": round_, "run": run_id})
     if hooks.extra_eval is not None:
         metrics.update(hooks.extra_eval(model, cfg, pid, num))
-    if cfg.secure.mode is SecureAggregation.CKKS:
-        from clients.encrypted import note_round
-
-        note_round(state, round_, cfg.run.clients)
+    scheme.note_round(round_, cfg.run.clients)
 
     ledger, ledger_file = _ledger(state, node_config)
     try:
@@ -300,7 +297,7 @@ def handle_train(
         metrics[P.M_TRAIN_LOSS] = result.mean_loss
     # what leaves: DP-SGD's output when the plan noised it (the ledger recorded it above)
     released = NoisedUpdate(PlainUpdate(update)) if plan is not None else PlainUpdate(update)
-    arrays = secure.encode_update(released, state, cfg, metrics)
+    arrays: dict[str, Any] = scheme.encode_update(released, metrics)
     if hooks.poison_upload is not None:
         arrays = hooks.poison_upload(arrays, {"round": round_, "cfg": cfg, P.M_PARTITION_ID: pid,
                                               "state": state, "global": global_vec})
@@ -314,12 +311,14 @@ def handle_evaluate(
     """Evaluate the received global model on the local test split (no training)."""
     _set_threads()
     cfg, _round = _config(content)
+    scheme = trainer_scheme(cfg, state, node_config, run_id)
+    scheme.install_keys(content)
     local = _prepare(cfg, node_config)
     cfg, pid, num, data, model = local.cfg, local.pid, local.num, local.data, local.model
     timings: dict[str, float] = {}
     global_round = _global_round(content)
     try:
-        vec = secure.read_global(content, state, node_config, run_id, flatten_params(model), timings)
+        vec = scheme.read_global(content, flatten_params(model), timings)
         evaluated = check_global(vec, model, data, cfg, state, global_round, run_id=run_id)
     except GlobalRefused as exc:
         return _refused(exc, global_round, {P.M_PARTITION_ID: pid, **timings})
@@ -431,31 +430,20 @@ def handle_verify(content: RecordDict, state: RecordDict, node_config: Mapping[s
     """Attribution: check each candidate global of a refused round; vote on each.
 
     Each candidate is the previous global plus one disjoint group of the refused round's
-    uploads (:func:`clients.encrypted.decrypt_candidates` enforces the group rules under CKKS);
+    uploads (the run's :class:`~clients.schemes.TrainerScheme` reads them; under CKKS
+    :func:`clients.encrypted.decrypt_candidates` enforces the group rules);
     each gets the checks of :func:`check_global` against the global before the refused round.
     """
     _set_threads()
     cfg, _round = _config(content)
+    scheme = trainer_scheme(cfg, state, node_config, run_id)
+    scheme.install_keys(content)
     local = _prepare(cfg, node_config)
     cfg, pid, data, model = local.cfg, local.pid, local.data, local.model
     initial = flatten_params(model)
     global_round = _global_round(content)
     try:
-        if P.KEYS in content.config_records:
-            from clients.encrypted import decrypt_candidates
-
-            candidates = decrypt_candidates(content, state, node_config, run_id, initial)
-        else:
-            arrays = content.array_records.get(P.CANDIDATES)
-            if arrays is None or not 1 <= len(arrays) <= 64:
-                raise GlobalRefused("candidates", "no candidates, or too many")
-            candidates = []
-            for key in sorted(arrays.keys()):
-                try:
-                    candidates.append(record_vector(ArrayRecord({P.VECTOR_ITEM: arrays[key]}),
-                                                    initial.shape[0]))
-                except FedguardError as exc:
-                    candidates.append(GlobalRefused("malformed", str(exc)))
+        candidates = scheme.read_candidates(content, initial)
     except GlobalRefused as exc:
         return _refused(exc, global_round, {P.M_PARTITION_ID: pid})
     accept, reasons = [], []

@@ -11,8 +11,10 @@ Two lines turn a quickstart-style ClientApp into a fedguard trainer::
 On a ``train`` or ``evaluate`` message sent by :class:`server.strategy.FedguardStrategy` it
 
 1. keeps the public initial model (the standard ``arrays`` record of the node's first
-   message) in node state, installs this trainer's CKKS secret key when the message brings
-   it wrapped, and decrypts the encrypted global model (``G = G0 + S / K``);
+   message) in node state; then, through the run's :class:`~clients.schemes.TrainerScheme`,
+   installs this trainer's CKKS secret key (an explicit first step: refused with a reason
+   when the node has none and the message brings none) and decrypts the encrypted global
+   model (``G = G0 + S / K``);
 2. hands the partner's function the usual ``arrays`` (the plaintext global model, same names
    and shapes as their initial model) and their ``config`` record — plus fedguard's config
    record, which :func:`clients.private.dp_train` reads;
@@ -35,14 +37,14 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from clients import encrypted, secure
 from clients.private import config_of, spent_epsilon
+from clients.schemes import TrainerScheme, trainer_scheme
 from federation import protocol as P
 from federation.arrays import ArrayLayout
-from federation.config import SecureAggregation
 from federation.errors import FedguardError, PrivacyBudgetExceeded, RejectedUpdate
 from federation.updates import PlainUpdate
 
@@ -77,22 +79,17 @@ def _initial(content: RecordDict, state: RecordDict) -> ArrayRecord:
     return kept
 
 
-def _global(msg: Message, context: Context, timings: dict[str, float]) -> tuple[
-        ArrayLayout, np.ndarray]:
-    cfg, _round = config_of(msg.content)
+def _global(msg: Message, context: Context, scheme: TrainerScheme,
+            timings: dict[str, float]) -> tuple[ArrayLayout, npt.NDArray[np.float32]]:
     initial_rec = _initial(msg.content, context.state)
     layout = ArrayLayout.of(initial_rec)
     initial = layout.flatten(initial_rec)
     content = msg.content
-    if cfg.secure.mode is SecureAggregation.CKKS:
-        # installs the wrapped secret key delivered with this node's first message
-        encrypted.secret_context(content, context.state, context.node_config, context.run_id)
+    # the wrapped secret key comes with this node's first message under CKKS
+    scheme.install_keys(content)
     if P.GLOBAL_CIPHER in content.array_records or P.GLOBAL_PLAIN in content.array_records:
-        vec = secure.read_global(content, context.state, context.node_config, context.run_id,
-                                 initial, timings)
-    else:
-        vec = initial
-    return layout, vec
+        return layout, scheme.read_global(content, initial, timings)
+    return layout, initial  # no global record: the initial model kept from the first message
 
 
 def _for_user(msg: Message, layout: ArrayLayout, vec: np.ndarray) -> Message:
@@ -106,10 +103,10 @@ def _for_user(msg: Message, layout: ArrayLayout, vec: np.ndarray) -> Message:
 
 def _train(msg: Message, context: Context, call_next: CallNext) -> Message:
     cfg, round_ = config_of(msg.content)
+    scheme = trainer_scheme(cfg, context.state, context.node_config, context.run_id)
     timings: dict[str, float] = {}
-    layout, global_vec = _global(msg, context, timings)
-    if cfg.secure.mode is SecureAggregation.CKKS:
-        encrypted.note_round(context.state, round_, cfg.run.clients)
+    layout, global_vec = _global(msg, context, scheme, timings)
+    scheme.note_round(round_, cfg.run.clients)
     t = time.perf_counter()
     out = call_next(_for_user(msg, layout, global_vec), context)
     train_seconds = time.perf_counter() - t
@@ -134,12 +131,14 @@ def _train(msg: Message, context: Context, call_next: CallNext) -> Message:
     metrics[P.M_TRAIN_SECONDS] = train_seconds
     if cfg.dp.enabled:
         metrics[P.M_EPSILON] = spent_epsilon(context, cfg, int(metrics[P.NUM_EXAMPLES]))
-    arrays = secure.encode_update(PlainUpdate(update), context.state, cfg, metrics)
+    arrays = scheme.encode_update(PlainUpdate(update), metrics)
     return _reply(msg, P.STATUS_OK, "", metrics, arrays)
 
 
 def _evaluate(msg: Message, context: Context, call_next: CallNext) -> Message:
-    layout, vec = _global(msg, context, {})
+    cfg, _round = config_of(msg.content)
+    scheme = trainer_scheme(cfg, context.state, context.node_config, context.run_id)
+    layout, vec = _global(msg, context, scheme, {})
     return call_next(_for_user(msg, layout, vec), context)
 
 
@@ -175,12 +174,6 @@ def enable_fedguard(app: ClientApp) -> ClientApp:
     ``query.screen`` (each round with an encrypted filter) to trainers; a ClientApp without
     them is reported as "not fedguard-capable". Returns ``app``.
     """
-    from clients.app import guarded
+    from clients.app import register_key_holder_queries
 
-    app.query(P.MSG_KEYS_SETUP.split(".", 1)[1])(guarded(
-        lambda c, ctx: encrypted.handle_keys_setup(c, ctx.state, ctx.node_config, ctx.run_id)))
-    app.query(P.MSG_KEYS_WRAP.split(".", 1)[1])(guarded(
-        lambda c, ctx: encrypted.handle_keys_wrap(c, ctx.state, ctx.run_id)))
-    app.query(P.MSG_SCREEN.split(".", 1)[1])(guarded(
-        lambda c, ctx: encrypted.handle_screen(c, ctx.state, ctx.node_config, ctx.run_id)))
-    return app
+    return register_key_holder_queries(app)

@@ -58,7 +58,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from crypto import _seal
-from crypto.ckks import Context, EncryptedVector, Preset, SecretContext, _public_of
+from crypto.ckks import Context, EncryptedVector, Preset, SecretContext, _public_of, _ring
 from federation.errors import KeyMismatch
 
 __all__ = [
@@ -100,8 +100,9 @@ the repetitions needed (r = 137 for 2^-40) against the certified norm gap (~23x)
 
 _Z_DOMAIN: Final = b"fedguard.screen.z.v1\x00"
 _FLOOD_INFO: Final = b"fedguard.screen.flood.v1"
-_LIMB_BITS: Final = 28
-_BLOCK: Final = 8  # chunks per block: 8 * 4096 terms of < 2^28 keep float64 matmuls exact
+_LIMB_BITS: Final = 9
+_LIMBS: Final = 7  # 6 limbs of 9 bits and a signed top limb cover |y| < 2^55 (centred mod q)
+_BLOCK: Final = 8  # chunks per block: 8 * 4096 terms of < 2^9 keep float32 matmuls exact
 _NOISE_MAX: Final = 6 * 3.2  # SEAL clips its Gaussian noise at 6 sigma (sigma = 3.2)
 _ROUNDING: Final = 0.5  # encoding rounds each coefficient to the nearest integer
 _U64 = npt.NDArray[np.uint64]
@@ -310,6 +311,7 @@ _TERNARY: Final = np.array(
     [[((b >> (2 * j)) & 1) - ((b >> (2 * j + 1)) & 1) for j in range(4)] for b in range(256)],
     dtype=np.float64,
 ).view(np.dtype((np.void, 32))).reshape(256)  # byte -> its four entries (z = low - high bit)
+_TERNARY8: Final = _TERNARY.view(np.float64).reshape(256, 4).astype(np.int8).view("<u4").reshape(256)
 
 
 def _z_block(z_seed: bytes, start: int, stop: int, degree: int, r: int) -> _F64:
@@ -321,14 +323,26 @@ def _z_block(z_seed: bytes, start: int, stop: int, degree: int, r: int) -> _F64:
     ``b * _BLOCK * N * r / 4`` on, read repetition-major, so one block is one contiguous
     ``(r, block * N)`` matrix.
     """
+    out: _F64 = np.take(_TERNARY, _z_bytes(z_seed, start, stop, degree, r)).view(
+        np.float64).reshape(r, (stop - start) * degree)
+    return out
+
+
+def _z_bytes(z_seed: bytes, start: int, stop: int, degree: int, r: int) -> npt.NDArray[np.uint8]:
+    """The AES-CTR bytes of one ``z`` block (four entries per byte; see :func:`_z_block`)."""
     if start % _BLOCK:
         raise ValueError("z blocks start at multiples of the block size")
     per_chunk = degree * r // 4  # bytes: 2 bits per entry
     first_block, nbytes = start * per_chunk // 16, (stop - start) * per_chunk
     ctr = Cipher(algorithms.AES(z_seed), modes.CTR(first_block.to_bytes(16, "big")))
-    raw = np.frombuffer(ctr.encryptor().update(bytes(nbytes)), dtype=np.uint8)
-    out: _F64 = np.take(_TERNARY, raw).view(np.float64).reshape(r, (stop - start) * degree)
-    return out
+    return np.frombuffer(ctr.encryptor().update(bytes(nbytes)), dtype=np.uint8)
+
+
+def _z_block32(z_seed: bytes, start: int, stop: int, degree: int, r: int) -> npt.NDArray[np.float32]:
+    """:func:`_z_block` as float32 (the same entries; half the memory traffic)."""
+    raw = _z_bytes(z_seed, start, stop, degree, r)
+    ternary = np.take(_TERNARY8, raw).view(np.int8).reshape(r, (stop - start) * degree)
+    return ternary.astype(np.float32)
 
 
 def directions(challenge: Challenge) -> _F64:
@@ -359,21 +373,27 @@ def _project(
     r: int,
     q: int,
 ) -> list[list[int]]:
-    """``<z_k, y_i> mod q`` for ``y_i`` given block by block as ``(count, block, N)`` coefficients."""
-    hi_acc = np.zeros((count, r), dtype=np.int64)
-    lo_acc = np.zeros((count, r), dtype=np.int64)
+    """``<z_k, y_i> mod q`` for ``y_i`` given block by block as ``(count, block, N)`` coefficients.
+
+    Exact in float32: each centred coefficient (``|y| < 2^55``) is split into
+    :data:`_LIMBS` limbs of :data:`_LIMB_BITS` bits (the top one signed), so every partial
+    sum of a block's ``B * N <= 2^15`` products with ``z`` in {-1, 0, 1} stays below
+    ``2^15 * 2^9 = 2^24``, where float32 represents every integer -- whatever order BLAS
+    adds in. float32 halves the memory traffic of the ``(r, B * N)`` block of ``z``, which
+    is what the product costs.
+    """
+    acc = np.zeros((_LIMBS * count, r), dtype=np.int64)
+    mask = np.int64((1 << _LIMB_BITS) - 1)
     for start in range(0, params_chunks, _BLOCK):
         stop = min(params_chunks, start + _BLOCK)
-        z = _z_block(z_seed, start, stop, degree, r)  # (r, B * N)
+        z = _z_block32(z_seed, start, stop, degree, r)  # (r, B * N)
         y = _centre(polys_of(start, stop), q).reshape(count, -1)  # (count, B * N)
-        limbs = np.concatenate([y & np.int64((1 << _LIMB_BITS) - 1), y >> _LIMB_BITS])
-        # exact: |entries| < 2^28 and B * N <= 2^15 terms, so every sum is below 2^43 < 2^53
-        both = (z @ limbs.astype(np.float64).T).astype(np.int64)  # (r, 2 * count)
-        lo_acc += both[:, :count].T
-        hi_acc += both[:, count:].T
-    shift = 1 << _LIMB_BITS
-    return [[(int(h) * shift + int(lo_)) % q for h, lo_ in zip(hr, lr, strict=True)]
-            for hr, lr in zip(hi_acc, lo_acc, strict=True)]
+        limbs = np.concatenate([(y >> (_LIMB_BITS * i)) & mask for i in range(_LIMBS - 1)]
+                               + [y >> (_LIMB_BITS * (_LIMBS - 1))]).astype(np.float32)
+        acc += (z @ limbs.T).T.astype(np.int64)  # (limbs * count, r), exact integers
+    per_limb = acc.reshape(_LIMBS, count, r)
+    return [[sum(int(per_limb[j, i, k]) << (_LIMB_BITS * j) for j in range(_LIMBS)) % q
+             for k in range(r)] for i in range(count)]
 
 
 def server_projections(
@@ -381,8 +401,8 @@ def server_projections(
 ) -> list[list[int]]:
     """Server side: ``<z_k, c0_i> mod q`` for every upload ``i`` and repetition ``k``.
 
-    Cost ``O(n * D * (log N + r))``: an inverse NTT of every ``c0`` chunk, then two exact
-    float64 matrix products per block (28-bit limbs against ternary ``z``).
+    Cost ``O(n * D * (log N + r))``: an inverse NTT of every ``c0`` chunk (by SEAL), then
+    two exact float64 matrix products per block (28-bit limbs against ternary ``z``).
 
     Raises
     ------
@@ -406,9 +426,11 @@ def server_projections(
     q = spec.data_moduli[0]
     chunks = vectors[0].chunk_count
 
+    ring = _ring(public.preset)
+
     def c0_coefficients(start: int, stop: int) -> _U64:
         block = np.stack([v._c0[start:stop, 0] for v in vectors])
-        return _seal.ntt_inverse(block, q)
+        return ring.ntt_inverse(block.reshape(-1, spec.poly_degree)).reshape(block.shape)
 
     return _project(c0_coefficients, len(vectors), chunks, challenge.z_seed, spec.poly_degree,
                      challenge.repetitions, q)
@@ -448,10 +470,13 @@ def holder_projections(secret: SecretContext, challenge: Challenge) -> list[list
     s_ntt = secret._keys.to_array()[0]
     chunks = -(-challenge.length // spec.values_per_chunk)
 
+    ring = _ring(secret.preset)
+
     def as_coefficients(start: int, stop: int) -> _U64:
         a = np.stack([_seal.expand_uniform(seed, spec.data_moduli, spec.poly_degree, start, stop)[:, 0]
                       for seed in challenge.seeds])
-        return _seal.ntt_inverse(_seal.pointwise_mulmod(a, np.broadcast_to(s_ntt, a.shape), q), q)
+        a_s = _seal.pointwise_mulmod(a, np.broadcast_to(s_ntt, a.shape), q)
+        return ring.ntt_inverse(a_s.reshape(-1, spec.poly_degree)).reshape(a.shape)
 
     r = challenge.repetitions
     raw = _project(as_coefficients, len(challenge.seeds), chunks, challenge.z_seed,

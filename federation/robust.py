@@ -31,7 +31,8 @@ would let one boosted attacker get honest clients rejected.
 * ``multikrum`` Krum scores from the pair distances; keep the ``n - f`` lowest (on the
   updates' directions when DP is on, see :func:`multikrum_filter`).
 * ``cosine``    reject when the median cosine of ``u_i`` to the other updates is below a
-  threshold (default ``0``: pointing against the consensus).
+  threshold (default ``0``: pointing against the consensus), or, in a round with a measurable
+  consensus, is an outlier indistinguishable from no agreement at all (pure noise).
 * ``none``      accept everyone.
 
 Every filter rejects a client whose statistics are not finite (NaN/Inf). Client order never
@@ -62,6 +63,7 @@ __all__ = [
     "DEFAULT_COSINE_THRESHOLD",
     "DEFAULT_NORM_K",
     "DUPLICATE_RATIO",
+    "NO_AGREEMENT_Z",
     "ClientId",
     "Decision",
     "UpdateStats",
@@ -77,6 +79,7 @@ __all__ = [
     "multikrum_filter",
     "near_duplicates",
     "no_filter",
+    "noise_cosine_sd",
     "norm_filter",
     "pairwise_cosines",
     "screen",
@@ -106,6 +109,17 @@ agree on (sign flip, inner-product manipulation). Honest non-IID updates with DP
 have small positive cosines to each other, so a positive threshold would reject honest
 clients; 0 only rejects updates that actively oppose the majority.
 """
+
+NO_AGREEMENT_Z: Final[float] = 3.0
+"""How far above zero, in standard deviations of a signal-free update's cosine
+(:func:`noise_cosine_sd`), a cosine score must be to count as agreement.
+
+Why 3: an update of pure noise (the ``gaussian`` attack: as long as an honest update, carrying
+nothing) has a cosine score that is zero up to that standard deviation, so it stays below 3 of
+them with probability ~0.999; honest updates in a round with a measurable consensus sit far
+above it. The rule built on it (``cosine:no-agreement`` in :func:`cosine_filter`) also asks the
+score to be an outlier of the round, so an honest client is never rejected for scoring low when
+all scores are low (strong DP noise, very non-IID data)."""
 
 CONSISTENCY_RTOL: Final[float] = 1e-6
 """Relative slack of :func:`inconsistent_clients`. Why 1e-6: plaintext and sketch statistics
@@ -147,6 +161,11 @@ class UpdateStats:
         ``"statistic:wraparound"`` from the encrypted soundness check). :func:`screen`
         rejects them and runs the filters on the others only, so a rejected update cannot
         move any median or neighbour sum.
+    sketch_repetitions:
+        ``r`` when the statistics are estimated from ``r`` random projections; 0 when exact.
+    dim:
+        The updates' length ``d`` (0: not known); with ``sketch_repetitions`` it sets how
+        precisely a cosine is known (:func:`noise_cosine_sd`).
     """
 
     client_ids: tuple[ClientId, ...]
@@ -154,6 +173,7 @@ class UpdateStats:
     pair_sq_dists: FloatArray | None = None
     rejected: Mapping[ClientId, str] = field(default_factory=dict)
     sketch_repetitions: int = 0
+    dim: int = 0
 
     def __post_init__(self) -> None:
         # numpy integer ids (e.g. from an index array) become plain ints, for JSON and order.
@@ -185,7 +205,7 @@ class UpdateStats:
         pick = np.array(idx, dtype=np.intp)
         dists = None if self.pair_sq_dists is None else self.pair_sq_dists[np.ix_(pick, pick)]
         return UpdateStats(tuple(self.client_ids[i] for i in idx), self.sq_norms[pick], dists,
-                           sketch_repetitions=self.sketch_repetitions)
+                           sketch_repetitions=self.sketch_repetitions, dim=self.dim)
 
     @property
     def n(self) -> int:
@@ -229,7 +249,7 @@ def stats_from_plain(
             for j in range(i + 1, n):
                 diff = flat[i] - flat[j]
                 dists[i, j] = dists[j, i] = float(np.dot(diff, diff))
-    return UpdateStats(tuple(ids), sq, dists)
+    return UpdateStats(tuple(ids), sq, dists, dim=int(next(iter(sizes), 0)))
 
 
 def gram_matrix(stats: UpdateStats) -> FloatArray:
@@ -543,6 +563,29 @@ def multikrum_filter(
     return tuple(out)
 
 
+def noise_cosine_sd(stats: UpdateStats) -> float:
+    """Standard deviation of the cosine between a signal-free update (independent noise) and
+    any fixed update, as ``stats`` measure it; 0 when neither ``dim`` nor sketches are known.
+
+    Exactly computed, the cosine of a random direction in ``d`` dimensions with a fixed one
+    has variance ``1/d``; a sketch from ``r`` random projections adds ``~1/r`` (the estimator's
+    own error for independent vectors, the scale :func:`cosine_floor` uses).
+    """
+    var = (1.0 / stats.dim if stats.dim > 0 else 0.0) + (
+        1.0 / stats.sketch_repetitions if stats.sketch_repetitions > 0 else 0.0)
+    return math.sqrt(var)
+
+
+def _robust_low_cut(scores: Sequence[float]) -> float:
+    """``median - 3 * 1.4826 * MAD`` of ``scores``: below it a score is an outlier of the
+    round (``-inf`` with fewer than three scores: no majority to be an outlier of)."""
+    if len(scores) < 3:
+        return -math.inf
+    arr = np.asarray(scores, dtype=np.float64)
+    med = float(np.median(arr))
+    return med - 3.0 * 1.4826 * float(np.median(np.abs(arr - med)))
+
+
 def _noise_aware_cut(scores: Sequence[float], threshold: float) -> float:
     """``min(threshold, median - 3 * 1.4826 * MAD)`` of the clients' cosine scores.
 
@@ -554,10 +597,7 @@ def _noise_aware_cut(scores: Sequence[float], threshold: float) -> float:
     """
     if len(scores) < 3:
         return threshold
-    arr = np.asarray(scores, dtype=np.float64)
-    med = float(np.median(arr))
-    mad = float(np.median(np.abs(arr - med)))
-    return min(threshold, med - 3.0 * 1.4826 * mad)
+    return min(threshold, _robust_low_cut(scores))
 
 
 def cosine_filter(
@@ -576,10 +616,20 @@ def cosine_filter(
     A client is rejected with ``"cosine<{threshold}"`` when its score is below
     ``threshold`` *and* an outlier among the round's scores (see :func:`_noise_aware_cut`:
     with heavily noised updates, honest cosines scatter around 0), or ``"cosine:non-finite"``
-    when its statistics are NaN/Inf. Undefined cosines (zero-length updates) are left out of
-    the median; a client with no defined cosine (a zero update, or alone in the round) is
-    accepted with the note ``"cosine:undefined"``: it cannot steer the aggregate's direction.
-    With fewer than three clients there is no majority to agree with (two opposed updates reject each other).
+    when its statistics are NaN/Inf.
+
+    **No agreement.** An update of pure noise (as long as an honest one, pointing nowhere)
+    has a score of ~0 and would pass a threshold of 0, diluting the aggregate. When the round
+    has a measurable consensus (median score above ``NO_AGREEMENT_Z`` standard deviations of a
+    signal-free update's cosine, :func:`noise_cosine_sd`), a client whose score is below that
+    level *and* an outlier among the round's scores is rejected with
+    ``"cosine:no-agreement"``. Both conditions protect honest clients: with strong DP noise or
+    very non-IID data the median is low or the scores scatter, and nobody is rejected for it.
+
+    Undefined cosines (zero-length updates) are left out of the median; a client with no
+    defined cosine (a zero update, or alone in the round) is accepted with the note
+    ``"cosine:undefined"``: it cannot steer the aggregate's direction. With fewer than three
+    clients there is no majority to agree with (two opposed updates reject each other).
 
     Parameters
     ----------
@@ -609,9 +659,13 @@ def cosine_filter(
         peers = peers[np.isfinite(peers)]
         if peers.size:
             scores[i] = (float(np.median(peers)), float(np.min(peers)))
-    cut = _noise_aware_cut([v[0] for v in scores.values()], threshold)
+    values = [v[0] for v in scores.values()]
+    cut = _noise_aware_cut(values, threshold)
     if floor is not None:
         cut = max(cut, min(floor, threshold))
+    level = NO_AGREEMENT_Z * noise_cosine_sd(stats)
+    consensus = level > 0.0 and len(values) >= 3 and float(np.median(values)) > level
+    outlier = _robust_low_cut(values)
     for i, cid in enumerate(stats.client_ids):
         if not finite_norm[i]:
             out.append(Verdict(cid, False, ("cosine:non-finite",)))
@@ -621,8 +675,13 @@ def cosine_filter(
             continue
         score, lowest = scores[i]
         sc = {"cosine": score, "cosine_min": lowest, "cosine_cut": cut}
-        ok = score >= cut
-        out.append(Verdict(cid, ok, () if ok else (reason,), sc))
+        if score < cut:
+            out.append(Verdict(cid, False, (reason,), sc))
+        elif consensus and score < level and score < outlier:
+            sc["cosine_agreement_level"] = level
+            out.append(Verdict(cid, False, ("cosine:no-agreement",), sc))
+        else:
+            out.append(Verdict(cid, True, (), sc))
     return tuple(out)
 
 

@@ -43,7 +43,8 @@ from simulations.attacks import (
     select_malicious,
 )
 
-__all__ = ["asr_eval", "check_attack", "hooks_for", "make_adversarial_client_app", "parse_attack"]
+__all__ = ["asr_eval", "check_attack", "hooks_for", "make_adversarial_client_app", "parse_attack",
+           "probes_trigger"]
 
 BACKDOOR_TARGET = 0
 
@@ -148,12 +149,19 @@ def check_attack(text: str) -> None:
     make_attack(name, **params)
 
 
+def probes_trigger(cfg: FedConfig) -> bool:
+    """True when every client measures the backdoor's success (``eval-asr``): the attack is
+    ``backdoor``, also with no attacker at all (``malicious = 0``), which gives the rate at
+    which an unpoisoned model already sends triggered images to the target class."""
+    return bool(cfg.attack.attack) and parse_attack(cfg.attack.attack)[0] == "backdoor"
+
+
 def hooks_for(cfg: FedConfig, node_config: Mapping[str, Any]) -> ClientHooks:
     """The hooks of the client with this node config: an attacker's, or only the ASR probe."""
     pid = int(node_config.get(P.NODE_PARTITION_ID, -1))
     num = int(node_config.get(P.NODE_NUM_PARTITIONS, cfg.run.clients))
     name, params = parse_attack(cfg.attack.attack)
-    backdoor = name == "backdoor"
+    backdoor = probes_trigger(cfg)
     extra = functools.partial(asr_eval, target=int(params.get("target", BACKDOOR_TARGET))) \
         if backdoor else None
     if pid not in select_malicious(num, cfg.attack.malicious, cfg.run.seed):

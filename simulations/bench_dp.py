@@ -29,13 +29,17 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from clients.training import DPPlan, evaluate, train_local
+from crypto import encrypt
+from federation.aggregation import WEIGHT_DENOMINATOR
 from federation.config import from_flat
 from federation.data import load_fashion_mnist, normalize
 from federation.privacy import (
@@ -46,7 +50,8 @@ from federation.privacy import (
 )
 from federation.tasks import build_model, resolve_task
 
-__all__ = ["DP_MODES", "accuracy_at_epsilon", "bench_dp", "bench_models", "fused_coverage", "time_epochs"]
+__all__ = ["DP_MODES", "accuracy_at_epsilon", "bench_dp", "bench_models", "crypto_round_profile",
+           "fused_coverage", "time_epochs"]
 
 DP_MODES: tuple[str, ...] = ("fused", "hooks", "ghost", "functorch")
 
@@ -483,6 +488,167 @@ def _round_stats(summary: dict[str, Any], out_dir: Path) -> dict[str, Any]:
             "rounds_completed": summary.get("rounds_completed")}
 
 
+def crypto_round_profile(dim: int, clients: int = 3, holders: int = 2, repeats: int = 2,
+                         seed: int = 0) -> dict[str, Any]:
+    """CPU and wall seconds of every CKKS step of one round, in this process, for ``dim`` values.
+
+    The same calls a round makes, with real keys and update-sized vectors (|x| ~ 0.01): per
+    trainer, decoding the global, recomputing its ``c1`` from the round's seeds (on top of the
+    kept sum of the earlier rounds, as ``clients.encrypted`` does), decrypting, encrypting the
+    update and encoding it; on the server, parsing every upload, the screen's ``c0``
+    projections, combining and checking them, aggregation and encoding the new global; per key
+    holder, its seed-part projections. Minimum over ``repeats``; ``cpu_s`` is process time
+    (what other load on the machine disturbs least), ``wall_s`` beside it.
+
+    Returns
+    -------
+    dict
+        ``steps`` (``{name: {"who", "cpu_s", "wall_s"}}``; client and holder steps per
+        trainer, server steps per round), ``bytes`` (upload and global envelopes), and per
+        role the CPU seconds of one round: ``client_cpu_s`` (one trainer), ``holder_cpu_s``
+        (one key holder, on top), ``server_cpu_s``, and ``screen_critical_cpu_s`` =
+        max(server projections, holder projections) + check (they run at the same time, on
+        different machines in a deployment).
+    """
+    from crypto import Preset, SecretContext, weighted_sum
+    from crypto.provenance import seed_sum, upload_seed
+
+    secret = SecretContext.generate(Preset.AGGREGATION)
+    rng = np.random.default_rng(seed)
+    weights = [WEIGHT_DENOMINATOR // clients] * clients
+    weights[0] += WEIGHT_DENOMINATOR - sum(weights)
+    # an earlier round's global: its c1 sum is what a trainer keeps from its last check
+    earlier = [encrypt(secret, (rng.standard_normal(dim) * 0.01).astype(np.float32))
+               for _ in range(clients)]
+    previous = weighted_sum(secret.public(), earlier, weights)
+    kept = seed_sum(secret, dim, [upload_seed(e) for e in earlier], weights)
+    if kept is None:
+        raise RuntimeError("could not build the kept seed sum")
+    runs = [_profile_round(secret, previous, kept.to_bytes(), weights,
+                           [(rng.standard_normal(dim) * 0.01).astype(np.float32)
+                            for _ in range(clients)]) for _ in range(repeats)]
+    steps: dict[str, dict[str, Any]] = {
+        name: {"who": who, "cpu_s": round(min(r[0][name][1] for r in runs), 4),
+               "wall_s": round(min(r[0][name][2] for r in runs), 4)}
+        for name, (who, _c, _w) in runs[0][0].items()}
+
+    def total(who: str) -> float:
+        return round(float(sum(v["cpu_s"] for v in steps.values() if v["who"] == who)), 4)
+
+    critical = max(steps["server-projections"]["cpu_s"], steps["holder-projections"]["cpu_s"]) \
+        + steps["server-check"]["cpu_s"]
+    return {"values": dim, "clients": clients, "key_holders": holders, "steps": steps,
+            "bytes": runs[0][1], "client_cpu_s": total("client"), "holder_cpu_s": total("holder"),
+            "server_cpu_s": total("server"), "screen_critical_cpu_s": round(critical, 4),
+            "note": "client and holder steps are per trainer (trainers run in parallel, on their "
+                    "own machines in a deployment); server steps per round; one process, no "
+                    "Flower, no Ray"}
+
+
+def _profile_round(secret: Any, previous: Any, kept: bytes, weights: list[int],
+                   updates: list[npt.NDArray[np.float32]]
+                   ) -> tuple[dict[str, tuple[str, float, float]], dict[str, int]]:
+    """One round of :func:`crypto_round_profile`: ``{step: (who, cpu_s, wall_s)}`` and sizes."""
+    from crypto import Preset, add, decrypt, weighted_sum, wire
+    from crypto.provenance import SeedSum, matches, seed_sum, upload_seed
+    from crypto.stats import (
+        check_projections,
+        combine,
+        holder_projections,
+        new_challenge,
+        screen_parameters,
+        server_projections,
+        sketch_statistics,
+    )
+
+    preset, public = Preset.AGGREGATION, secret.public()
+    dim, n = int(updates[0].size), len(updates)
+    max_bytes = wire.encoded_size(preset, dim, seeded=False)
+    params = screen_parameters(preset, dim, 50.0, max_weight=WEIGHT_DENOMINATOR)
+    out: dict[str, tuple[str, float, float]] = {}
+
+    def timed(name: str, who: str, fn: Callable[..., Any], *args: Any, per: int = 1) -> Any:
+        c, t = time.process_time(), time.perf_counter()
+        result = fn(*args)
+        _w, cpu, wall = out.get(name, (who, 0.0, 0.0))
+        out[name] = (who, cpu + (time.process_time() - c) / per, wall + (time.perf_counter() - t) / per)
+        return result
+
+    blobs = [timed("client-upload-encode", "client", wire.encode,
+                   timed("client-encrypt", "client", encrypt, secret, x, per=n), per=n)
+             for x in updates]  # per trainer: the mean over the n trainers
+    uploads = [timed("server-parse-uploads", "server", partial(
+        wire.decode, expected_length=dim, max_bytes=max_bytes), b, public) for b in blobs]
+    challenge = new_challenge(2, uploads, params.repetitions)
+    own = timed("server-projections", "server", server_projections, public, uploads, challenge)
+    theirs = timed("holder-projections", "holder", holder_projections, secret, challenge)
+
+    def check() -> None:
+        values = combine(preset, own, theirs)
+        check_projections(values, params)
+        sketch_statistics(values, params)
+
+    timed("server-check", "server", check)
+    total = timed("server-aggregate", "server", lambda: add(
+        public, previous, weighted_sum(public, uploads, weights)))
+    blob = timed("server-global-encode", "server", wire.encode, total)
+    enc = timed("client-global-decode", "client", partial(
+        wire.decode, expected_length=dim, max_bytes=max_bytes), blob, secret)
+
+    def provenance() -> bool:  # what clients.encrypted._expected_c1 does with its kept sum
+        base = SeedSum.from_bytes(kept, secret, dim)
+        expected = seed_sum(secret, dim, [upload_seed(u) for u in uploads], weights, base)
+        if expected is None:
+            return False
+        expected.to_bytes()  # kept in the trainer's state for the next round
+        return matches(enc, expected)
+
+    if not timed("client-provenance", "client", provenance):
+        raise RuntimeError("the profiled global does not match its provenance")
+    timed("client-decrypt", "client", decrypt, secret, enc)
+    return out, {"upload": len(blobs[0]), "global": len(blob)}
+
+
+# CIFAR-10's training set split over the bench's clients: the "realistic" client data size.
+CIFAR10_TRAIN_EXAMPLES = 50_000
+
+
+def _ratios(row: dict[str, Any], clients: int, examples: int) -> dict[str, Any]:
+    """Encrypted vs plaintext round: the measured ratio, the overhead in seconds and by phase,
+    and the ratio projected to a realistic client data size (stated in ``realistic``)."""
+    plain, ckks = row["none"], row["ckks"]
+    plain_round, ckks_round = plain["median_round_seconds"], ckks["median_round_seconds"]
+    phases = ("train-phase", "screen", "aggregate")
+    by_phase = {k: round(ckks["timings_median"].get(k, 0.0) - plain["timings_median"].get(k, 0.0), 3)
+                for k in phases}
+    # Training time grows linearly with the examples; the crypto overhead depends on the model
+    # size only. Clients train in ceil(clients / cores) waves (one core each).
+    waves = -(-clients // (os.cpu_count() or 1))
+    target = CIFAR10_TRAIN_EXAMPLES // clients
+    train_s = plain["timings_median"]["client-train-seconds-max"]
+    projected_plain = plain_round + (target / examples - 1) * waves * train_s
+    overhead = ckks_round - plain_round
+    return {
+        "encrypted_over_plaintext": round(ckks_round / plain_round, 3),
+        # Less noisy under load: what the crypto phases add, over the plaintext round.
+        "crypto_phases_over_plaintext_round": round(1 + ckks["crypto_seconds_median"] / plain_round, 3),
+        "overhead_seconds": round(overhead, 3),
+        "overhead_by_phase_seconds": by_phase,
+        "realistic": {
+            "examples_per_client": target,
+            "measured_examples_per_client": examples,
+            "projected_plain_round_s": round(projected_plain, 2),
+            "projected_ckks_round_s": round(projected_plain + overhead, 2),
+            "ratio": round((projected_plain + overhead) / projected_plain, 3),
+            "note": f"CIFAR-10's {CIFAR10_TRAIN_EXAMPLES} training images split over {clients} "
+                    "clients; projected, not run: the measured plaintext round plus the measured "
+                    f"client training time scaled linearly to {target} examples ({waves} waves of "
+                    "clients on the machine's cores), plus the measured encrypted overhead in "
+                    "seconds (independent of the data size)",
+        },
+    }
+
+
 # The phases of a round that encryption adds or makes slower (server/loop.py's timings keys).
 _CRYPTO_PHASES = ("client-encrypt-seconds-max", "client-decrypt-seconds-max", "screen",
                   "aggregate")
@@ -508,7 +674,13 @@ def bench_models(
     on (ε = 8), the encrypted filter (``norm,multikrum``) and ``clients`` clients for ``rounds``
     rounds, once in plaintext and once under CKKS (tasks in ``encrypted_only``: CKKS only, one
     round), recording per-round seconds, client encrypt/decrypt and server screen/aggregate
-    seconds, upload bytes per parameter and the peak resident memory of the whole process tree.
+    seconds, upload bytes per parameter and the peak resident memory of the whole process tree;
+    (3) :func:`crypto_round_profile`, every CKKS step of a round in this process (CPU seconds).
+
+    The ratio is the encrypted round (CKKS aggregation with its always-on validity check, the
+    same filter) over the plaintext round, same clients, data and threads (median of rounds
+    after the first); beside it the overhead in seconds by phase, and the ratio projected to
+    CIFAR-10 split over the clients (``realistic``: see :func:`_ratios`).
     """
     import tempfile
 
@@ -548,13 +720,16 @@ def bench_models(
                 row[mode] = {**_round_stats(summary, folder),
                              "wall_seconds": round(time.perf_counter() - t, 1),
                              "peak_rss_bytes": mem.peak}
+        row["crypto_profile"] = crypto_round_profile(int(row["coverage"]["parameters"]),
+                                                     clients, min(2, clients))
+        log(f"[bench models] {task}: crypto steps (CPU-s) "
+            + ", ".join(f"{k} {v['cpu_s']:.3f}" for k, v in row["crypto_profile"]["steps"].items()))
         if "none" in row:
-            plain_round = row["none"]["median_round_seconds"]
-            row["encrypted_over_plaintext"] = round(
-                row["ckks"]["median_round_seconds"] / plain_round, 3)
-            # Less noisy under load: what the crypto phases add, over the plaintext round.
-            row["crypto_phases_over_plaintext_round"] = round(
-                1 + row["ckks"]["crypto_seconds_median"] / plain_round, 3)
+            row.update(_ratios(row, clients, len(data.train.y)))
+            log(f"[bench models] {task}: encrypted / plaintext round "
+                f"{row['encrypted_over_plaintext']:.3f}x, overhead {row['overhead_seconds']:.2f} s "
+                f"per round; projected at {row['realistic']['examples_per_client']} examples per "
+                f"client {row['realistic']['ratio']:.3f}x")
         result["models"][task] = row
         if out is not None:  # after every model: a long run keeps what it measured
             Path(out).parent.mkdir(parents=True, exist_ok=True)

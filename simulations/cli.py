@@ -284,7 +284,7 @@ def bench_crypto_cmd(
 def keys_init(
     out: Annotated[Path, typer.Option("--out", help="Directory to create.")],
     trainers: Annotated[int, typer.Option("--trainers", min=1, max=1000)],
-    preset: Annotated[str, typer.Option("--preset", help="aggregation | screening")] = "aggregation",
+    preset: Annotated[str, typer.Option("--preset", help="aggregation (the only preset for new keys)")] = "aggregation",
     host: Annotated[list[str] | None, typer.Option("--host", help="SuperLink host name/IP for the TLS certificate (repeatable).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
 ) -> None:
@@ -292,7 +292,10 @@ def keys_init(
     from crypto import Preset, SecretContext
     from crypto.keys import provision_federation, read_passphrase
 
-    presets = {"aggregation": Preset.AGGREGATION, "screening": Preset.SCREENING}
+    presets = {"aggregation": Preset.AGGREGATION}
+    if preset == "screening":  # old key folders still load; new ones never lose the check
+        _fail("--preset: 'screening' is retired: its uploads cannot be validity-checked "
+              "(docs/soundness.md); use aggregation")
     if preset not in presets:
         _fail(f"--preset: got {preset!r}; allowed: {' | '.join(presets)}")
     try:
@@ -317,7 +320,7 @@ def keys_init(
 
 @app.command()
 def scenarios(
-    matrix: Annotated[str, typer.Option("--matrix", help="small (minutes) | full (the target setting, ~80 min)")] = "small",
+    matrix: Annotated[str, typer.Option("--matrix", help="small (52 runs, ~30 min) | full (the target setting, 52 runs, over 2 h)")] = "small",
     out: Annotated[Path | None, typer.Option("--out")] = None,
     only: Annotated[list[str] | None, typer.Option("--only", help="Run scenarios whose name contains this (repeatable).")] = None,
     fresh: Annotated[bool, typer.Option("--fresh", help="Run every scenario again instead of resuming from --out/results.json.")] = False,

@@ -121,7 +121,7 @@ def drill(out: Path, rounds: int = 8) -> dict[str, Any]:
     from crypto.ckks import Preset, SecretContext
     from crypto.keys import provision_federation
 
-    secret = SecretContext.generate(Preset.SCREENING)
+    secret = SecretContext.generate(Preset.AGGREGATION)
     keys = out / "keys"
     provision_federation(keys, 3, _PASSPHRASE, ckks_secret=secret.to_bytes(),
                          ckks_public=secret.public().to_bytes(), fingerprint=secret.fingerprint)

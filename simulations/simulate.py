@@ -103,13 +103,12 @@ def simulate(
 
 def _client_app_for(cfg: FedConfig) -> Any:
     if cfg.attack.attack:
-        from simulations.adversary import check_attack
+        from simulations.adversary import check_attack, make_adversarial_client_app, probes_trigger
 
         check_attack(cfg.attack.attack)  # the registry is the one list of attack names
-    if cfg.attack.attack and cfg.attack.malicious > 0:
-        from simulations.adversary import make_adversarial_client_app
-
-        return make_adversarial_client_app(cfg)
+        # attackers, or none but the backdoor's probe (the trigger's base rate without attack)
+        if cfg.attack.malicious > 0 or probes_trigger(cfg):
+            return make_adversarial_client_app(cfg)
     from clients.app import app
 
     return app

@@ -347,3 +347,38 @@ def test_forked_processes_do_not_share_seal_scratch_files(agg: SecretContext) ->
     ok = all(np.max(np.abs(ckks.decrypt(agg, enc) - x)) < 1e-4 for _ in range(10))
     _, status = os.waitpid(pid, 0)
     assert ok and status == 0
+
+
+def test_bulk_reads_out_of_seal_equal_the_one_by_one_reads(
+        agg: SecretContext, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Coefficients leave SEAL through its own (zstd) save, decompressed by the zstd inside
+    # SEAL's module; without that symbol they are read one at a time. Both must agree, for
+    # key material, encodings and SEAL's inverse NTT (the screening's projections).
+    from crypto import stats
+
+    values = np.random.default_rng(4).uniform(-1, 1, 3 * agg.preset.spec.values_per_chunk)
+    upload = ckks.encrypt(agg, values[:9000].astype(np.float32))
+    challenge = stats.new_challenge(1, [upload], 40)
+
+    def everything() -> tuple[bytes, np.ndarray, list[list[int]], list[list[int]]]:
+        again = SecretContext.from_bytes(agg.to_bytes())  # reads nothing out; checks the keys
+        fresh = SecretContext.generate(Preset.SCREENING)  # reads both keys out of SEAL
+        assert PublicContext.from_bytes(fresh.public().to_bytes()) == fresh.public()
+        assert np.max(np.abs(ckks.decrypt(fresh, ckks.encrypt(fresh, values[:50].astype(
+            np.float32))) - values[:50])) < ROUND_TRIP_ATOL[Preset.SCREENING]
+        return (again.to_bytes(), ckks.encode_coefficients(agg.preset, values),
+                stats.server_projections(agg.public(), [upload], challenge),
+                stats.holder_projections(again, challenge))
+
+    assert _seal._zstd() is not None  # this build exports it: the bulk path is the one in use
+    bulk = everything()
+    monkeypatch.setattr(_seal, "_zstd", lambda: None)
+    one_by_one = everything()
+    assert bulk[0] == one_by_one[0] and np.array_equal(bulk[1], one_by_one[1])
+    assert bulk[2] == one_by_one[2] and bulk[3] == one_by_one[3]
+    # and SEAL's inverse NTT is the numpy reference transform
+    q = agg.preset.spec.data_moduli[0]
+    coeffs = ckks.encode_coefficients(agg.preset, values)
+    assert np.array_equal(
+        _seal.ntt_inverse(_seal.ntt_forward(np.mod(coeffs, q).astype(np.uint64), q), q),
+        np.mod(coeffs, q).astype(np.uint64))

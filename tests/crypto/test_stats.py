@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from crypto import Preset, PublicContext, SecretContext, encrypt
+from crypto import Preset, PublicContext, SecretContext, encrypt, wire
 from crypto import stats as S
 from crypto.ckks import add_coefficients, encode_coefficients
 
@@ -71,6 +71,30 @@ def test_projections_are_the_exact_inner_products_plus_bounded_flooding(
         noise_bound = params.flood + 20 * math.sqrt(m.size) * 8  # flood + 8 sigma of <z, e>
         assert np.abs(v[i] - exact).max() <= noise_bound
     assert np.abs(v).max() < S.screen_parameters(PRESET, 9000, 10.0).threshold
+
+
+def test_projections_stay_exact_across_full_blocks_of_z(
+        server: PublicContext, secret: SecretContext) -> None:
+    # 9 chunks: one full block of z (the largest float32 product, 8 * N terms) and a
+    # partial one; values near the preset bound make the limbs of c0 and a*s as large as
+    # they get. The combined projections must still be the plaintext's, up to noise + flood.
+    rng = np.random.default_rng(7)
+    length = 8 * SPEC.values_per_chunk + 100
+    x = rng.uniform(-SPEC.value_bound, SPEC.value_bound, length).astype(np.float32)
+    upload = encrypt(secret, x)
+    ch = S.new_challenge(2, [upload], 40)
+    v = S.combine(PRESET, S.server_projections(server, [upload], ch), S.holder_projections(secret, ch))
+    padded = np.zeros(upload.chunk_count * SPEC.values_per_chunk)
+    padded[:length] = x
+    exact = encode_coefficients(PRESET, padded).reshape(-1).astype(np.float64) @ S.directions(ch).T
+    assert np.abs(v[0] - exact).max() <= 2**S.FLOOD_BITS + 20 * math.sqrt(padded.size) * 8
+    # a peer's c0 may be anything reduced, all-zero chunks included: projected, not a crash
+    blob = wire.encode(upload)
+    head = wire.HEADER_BYTES + 32  # header and seed; then c0
+    zeros = wire.decode(blob[:head] + bytes(len(blob) - head), server, expected_length=length,
+                        max_bytes=len(blob))
+    ch = S.new_challenge(3, [zeros], 40)
+    assert S.server_projections(server, [zeros], ch) == [[0] * 40]
 
 
 def test_honest_key_holders_agree_bit_for_bit_and_the_flood_is_keyed(

@@ -19,11 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from flwr.app import RecordDict
-
-from clients.secure import encode_update
+from clients.schemes import TrainerScheme
 from crypto import EncryptedVector
-from federation.config import FedConfig
 from federation.updates import NoisedUpdate, PlainUpdate
 from server.encrypted import CkksScheme
 from server.loop import ClientResult
@@ -47,8 +44,8 @@ def results_of_another_scheme(result: ClientResult[EncryptedVector], plain: Plai
         plain.statistics(None, {1: result.payload}, 1)  # MIXED
 
 
-def a_ciphertext_is_not_a_trainers_update(enc: EncryptedVector, cfg: FedConfig) -> None:
-    encode_update(enc, RecordDict(), cfg, {})  # MIXED
+def a_ciphertext_is_not_a_trainers_update(enc: EncryptedVector, scheme: TrainerScheme) -> None:
+    scheme.encode_update(enc, {})  # MIXED
 
 
 def noise_is_not_a_claim(update: PlainUpdate) -> NoisedUpdate:

@@ -42,3 +42,16 @@ def test_keys_init_without_a_passphrase_fails_clearly(tmp_path: Path) -> None:
     assert proc.returncode != 0
     assert "FEDGUARD_PASSPHRASE" in proc.stderr
     assert not (tmp_path / "k").exists()
+
+
+def test_new_keys_never_use_the_retired_screening_preset(tmp_path: Path) -> None:
+    # its uploads cannot be validity-checked: a new federation must not start without the check
+    from typer.testing import CliRunner
+
+    from simulations.cli import app
+
+    res = CliRunner().invoke(app, ["keys", "init", "--out", str(tmp_path / "k"), "--trainers", "1",
+                                   "--preset", "screening"], env={"FEDGUARD_PASSPHRASE": "x" * 12})
+    assert res.exit_code != 0
+    assert "'screening' is retired" in res.output and "use aggregation" in res.output
+    assert not (tmp_path / "k").exists()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from simulations.adversary import probes_trigger
 from simulations.scenarios import (
     ALL_ATTACKS,
     GUARD,
@@ -39,6 +40,10 @@ def test_attack_free_runs_have_no_attackers() -> None:
     s = next(s for s in scenarios("small") if s.attack == "none")
     cfg = scenario_config(s, MATRICES["small"]["flat"], Path("/tmp/x"), 8.0)
     assert cfg.attack.malicious == 0.0 and cfg.dp.epsilon == 0.0
+    # ... but every client runs the backdoor's probe: the row reports the trigger's base rate
+    assert probes_trigger(cfg) and not probes_trigger(scenario_config(
+        next(s for s in scenarios("small") if s.attack == "scaling"), MATRICES["small"]["flat"],
+        Path("/tmp/x"), 8.0))
 
 
 def _row(attack: str, defense: str, mode: str, acc: float | None, dp: bool = False) -> dict[str, object]:
