@@ -43,12 +43,12 @@ LONG_FILES = (
     "tests/integration/test_processes.py",
     "tests/integration/test_poisoning.py",
     "tests/integration/test_recovery.py",
+    "tests/integration/test_processes_server.py",  # mostly waiting: overlaps the others
     "tests/integration/test_encoding_attacks.py",
     "tests/examples/test_quickstart.py",
     "tests/examples/test_examples.py",
     "tests/integration/test_simulation.py",
     "tests/integration/test_scenarios_command.py",
-    "tests/integration/test_processes_server.py",
     "tests/examples/test_flwr_run.py",
     # not a simulation: real mypy on a snippet, ~30 s when its cache is cold (a fresh clone)
     "tests/server/test_scheme_types.py",
