@@ -17,6 +17,9 @@ from federation.flower_internals import deliver_in_process, set_task_identity
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FEDGUARD_TORCH_THREADS", "1")
+# One Ray actor per simulation (simulations.simulate.SIM_CPUS_ENV): the workers below already
+# fill the cores, and a second actor only repeats the torch / TenSEAL / Flower imports.
+os.environ.setdefault("FEDGUARD_SIM_CPUS", "1")
 
 
 # -- the suite on several workers (pytest-xdist, ``-n`` in pyproject's addopts) ----------------

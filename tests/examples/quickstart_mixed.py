@@ -6,6 +6,7 @@ Usage: ``python tests/examples/quickstart_mixed.py OUT_DIR ROUNDS``
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 
@@ -14,7 +15,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from examples.quickstart.quickstart import client_app, client_app_fedguard, server_app_fedguard
-from simulations.simulate import quiet_flower
+from simulations.simulate import SIM_CPUS_ENV, quiet_flower
 
 VANILLA_PARTITION = 3  # 3 converted nodes: CKKS aggregates need group-size (3) uploads
 
@@ -46,7 +47,9 @@ def main(out_dir: str, rounds: int) -> None:
         warnings.simplefilter("ignore", DeprecationWarning)
         run_simulation(server_app=server, client_app=mixed, num_supernodes=4, backend_config={
             "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-            "init_args": {"num_cpus": 2, "num_gpus": 0, "include_dashboard": False}})
+            # as many actors as simulations.simulate would start (the suite sets one)
+            "init_args": {"num_cpus": int(os.environ.get(SIM_CPUS_ENV, "") or os.cpu_count() or 1),
+                          "num_gpus": 0, "include_dashboard": False}})
 
 
 if __name__ == "__main__":
