@@ -714,12 +714,14 @@ def bench_models(
                                  "out-dir": str(folder)})
                 log(f"[bench models] {task}: simulation, secure-aggregation {mode}")
                 _start_ray(log)
-                t = time.perf_counter()
+                t, load = time.perf_counter(), os.getloadavg()[0]
                 with _PeakMemory() as mem:
                     summary = simulate(cfg, progress=lambda line: log("  " + line))
                 row[mode] = {**_round_stats(summary, folder),
                              "wall_seconds": round(time.perf_counter() - t, 1),
-                             "peak_rss_bytes": mem.peak}
+                             "peak_rss_bytes": mem.peak,
+                             # 1-minute load average before and after: wall times need it
+                             "load_average": [round(load, 2), round(os.getloadavg()[0], 2)]}
         row["crypto_profile"] = crypto_round_profile(int(row["coverage"]["parameters"]),
                                                      clients, min(2, clients))
         log(f"[bench models] {task}: crypto steps (CPU-s) "
