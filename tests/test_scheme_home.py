@@ -16,6 +16,7 @@ take it in:
 from __future__ import annotations
 
 import ast
+import importlib
 from pathlib import Path
 
 from federation.config import FLAT_KEYS, SecureAggregation
@@ -61,6 +62,9 @@ def test_no_module_of_clients_but_the_scheme_module_branches_on_the_mode() -> No
 
 def test_the_scheme_module_is_where_the_choice_is_made() -> None:
     assert _mode_branches(ast.parse((ROOT / HOME).read_text(encoding="utf-8")))
+    schemes = importlib.import_module("clients.schemes")
+    assert {"TrainerScheme", "trainer_scheme"} <= set(schemes.__all__)
+    assert all(hasattr(schemes, name) for name in schemes.__all__)
 
 
 def test_the_scan_sees_each_spelling_of_a_mode_branch() -> None:

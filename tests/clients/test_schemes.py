@@ -120,6 +120,12 @@ def test_a_key_holder_is_not_downgraded_by_a_plaintext_config(fake_grid: Any) ->
     [reply] = grid.send_and_receive([_message(other.global_records(100, 2), plain_cfg, 100, 2, 1)])
     code, text = _status(reply)
     assert code == P.STATUS_REFUSED_GLOBAL and text.startswith("replaced-global")
+    # nor does it check plaintext attribution candidates of the server's choosing
+    step = PlainUpdate(np.full(other.dim, 0.02, np.float32))
+    candidates = other.candidate_records([([step], [1])], 2)
+    [reply] = grid.send_and_receive([_message(candidates, plain_cfg, 100, 2, 1, P.MSG_VERIFY)])
+    code, text = _status(reply)
+    assert code == P.STATUS_REFUSED_GLOBAL and text.startswith("metadata"), text
 
 
 def test_a_plaintext_scheme_ignores_key_records(fake_grid: Any) -> None:

@@ -1,7 +1,7 @@
-"""Both partner examples run as real Flower simulations: the breast-cancer task through the
-documented ``fedguard simulate`` command (DP + CKKS + encrypted filter, 4 hospitals), and the
-quickstart app converted by fedguard's mod and strategy — with one node left unconverted, which
-is reported in one readable line and costs only its own replies."""
+"""The breast-cancer partner example runs as a real Flower simulation through the documented
+``fedguard simulate`` command (DP + CKKS + encrypted filter, 4 hospitals); a task that cannot be
+imported fails the command naming the flag. The quickstart example is in test_quickstart.py (a
+file of its own, so that two workers run the two simulations side by side)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,7 +28,7 @@ def _env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def _lines(path: Path) -> list[dict[str, object]]:
+def _lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
@@ -58,22 +59,3 @@ def test_a_bad_task_import_string_fails_the_command_naming_the_key(tmp_path: Pat
     assert result.exit_code == 2
     assert "--task: cannot import module 'examples.nope'" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "run").exists()
-
-
-def test_quickstart_app_converted_by_mod_and_strategy(tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, str(ROOT / "tests/examples/quickstart_mixed.py"),
-                           str(out), "2"], capture_output=True, text=True, timeout=420,
-                          env=_env(tmp_path), cwd=ROOT)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = _lines(out / "metrics.jsonl")
-    assert [r["round"] for r in rows] == [1, 2]
-    assert all(len(r["accepted"]) == 3 for r in rows)  # the three converted nodes
-    assert rows[-1]["accuracy"] is not None and rows[-1]["accuracy"] > 0.3  # 10 classes
-    assert 0 < rows[0]["max_epsilon"] < rows[-1]["max_epsilon"] <= 8.0
-    refusals = [str(e["reason"]) for e in _lines(out / "audit.jsonl")
-                if e.get("event") in ("refused", "eval-refused")]
-    assert len(refusals) == 4 and all("fedguard-capable" in r for r in refusals)
-    for reason in refusals:  # one readable line: no ANSI codes, no traceback
-        assert "\n" not in reason and "\x1b" not in reason and "ray::" not in reason
-        assert len(reason) < 400

@@ -75,24 +75,3 @@ def test_bad_flags_name_the_flag(tmp_path: Path) -> None:
     proc = _run(["simulate", "--partition", "dirichlet:0", "--out", str(tmp_path / "x")], tmp_path, 60)
     assert proc.returncode == 2
     assert "--partition" in proc.stderr and "dirichlet:ALPHA" in proc.stderr
-
-
-@pytest.mark.integration
-def test_scenarios_command_resumes_instead_of_running_a_scenario_twice(tmp_path: Path) -> None:
-    out = tmp_path / "matrix"
-    args = ["scenarios", "--matrix", "small", "--only", "none__none__none", "--out", str(out)]
-    first = _run(args, tmp_path)
-    assert first.returncode == 0, first.stdout + first.stderr
-    rows = json.loads((out / "results.json").read_text())
-    assert [r["scenario"] for r in rows] == ["none__none__none__nodp"]
-    assert rows[0]["final_accuracy"] > 0.3
-    assert "| none | none | none | off |" in (out / "results.md").read_text()
-
-    again = _run(args, tmp_path)
-    assert again.returncode == 0, again.stdout + again.stderr
-    assert "already in results.json, skipped" in again.stdout
-    assert json.loads((out / "results.json").read_text()) == rows
-
-    (out / "results.json").write_text("{broken")
-    broken = _run(args, tmp_path)
-    assert broken.returncode == 2 and "not a results file" in broken.stdout + broken.stderr

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+from numpy.typing import NDArray
 
 from clients.app import app as client_app
 from clients.encrypted import secret_context
 from crypto import Preset, PublicContext, SecretContext, decrypt, encrypt, wire
 from federation import protocol as P
 from federation.aggregation import WEIGHT_DENOMINATOR
-from federation.config import from_flat
+from federation.config import FedConfig, from_flat
 from federation.records import bytes_record
 from server.app import make_scheme
 from server.encrypted import CkksScheme
@@ -21,63 +24,90 @@ from server.loop import run_federation
 from server.schemes import PlaintextScheme
 from simulations.adversary import make_adversarial_client_app
 from simulations.attacks import select_malicious
+from tests.conftest import FakeGrid, Recorder, ReplyTamper
 
 
-def _cfg(**flat: object):
+def _cfg(**flat: object) -> FedConfig:
     base = {"num-clients": 3, "num-server-rounds": 2, "partition": "iid", "data-dir": "subset",
             "batch-size": 32, "secure-aggregation": "ckks"}
     return from_flat({**base, **flat})
 
 
-def _trainer_secret(grid) -> SecretContext:
+def _trainer_secret(grid: FakeGrid) -> SecretContext:
     ctx = next(iter(grid.nodes.values()))
     return secret_context(RecordDict(), ctx.state, {}, ctx.run_id)
 
 
-def _decrypted_global(scheme: CkksScheme, grid) -> np.ndarray:
+def _decrypted_global(scheme: CkksScheme, grid: FakeGrid) -> NDArray[np.float64]:
     secret = _trainer_secret(grid)
     assert scheme.global_enc is not None
     return scheme.initial + decrypt(secret, scheme.global_enc).astype(np.float64) / WEIGHT_DENOMINATOR
 
 
-def _both(fake_grid, recorder, rounds: int):
-    enc_cfg = _cfg(**{"num-server-rounds": rounds})
-    plain_cfg = _cfg(**{"num-server-rounds": rounds, "secure-aggregation": "none"})
-    enc_grid, plain_grid = fake_grid(client_app, 3), fake_grid(client_app, 3)
+@dataclass(frozen=True)
+class _Pair:
+    """The same 3-round federation (3 clients, same seeds) under CKKS and in plaintext."""
+
+    enc_grid: FakeGrid
+    enc_scheme: CkksScheme
+    enc_rec: Recorder
+    plain_scheme: PlaintextScheme
+    plain_rec: Recorder
+
+
+@pytest.fixture(scope="module")
+def three_rounds() -> _Pair:
+    """One run of each, read by the tests below (each would otherwise train its own)."""
+    enc_cfg = _cfg(**{"num-server-rounds": 3})
+    plain_cfg = _cfg(**{"num-server-rounds": 3, "secure-aggregation": "none"})
+    enc_grid, plain_grid = FakeGrid(client_app, 3), FakeGrid(client_app, 3)
     enc_scheme, plain_scheme = make_scheme(enc_cfg), make_scheme(plain_cfg)
     assert isinstance(enc_scheme, CkksScheme) and isinstance(plain_scheme, PlaintextScheme)
-    enc_rec, plain_rec = recorder(), recorder()
+    enc_rec, plain_rec = Recorder(), Recorder()
     run_federation(enc_grid, enc_cfg, enc_scheme, observer=enc_rec)
     run_federation(plain_grid, plain_cfg, plain_scheme, observer=plain_rec)
-    return _decrypted_global(enc_scheme, enc_grid), plain_scheme, enc_rec, plain_rec
+    return _Pair(enc_grid, enc_scheme, enc_rec, plain_scheme, plain_rec)
 
 
-def test_one_encrypted_round_equals_the_plaintext_round(fake_grid, recorder) -> None:
+def test_one_encrypted_round_equals_the_plaintext_round(three_rounds: _Pair) -> None:
     # Same seeds, same public initial model: the clients' updates are identical, so the only
-    # difference is CKKS noise (~1e-6 per value).
-    enc_model, plain_scheme, enc_rec, _ = _both(fake_grid, recorder, 1)
+    # difference after round 1 is CKKS noise (~1e-6 per value). The round-1 checkpoints give
+    # both globals of that round (the encrypted one decrypted by a trainer).
+    run = three_rounds
+    enc_state, plain_state = run.enc_rec.states[0], run.plain_rec.states[0]
+    assert enc_state["round"] == plain_state["round"] == 1
+    secret = _trainer_secret(run.enc_grid)
+    blob = enc_state[P.GLOBAL_CIPHER]
+    assert isinstance(blob, bytes)
+    enc_global = wire.decode(blob, secret.public(), expected_length=run.enc_scheme.initial.size,
+                             max_bytes=len(blob))
+    enc_model = (run.enc_scheme.initial
+                 + decrypt(secret, enc_global).astype(np.float64) / WEIGHT_DENOMINATOR)
+    plain_scheme = make_scheme(_cfg(**{"secure-aggregation": "none"}))
+    assert isinstance(plain_scheme, PlaintextScheme)
+    plain_scheme.restore(plain_state)
     assert np.abs(enc_model - plain_scheme.global_model).max() < 2e-5
-    ups = [b for r in enc_rec.rounds for b in r.bytes_up.values()]
+    ups = [b for r in run.enc_rec.rounds for b in r.bytes_up.values()]
     assert max(ups) <= 7 * 4 * enc_model.size  # uploads at most 7x float32
 
 
-def test_encrypted_fedavg_tracks_plaintext_over_rounds(fake_grid, recorder) -> None:
+def test_encrypted_fedavg_tracks_plaintext_over_rounds(three_rounds: _Pair) -> None:
     # Over rounds, SGD amplifies the ~1e-6 differences; the models stay close and the
     # accuracy the same within a point.
-    enc_model, plain_scheme, enc_rec, plain_rec = _both(fake_grid, recorder, 3)
-    start = make_scheme(_cfg(**{"secure-aggregation": "none"})).global_model
-    moved = plain_scheme.global_model - start
-    rel = np.linalg.norm(enc_model - plain_scheme.global_model) / np.linalg.norm(moved)
+    run = three_rounds
+    enc_model = _decrypted_global(run.enc_scheme, run.enc_grid)
+    start_scheme = make_scheme(_cfg(**{"secure-aggregation": "none"}))
+    assert isinstance(start_scheme, PlaintextScheme)
+    start = start_scheme.global_model
+    moved = run.plain_scheme.global_model - start
+    rel = np.linalg.norm(enc_model - run.plain_scheme.global_model) / np.linalg.norm(moved)
     assert rel < 0.1, rel
-    assert abs(enc_rec.rounds[-1].accuracy - plain_rec.rounds[-1].accuracy) < 0.02
+    assert len(run.enc_rec.rounds) == len(run.plain_rec.rounds) == 3
+    assert abs(run.enc_rec.rounds[-1].accuracy - run.plain_rec.rounds[-1].accuracy) < 0.02
 
 
-def test_the_server_side_holds_no_secret_key(fake_grid, recorder) -> None:
-    cfg = _cfg()
-    grid = fake_grid(client_app, 3)
-    scheme = make_scheme(cfg)
-    rec = recorder()
-    run_federation(grid, cfg, scheme, observer=rec)
+def test_the_server_side_holds_no_secret_key(three_rounds: _Pair) -> None:
+    scheme, grid, rec = three_rounds.enc_scheme, three_rounds.enc_grid, three_rounds.enc_rec
     secret = _trainer_secret(grid)
     # The secret context serialises as header | packed secret key | packed public key: probe
     # with 64 bytes from the middle of the secret-key part.
@@ -92,6 +122,7 @@ def test_the_server_side_holds_no_secret_key(fake_grid, recorder) -> None:
     probe = secret_part[len(secret_part) // 2 : len(secret_part) // 2 + 64]
     assert probe in secret_bytes
     assert probe not in scheme.public.to_bytes()
+    assert len(rec.states) == 3  # every round's checkpoint
     for state in rec.states:
         for v in state.values():
             assert not (isinstance(v, bytes) and probe in v)
@@ -101,10 +132,10 @@ def test_the_server_side_holds_no_secret_key(fake_grid, recorder) -> None:
                 assert not (isinstance(v, bytes) and probe in v), "secret sent in clear"
 
 
-def _tamper_update(target: int, make):
+def _tamper_update(target: int, make: Callable[[ArrayRecord], ArrayRecord]) -> ReplyTamper:
     def tamper(node: int, reply: Message) -> Message | None:
         if node == target and reply.metadata.message_type == P.MSG_TRAIN and reply.has_content():
-            reply.content[P.UPDATE_CIPHER] = make(reply.content[P.UPDATE_CIPHER])
+            reply.content[P.UPDATE_CIPHER] = make(reply.content.array_records[P.UPDATE_CIPHER])
         return reply
     return tamper
 
@@ -128,7 +159,8 @@ MALFORMED = {
 
 
 @pytest.mark.parametrize("kind", sorted(MALFORMED))
-def test_malformed_ciphertexts_are_rejected_and_the_round_goes_on(fake_grid, kind: str, recorder) -> None:
+def test_malformed_ciphertexts_are_rejected_and_the_round_goes_on(
+        fake_grid: type[FakeGrid], kind: str, recorder: type[Recorder]) -> None:
     cfg = _cfg(**{"num-server-rounds": 1})
     rec = recorder()
     grid = fake_grid(client_app, 3, tamper=_tamper_update(101, MALFORMED[kind]))
@@ -139,16 +171,17 @@ def test_malformed_ciphertexts_are_rejected_and_the_round_goes_on(fake_grid, kin
     assert reason.split(":")[0] in ("ciphertext", "malformed", "too-large"), reason
 
 
-def _lying_screen(liar: int):
+def _lying_screen(liar: int) -> ReplyTamper:
     def tamper(node: int, reply: Message) -> Message | None:
         if node == liar and reply.metadata.message_type == P.MSG_SCREEN and reply.has_content():
-            values = list(reply.content[P.SCREEN][P.SCREEN_VALUES])
-            reply.content[P.SCREEN] = MetricRecord({P.SCREEN_VALUES: [v + 1 for v in values]})
+            values = reply.content[P.SCREEN][P.SCREEN_VALUES]
+            assert isinstance(values, list)
+            reply.content[P.SCREEN] = MetricRecord({P.SCREEN_VALUES: [float(v) + 1 for v in values]})
         return reply
     return tamper
 
 
-def test_a_lying_key_holder_is_caught(fake_grid, recorder) -> None:
+def test_a_lying_key_holder_is_caught(fake_grid: type[FakeGrid], recorder: type[Recorder]) -> None:
     cfg = _cfg(**{"num-clients": 4, "num-server-rounds": 1, "defense": "norm,cosine",
                   "screen-quorum": 4})
     rec = recorder()
@@ -161,7 +194,7 @@ def test_a_lying_key_holder_is_caught(fake_grid, recorder) -> None:
     assert sorted(rec.rounds[0].accepted) == [100, 101, 102, 103]
 
 
-def test_dp_and_ckks_together(fake_grid, recorder) -> None:
+def test_dp_and_ckks_together(fake_grid: type[FakeGrid], recorder: type[Recorder]) -> None:
     cfg = _cfg(**{"dp-epsilon": 4.0})
     rec = recorder()
     result = run_federation(fake_grid(client_app, 3), cfg, make_scheme(cfg), observer=rec)
@@ -171,7 +204,8 @@ def test_dp_and_ckks_together(fake_grid, recorder) -> None:
 
 
 @pytest.mark.parametrize("attack", ["wrap", "shift"])
-def test_encoding_attacks_are_rejected_through_the_real_paths(fake_grid, recorder, attack: str) -> None:
+def test_encoding_attacks_are_rejected_through_the_real_paths(
+        fake_grid: type[FakeGrid], recorder: type[Recorder], attack: str) -> None:
     # One attacker among four (partition 0 under this seed), the real adversarial ClientApp,
     # the real server scheme; the attacker's upload is well formed and under the right key.
     cfg = _cfg(**{"num-clients": 4, "num-server-rounds": 1, "defense": "norm,multikrum,cosine",
