@@ -103,7 +103,10 @@ _FLOOD_INFO: Final = b"fedguard.screen.flood.v1"
 _LIMB_BITS: Final = 9
 _LIMBS: Final = 7  # 6 limbs of 9 bits and a signed top limb cover |y| < 2^55 (centred mod q)
 _BLOCK: Final = 8  # chunks per block: 8 * 4096 terms of < 2^9 keep float32 matmuls exact
-_NOISE_MAX: Final = 6 * 3.2  # SEAL clips its Gaussian noise at 6 sigma (sigma = 3.2)
+# SEAL 4's default noise sampler (SEAL_USE_GAUSSIAN_NOISE off, as in TenSEAL's build) is a
+# centred binomial, 21 random bits minus 21: |e| <= 21, variance 10.5 (measured: 10.53 over
+# 1.2 M fresh coefficients), not a normal clipped at 6 sigma = 19.2.
+_NOISE_MAX: Final = 21
 _ROUNDING: Final = 0.5  # encoding rounds each coefficient to the nearest integer
 _U64 = npt.NDArray[np.uint64]
 _I64 = npt.NDArray[np.int64]
