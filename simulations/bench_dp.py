@@ -664,6 +664,7 @@ def bench_models(
     repeats: int = 2,
     modes: Sequence[str] = ("fused", "hooks", "ghost"),
     encrypted_only: Sequence[str] = ("resnet-10m",),
+    local_epochs: Sequence[int] = (1, 4),
     log: Log = _stderr,
 ) -> dict[str, Any]:
     """Per model size: DP/plain epoch time, fused-engine coverage, rounds plaintext vs CKKS.
@@ -681,6 +682,11 @@ def bench_models(
     same filter) over the plaintext round, same clients, data and threads (median of rounds
     after the first); beside it the overhead in seconds by phase, and the ratio projected to
     CIFAR-10 split over the clients (``realistic``: see :func:`_ratios`).
+
+    ``local_epochs``: the plaintext / CKKS pair runs once per value (``local-epochs``, each
+    client's passes over its data per round); the first value fills ``none`` / ``ckks`` and the
+    ratios above, every value a row of ``by_local_epochs`` (measured, not projected: with 256
+    generated examples and batch 64, one epoch is 4 DP steps per round, four epochs 16).
     """
     import tempfile
 
@@ -700,32 +706,54 @@ def bench_models(
                                         modes=("fused",) if big else modes,
                                         repeats=1 if big else repeats, task=task, threads=1,
                                         log=log)
+        sweep: dict[str, dict[str, Any]] = {}
         with tempfile.TemporaryDirectory(prefix="fg-bench-models-") as tmp:
-            for mode in (("ckks",) if big else ("none", "ckks")):
-                # The run folders stay beside the JSON (metrics, audit log: where a slow round
-                # went); without ``out``, in a temporary folder.
-                folder = (Path(out).parent / f"{Path(out).stem}-runs" / f"{task}-{mode}"
-                          if out is not None else Path(tmp) / mode)
-                shutil.rmtree(folder, ignore_errors=True)  # this benchmark's own previous run
-                cfg = from_flat({"task": task, "num-clients": clients,
-                                 "num-server-rounds": 1 if big else rounds, "partition": "iid",
-                                 "dp-epsilon": 8.0, "batch-size": batch_size, "lr": 0.5,
-                                 "secure-aggregation": mode, "defense": "norm,multikrum",
-                                 "out-dir": str(folder)})
-                log(f"[bench models] {task}: simulation, secure-aggregation {mode}")
-                _start_ray(log)
-                t = time.perf_counter()
-                with _PeakMemory() as mem:
-                    summary = simulate(cfg, progress=lambda line: log("  " + line))
-                row[mode] = {**_round_stats(summary, folder),
-                             "wall_seconds": round(time.perf_counter() - t, 1),
-                             "peak_rss_bytes": mem.peak}
+            for epochs in (local_epochs[:1] if big else local_epochs):
+                runs: dict[str, Any] = sweep.setdefault(str(epochs), {"local_epochs": epochs})
+                for mode in (("ckks",) if big else ("none", "ckks")):
+                    # The run folders stay beside the JSON (metrics, audit log: where a slow
+                    # round went); without ``out``, in a temporary folder.
+                    name = f"{task}-{mode}" + ("" if epochs == local_epochs[0] else f"-e{epochs}")
+                    folder = (Path(out).parent / f"{Path(out).stem}-runs" / name
+                              if out is not None else Path(tmp) / name)
+                    shutil.rmtree(folder, ignore_errors=True)  # this benchmark's previous run
+                    cfg = from_flat({"task": task, "num-clients": clients,
+                                     "num-server-rounds": 1 if big else rounds, "partition": "iid",
+                                     "dp-epsilon": 8.0, "batch-size": batch_size, "lr": 0.5,
+                                     "local-epochs": epochs, "secure-aggregation": mode,
+                                     "defense": "norm,multikrum", "out-dir": str(folder)})
+                    log(f"[bench models] {task}: simulation, secure-aggregation {mode}, "
+                        f"local-epochs {epochs}")
+                    _start_ray(log)
+                    t, load = time.perf_counter(), os.getloadavg()[0]
+                    with _PeakMemory() as mem:
+                        summary = simulate(cfg, progress=lambda line: log("  " + line))
+                    runs[mode] = {**_round_stats(summary, folder),
+                                  "wall_seconds": round(time.perf_counter() - t, 1),
+                                  "peak_rss_bytes": mem.peak,
+                                  # 1-minute load average before and after: wall times need it
+                                  "load_average": [round(load, 2), round(os.getloadavg()[0], 2)]}
+        first = sweep[str(local_epochs[0])]
+        row.update({mode: first[mode] for mode in ("none", "ckks") if mode in first})
         row["crypto_profile"] = crypto_round_profile(int(row["coverage"]["parameters"]),
                                                      clients, min(2, clients))
         log(f"[bench models] {task}: crypto steps (CPU-s) "
             + ", ".join(f"{k} {v['cpu_s']:.3f}" for k, v in row["crypto_profile"]["steps"].items()))
         if "none" in row:
             row.update(_ratios(row, clients, len(data.train.y)))
+            row["by_local_epochs"] = [
+                {"local_epochs": runs["local_epochs"],
+                 "batches_per_round": runs["local_epochs"] * -(-len(data.train.y) // batch_size),
+                 **{k: v for k, v in _ratios(runs, clients, len(data.train.y)).items()
+                    if k in ("encrypted_over_plaintext", "overhead_seconds", "overhead_by_phase_seconds")},
+                 "plaintext_round_s": runs["none"]["median_round_seconds"],
+                 "ckks_round_s": runs["ckks"]["median_round_seconds"],
+                 "load_average": {m: runs[m]["load_average"] for m in ("none", "ckks")}}
+                for runs in sweep.values()]
+            for r in row["by_local_epochs"]:
+                log(f"[bench models] {task}: local-epochs {r['local_epochs']}: encrypted / plaintext "
+                    f"round {r['encrypted_over_plaintext']:.3f}x ({r['ckks_round_s']:.1f} s / "
+                    f"{r['plaintext_round_s']:.1f} s)")
             log(f"[bench models] {task}: encrypted / plaintext round "
                 f"{row['encrypted_over_plaintext']:.3f}x, overhead {row['overhead_seconds']:.2f} s "
                 f"per round; projected at {row['realistic']['examples_per_client']} examples per "

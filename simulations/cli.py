@@ -252,13 +252,15 @@ def bench_models_cmd(
     task: Annotated[list[str] | None, typer.Option("--task", help="Model size(s): resnet-1m, resnet-10m.")] = None,
     clients: Annotated[int, typer.Option("--clients")] = 3,
     rounds: Annotated[int, typer.Option("--rounds", help="Rounds per simulation (resnet-10m: 1, CKKS only).")] = 3,
+    local_epochs: Annotated[list[int] | None, typer.Option(
+        "--local-epochs", min=1, help="Local epochs per round, one plaintext/CKKS pair each (repeatable; default 1 and 4).")] = None,
 ) -> None:
     """Per model size: DP/plain epoch, fused-engine coverage, encrypted/plaintext round, memory."""
     from simulations.bench_dp import bench_models
 
     out = out.expanduser().resolve()
     result = bench_models(out, tasks=tuple(task or ("resnet-1m", "resnet-10m")), clients=clients,
-                          rounds=rounds)
+                          rounds=rounds, local_epochs=tuple(local_epochs or (1, 4)))
     console.print_json(json.dumps(result))
     console.print(f"written: {out}")
 

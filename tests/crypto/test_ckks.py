@@ -36,7 +36,8 @@ def agg() -> SecretContext:
 
 def _values(rng: np.random.Generator, n: int, low: float = 1e-3, high: float = 1e-1) -> np.ndarray:
     """fedguard-like update values: |x| in [low, high], random signs, float32."""
-    return (rng.uniform(low, high, n) * rng.choice([-1.0, 1.0], n)).astype(np.float32)
+    out: np.ndarray = (rng.uniform(low, high, n) * rng.choice([-1.0, 1.0], n)).astype(np.float32)
+    return out
 
 
 # -- presets ---------------------------------------------------------------------------
@@ -196,14 +197,15 @@ def test_round_trip_property(agg: SecretContext, length: int, magnitude: float, 
 
 
 def test_encrypt_rejects_bad_vectors(agg: SecretContext) -> None:
-    for bad, exc in [
+    cases: list[tuple[np.ndarray, type[Exception]]] = [
         (np.array([1.0, np.nan], np.float32), ValueError),
         (np.array([np.inf], np.float32), ValueError),
         (np.array([17.0], np.float32), ValueError),  # above value_bound
         (np.zeros((2, 2), np.float32), ValueError),
         (np.zeros(0, np.float32), ValueError),
         (np.arange(4), TypeError),
-    ]:
+    ]
+    for bad, exc in cases:
         with pytest.raises(exc):
             ckks.encrypt(agg, bad)
     with pytest.raises(TypeError):

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from crypto import Preset, PublicContext, SecretContext, encrypt, wire
+from crypto import EncryptedVector, Preset, PublicContext, SecretContext, encrypt, wire
 from crypto import stats as S
 from crypto.ckks import add_coefficients, encode_coefficients
 
@@ -27,8 +27,9 @@ def server(secret: SecretContext) -> PublicContext:
     return PublicContext.from_bytes(secret.public().to_bytes())
 
 
-def _projections(server: PublicContext, secret: SecretContext, uploads, round_: int = 1,
-                 reps: int | None = None, length: int | None = None):
+def _projections(server: PublicContext, secret: SecretContext, uploads: list[EncryptedVector],
+                 round_: int = 1, reps: int | None = None, length: int | None = None
+                 ) -> tuple[S.ScreenParameters, S.Challenge, np.ndarray]:
     length = length or uploads[0].length
     params = S.screen_parameters(PRESET, length, 10.0)
     ch = S.new_challenge(round_, uploads, reps or params.repetitions)
@@ -130,7 +131,7 @@ def test_sketch_estimates_norms_and_distances_within_the_stated_error(
 
 
 def _crafted(secret: SecretContext, rng: np.random.Generator, kind: str, length: int,
-             params: S.ScreenParameters):
+             params: S.ScreenParameters) -> EncryptedVector:
     """An update an attacker (who holds the key) could upload, with out-of-bound content."""
     chunks = -(-length // SPEC.values_per_chunk)
     honest = rng.standard_normal(length) * rng.uniform(1e-3, 0.05)
@@ -147,7 +148,7 @@ def _crafted(secret: SecretContext, rng: np.random.Generator, kind: str, length:
         where = rng.choice(pad, size=int(rng.integers(1, min(50, pad.size))), replace=False)
         scale = params.certified_norm * rng.uniform(1.05, 1e3) / math.sqrt(where.size)
         slots[where] = rng.standard_normal(where.size) * scale
-        slots[where] *= params.certified_norm * 1.05 / max(np.linalg.norm(slots[where]), 1e-300) \
+        slots[where] *= params.certified_norm * 1.05 / max(float(np.linalg.norm(slots[where])), 1e-300) \
             if rng.random() < 0.3 else 1.0
         delta = encode_coefficients(PRESET, slots)
     elif kind == "spread":  # every coefficient small, the norm just beyond the certificate
