@@ -91,6 +91,11 @@ EXIT_CODES = {0: "stopped (SIGTERM)", 2: "usage or bundle error (wrong passphras
               CLIENT_EXIT_UNREACHABLE: "SuperLink unreachable", 130: "interrupted (Ctrl-C)"}
 """Every exit code of ``fedguard client`` and its meaning (docs/deployment.md lists them)."""
 
+EXIT_GRACE_S = 15.0
+"""Seconds a SuperNode may keep running after writing its exit record before the supervisor
+stops it. Why 15: Flower's own force-exit timer is 5 s; a SuperNode still alive three times
+later is stuck in its shutdown (a retry thread), and the client must restart or end."""
+
 
 # ---------------------------------------------------------------------------------- client
 
@@ -310,8 +315,15 @@ def _supervise(opts: ClientOptions, b: Any, node_config: list[str], extra_env: d
             proc = ManagedProcess("supernode", argv, log_path=state / "supernode.log",
                                   env={**env, SUPERNODE_RELEASE_ENV: release} if release else env,
                                   on_line=on_line, new_session=opts.new_session)
+            exit_seen: float | None = None  # when the SuperNode first wrote its exit record
             try:
                 while proc.poll() is None and not stop.is_set():
+                    if exit_seen is None and status_file.exists():
+                        exit_seen = time.monotonic()
+                    elif exit_seen is not None and time.monotonic() - exit_seen > EXIT_GRACE_S:
+                        say(f"the SuperNode recorded its exit {EXIT_GRACE_S:g} s ago but is still "
+                            "running; stopping it")
+                        break
                     if opts.warm_start and launcher is None and attempt.connected:
                         launcher = start_launcher()
                     if attempt.connected and lease.node_id != attempt.node_id:
