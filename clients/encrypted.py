@@ -81,12 +81,9 @@ def _store_secret(state: RecordDict, secret: bytes) -> SecretContext:
     return ctx
 
 
-def holds_key(state: RecordDict, node_config: Mapping[str, Any] | None = None) -> bool:
-    """True when this node holds a CKKS secret key: a context in its state (installed or
-    generated) or, with ``node_config``, a provisioned trainer bundle (``key-dir``) that it
-    has not opened yet."""
-    return _STATE_CKKS in state.config_records or bool(
-        node_config is not None and node_config.get("key-dir"))
+def holds_key(state: RecordDict) -> bool:
+    """True when this node's state holds a CKKS secret context (installed or generated)."""
+    return _STATE_CKKS in state.config_records
 
 
 def secret_context(content: RecordDict, state: RecordDict, node_config: Mapping[str, Any],

@@ -118,10 +118,9 @@ class TrainerScheme(Protocol):
 def trainer_scheme(cfg: FedConfig, state: RecordDict, node_config: Mapping[str, Any],
                    run_id: int) -> TrainerScheme:
     """The one place a trainer chooses its transport: CKKS if the run config says ``ckks`` or
-    this node holds a CKKS key (in its state, or a provisioned ``key-dir`` bundle: never
-    downgraded by the server's config), else plaintext.
+    this node holds a CKKS key already (never downgraded by the server's config), else plaintext.
     """
-    if cfg.secure.mode is SecureAggregation.CKKS or encrypted.holds_key(state, node_config):
+    if cfg.secure.mode is SecureAggregation.CKKS or encrypted.holds_key(state):
         return CkksTrainerScheme(state, node_config, run_id)
     return PlaintextTrainerScheme()
 

@@ -143,16 +143,3 @@ def test_a_plaintext_scheme_ignores_key_records(fake_grid: Any) -> None:
     assert P.UPDATE_PLAIN in reply.content.array_records
     assert P.UPDATE_CIPHER not in reply.content.array_records
     assert not holds_key(state)
-
-
-def test_a_provisioned_trainer_is_never_downgraded_to_plaintext(fake_grid: Any, tmp_path: Path) -> None:
-    # a trainer with a key bundle (key-dir) told "none" in its very first message: it has
-    # loaded no key yet, and must still not ship a plaintext update
-    cfg = _cfg("none")
-    node_config = {"partition-id": 0, "num-partitions": 1, "key-dir": str(tmp_path / "no-bundle")}
-    grid = fake_grid(client_app, 1, node_config=lambda i: node_config)
-    assert trainer_scheme(cfg, grid.nodes[100].state, node_config, 7).name == "ckks"
-    [reply] = grid.send_and_receive([_message(make_scheme(cfg).global_records(100, 1), cfg, 100, 1, 0)])
-    code, text = _status(reply)
-    assert code != P.STATUS_OK and ("FEDGUARD_PASSPHRASE" in text or "bundle" in text), text
-    assert P.UPDATE_PLAIN not in reply.content.array_records
