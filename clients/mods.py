@@ -45,7 +45,7 @@ from clients.private import config_of, spent_epsilon
 from clients.schemes import TrainerScheme, trainer_scheme
 from federation import protocol as P
 from federation.arrays import ArrayLayout
-from federation.errors import FedguardError, PrivacyBudgetExceeded, RejectedUpdate
+from federation.errors import FedguardError, GlobalRefused, PrivacyBudgetExceeded, RejectedUpdate
 from federation.updates import PlainUpdate
 
 __all__ = ["enable_fedguard", "fedguard_mod"]
@@ -89,7 +89,10 @@ def _global(msg: Message, context: Context, scheme: TrainerScheme,
     scheme.install_keys(content)
     if P.GLOBAL_CIPHER in content.array_records or P.GLOBAL_PLAIN in content.array_records:
         return layout, scheme.read_global(content, initial, timings)
-    return layout, initial  # no global record: the initial model kept from the first message
+    global_round = content.config_records[P.CFG].get(P.GLOBAL_ROUND, 0)
+    if global_round != 0:  # a server that leaves the global out must not get G0 trained again
+        raise GlobalRefused("metadata", f"no global model for global round {global_round!r}")
+    return layout, initial  # before any aggregate: the initial model kept from the first message
 
 
 def _for_user(msg: Message, layout: ArrayLayout, vec: np.ndarray) -> Message:

@@ -169,7 +169,8 @@ class FedguardStrategy(Strategy):
         for msg in messages:
             node = int(msg.metadata.dst_node_id)
             rd = self.scheme.global_records(node, server_round)
-            rd.array_records.pop(P.GLOBAL_PLAIN, None)  # the first message carries `arrays`
+            if self.scheme.global_round == 0:  # the initial model travels as `arrays` instead
+                rd.array_records.pop(P.GLOBAL_PLAIN, None)
             if node not in self._has_initial:
                 rd[P.ARRAYS] = self._initial
                 self._has_initial.add(node)

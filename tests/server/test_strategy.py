@@ -54,3 +54,31 @@ def test_the_wrapped_fedavg_filters_a_boosted_update_and_reports_a_broken_node(
     assert list(final.keys()) == list(initial.keys())
     moved = [float(np.abs(final[k].numpy() - initial[k].numpy()).max()) for k in initial.keys()]
     assert all(np.isfinite(moved)) and 0 < max(moved) < 10
+
+
+def test_a_plaintext_round_trains_from_the_current_global(fake_grid: Any) -> None:
+    # every train message after round 1 carries the global the previous round produced: a
+    # trainer never trains the initial model again (it refuses a later message without one)
+    sent: list[Message] = []
+
+    class Recording(fake_grid):  # type: ignore[misc, valid-type]
+        def send_and_receive(self, messages: Any, *, timeout: float | None = None) -> list[Message]:
+            messages = list(messages)
+            sent.extend(messages)
+            return list(super().send_and_receive(messages, timeout=timeout))
+
+    grid = Recording(client_app_fedguard.app, 3)
+    strategy = FedguardStrategy(FedAvg(fraction_train=1.0, min_train_nodes=3, min_available_nodes=3),
+                                {"defense": "none"}, primary_metric="eval_acc")
+    initial = ArrayRecord(Net().state_dict())
+    strategy.start(grid, initial, num_rounds=2, train_config=ConfigRecord({"lr": 0.1}))
+    round2 = [m for m in sent if m.metadata.message_type == P.MSG_TRAIN
+              and m.content.config_records[P.CFG][P.CFG_ROUND] == 2]
+    assert len(round2) == 3
+    first = np.concatenate([v.numpy().ravel() for v in initial.values()])
+    for msg in round2:
+        assert P.GLOBAL_PLAIN in msg.content.array_records
+        g = record_vector(msg.content.array_records[P.GLOBAL_PLAIN], first.size)
+        assert np.isfinite(g).all() and float(np.abs(g - first).max()) > 0
+    assert [r.round for r in strategy.reports] == [1, 2] and all(
+        sorted(r.accepted) == [100, 101, 102] for r in strategy.reports)
