@@ -61,7 +61,7 @@ def test_a_plaintext_round_trains_from_the_current_global(fake_grid: Any) -> Non
     # trainer never trains the initial model again (it refuses a later message without one)
     sent: list[Message] = []
 
-    class Recording(fake_grid):  # type: ignore[misc, valid-type]
+    class Recording(fake_grid):  # type: ignore[misc]
         def send_and_receive(self, messages: Any, *, timeout: float | None = None) -> list[Message]:
             messages = list(messages)
             sent.extend(messages)
