@@ -6,30 +6,17 @@ file of its own, so that two workers run the two simulations side by side)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.commands import ROOT
+from tests.commands import command_env as _env
+from tests.commands import jsonl_rows as _lines
+
 pytestmark = pytest.mark.integration
-
-
-def _env(tmp_path: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({"FLWR_TELEMETRY_ENABLED": "0", "FLWR_HOME": str(tmp_path / "flwr"),
-                # Ray's socket paths must stay short: a temp dir under /tmp, not tmp_path
-                "RAY_TMPDIR": tempfile.mkdtemp(prefix="fgray-", dir="/tmp"),
-                "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)})
-    return env
-
-
-def _lines(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def test_breast_cancer_four_hospitals_dp_ckks_filter(tmp_path: Path) -> None:

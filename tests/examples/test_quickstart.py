@@ -4,31 +4,17 @@ only its own replies (the helper quickstart_mixed.py runs it in a process of its
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.commands import ROOT
+from tests.commands import command_env as _env
+from tests.commands import jsonl_rows as _lines
+
 pytestmark = pytest.mark.integration
-
-
-def _env(tmp_path: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({"FLWR_TELEMETRY_ENABLED": "0", "FLWR_HOME": str(tmp_path / "flwr"),
-                # Ray's socket paths must stay short: a temp dir under /tmp, not tmp_path
-                "RAY_TMPDIR": tempfile.mkdtemp(prefix="fgray-", dir="/tmp"),
-                "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)})
-    return env
-
-
-def _lines(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def test_quickstart_app_converted_by_mod_and_strategy(tmp_path: Path) -> None:

@@ -6,29 +6,11 @@ their simulations side by side."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 
-FEDGUARD = [sys.executable, "-m", "simulations.cli"]
-
-
-def _env(tmp_path: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    # Ray's socket paths must stay under ~107 characters: a short temp dir, not tmp_path.
-    ray_tmp = tempfile.mkdtemp(prefix="fgray-", dir="/tmp")
-    env.update({"FLWR_TELEMETRY_ENABLED": "0", "RAY_TMPDIR": ray_tmp,
-                "FLWR_HOME": str(tmp_path / "flwr")})
-    return env
-
-
-def _run(args: list[str], tmp_path: Path, timeout: float = 420) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(FEDGUARD + args, capture_output=True, text=True, timeout=timeout,
-                          env=_env(tmp_path), cwd=Path(__file__).resolve().parents[2])
+from tests.commands import run_fedguard as _run
 
 
 @pytest.mark.integration
