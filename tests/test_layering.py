@@ -69,7 +69,7 @@ def test_only_crypto_touches_cryptography_primitives() -> None:
      "federation.robust", "federation.data", "federation.partition", "federation.privacy",
      "federation.tasks", "federation.records", "crypto.keys", "crypto.wrapping", "crypto.at_rest",
      "crypto.provisioning", "crypto.passphrase", "crypto.tls", "server.loop",
-     "server.schemes", "clients.handlers", "simulations.attacks"],
+     "server.schemes", "clients.handlers", "clients.schemes", "simulations.attacks"],
 )
 def test_public_surface_is_explicit(module: str) -> None:
     mod = importlib.import_module(module)
