@@ -622,7 +622,8 @@ def cosine_filter(
     has a score of ~0 and would pass a threshold of 0, diluting the aggregate. When the round
     has a measurable consensus (median score above ``NO_AGREEMENT_Z`` standard deviations of a
     signal-free update's cosine, :func:`noise_cosine_sd`), a client whose score is below that
-    level *and* an outlier among the round's scores is rejected with
+    level, nearer to 0 than to the round's median, *and* an outlier among the round's scores is
+    rejected with
     ``"cosine:no-agreement"``. Both conditions protect honest clients: with strong DP noise or
     very non-IID data the median is low or the scores scatter, and nobody is rejected for it.
 
@@ -660,12 +661,16 @@ def cosine_filter(
         if peers.size:
             scores[i] = (float(np.median(peers)), float(np.min(peers)))
     values = [v[0] for v in scores.values()]
-    cut = _noise_aware_cut(values, threshold)
+    outlier = _robust_low_cut(values)
+    cut = threshold if len(values) < 3 else min(threshold, outlier)  # _noise_aware_cut
     if floor is not None:
         cut = max(cut, min(floor, threshold))
     level = NO_AGREEMENT_Z * noise_cosine_sd(stats)
-    consensus = level > 0.0 and len(values) >= 3 and float(np.median(values)) > level
-    outlier = _robust_low_cut(values)
+    median = float(np.median(values)) if values else 0.0
+    consensus = level > 0.0 and len(values) >= 3 and median > level
+    # nearer to no agreement (0) than to the round's (median): a weakly agreeing honest
+    # client (non-IID data) is below the noise level of a sketch but not this close to 0
+    level = min(level, median / 2.0)
     for i, cid in enumerate(stats.client_ids):
         if not finite_norm[i]:
             out.append(Verdict(cid, False, ("cosine:non-finite",)))

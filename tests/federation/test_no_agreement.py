@@ -84,3 +84,20 @@ def test_screen_reports_the_reason() -> None:
     reasons = {d.client_id: d.reasons for d in decisions if not d.accepted}
     assert set(reasons) == {5, 6} and all(set(r) & {"cosine<0.0", "cosine:no-agreement"}
                                           for r in reasons.values())
+
+
+def test_a_weakly_agreeing_honest_client_is_kept_under_sketches() -> None:
+    # non-IID: one client agrees half as much as the others; sketched, its score (~0.19) is
+    # below 3/sqrt(137) but far from 0: kept, also when colluders tighten the consensus
+    rng = np.random.default_rng(4)
+    for trial in range(30):
+        ups = _round(rng, 6, 0, signal=0.7)
+        common = np.mean(ups, axis=0)
+        own = rng.standard_normal(D)
+        ups.append(0.5 * common + own / np.linalg.norm(own))  # half the others' agreement
+        ups += [common + 0.05 * np.linalg.norm(common) * rng.standard_normal(D) / np.sqrt(D)
+                for _ in range(3)]
+        exact = stats_from_plain(ups, list(range(10)))
+        sketched = UpdateStats(exact.client_ids, exact.sq_norms, exact.pair_sq_dists,
+                               sketch_repetitions=137)
+        assert 6 not in _rejected(sketched), trial
