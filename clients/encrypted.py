@@ -23,8 +23,8 @@ from flwr.app import ConfigRecord, ConfigRecordValues, MetricRecord, RecordDict
 
 from crypto import Preset, SecretContext, decrypt, encrypt, wire
 from crypto.keys import WrapKeyPair, load_trainer_bundle, unwrap_secret, wrap_secret
-from crypto.provenance import SEED_BYTES, SeedSum, matches, seed_sum
-from crypto.stats import Challenge, holder_projections
+from crypto.provenance import SEED_BYTES, SeedSum, matches, seed_sum, upload_seed
+from crypto.stats import Challenge, bound_seeds, commitment, holder_projections, repetitions, upload_tag
 from federation import protocol as P
 from federation.aggregation import UPDATE_VALUE_BOUND, WEIGHT_DENOMINATOR, weights_within_cap
 from federation.config import FLAT_KEYS, MAX_WEIGHT_CAP, MIN_GROUP_SIZE, FedConfig, from_flat
@@ -53,7 +53,7 @@ __all__ = [
 
 _STATE_CKKS = "fg-ckks"  # ConfigRecord {"secret": bytes}
 _STATE_WRAP = "fg-wrap"  # ConfigRecord {"private": bytes}
-_STATE_ROUND = "fg-round"  # ConfigRecord {"round", "clients", "screened"}: limits screening
+_STATE_ROUND = "fg-round"  # ConfigRecord {"round", "clients", "screened", "commit", "length"}
 _STATE_SCREENED = "fg-screened"  # ConfigRecord {"last-round", "seeds"}: every seed answered
 _STATE_SEED_SUM = "fg-seed-sum"  # ConfigRecord {"run", "digest", "sum"}: c1 of the last global
 _STATE_ATTRIBUTED = "fg-attributed"  # ConfigRecord {"rounds": [...]}: one attribution per round
@@ -382,22 +382,38 @@ def encrypt_update(update: npt.NDArray[np.float32], state: RecordDict) -> tuple[
     clipped = int(np.count_nonzero(np.abs(update) > bound))
     if clipped:  # the screen's headroom assumes the bound; honest updates never get close
         update = np.clip(update, -bound, bound)
-    blob = wire.encode(encrypt(ctx, update))
-    return {P.UPDATE_CIPHER: bytes_record({P.BLOB_UPDATE: blob})}, len(blob), clipped
+    enc = encrypt(ctx, update)
+    blobs = {P.BLOB_UPDATE: wire.encode(enc)}
+    seen = state.config_records.get(_STATE_ROUND)
+    if seen is not None:
+        seen["length"] = int(update.shape[0])  # the only length this trainer screens this round
+        commit = seen.get("commit", b"")
+        if isinstance(commit, bytes) and commit:  # pins this seed to the round's one nonce
+            blobs[P.BLOB_TAG] = upload_tag(ctx, int(seen["round"]), commit, upload_seed(enc))  # type: ignore[arg-type]
+    return {P.UPDATE_CIPHER: bytes_record(blobs)}, len(blobs[P.BLOB_UPDATE]), clipped
 
 
-def note_round(state: RecordDict, round_: int, clients: int) -> None:
-    """Remember the round this trainer was asked to train in (bounds screening requests)."""
-    state[_STATE_ROUND] = ConfigRecord({"round": round_, "clients": clients, "screened": 0})
+def note_round(state: RecordDict, round_: int, clients: int, commit: bytes = b"") -> None:
+    """Remember the round this trainer was asked to train in (bounds screening requests).
+
+    ``commit`` is the round's screening commitment from the train message
+    (:data:`federation.protocol.SCREEN_COMMIT`): the upload's tag binds the seed to it, and
+    this trainer answers a screening request only with the nonce that opens it.
+    """
+    state[_STATE_ROUND] = ConfigRecord({"round": round_, "clients": clients, "screened": 0,
+                                        "commit": commit, "length": 0})
 
 
-def _screen_challenge(content: RecordDict, state: RecordDict) -> Challenge:
+def _screen_challenge(content: RecordDict, state: RecordDict) -> tuple[Challenge, list[bytes]]:
     """Parse and check a screening request against what this key holder knows.
 
     A key holder answers at most one request per round it trained in, for rounds that only
     increase, with at most as many seeds as the federation has clients, each seed distinct
-    and never answered before (in any round), and ``r <= MAX_REPETITIONS``. The challenge's
-    ``z`` is recomputed from the seeds it names, so the server cannot choose it.
+    and never answered before (in any round), ``r`` equal to :func:`crypto.stats.repetitions`,
+    the length of its own upload this round, and a nonce that opens the commitment its train
+    message carried. The challenge's ``z`` is recomputed from that nonce, so the server
+    cannot choose it, and no request can give an upload a second ``z`` (see
+    :mod:`crypto.stats`). Returns the challenge and the seeds' tags.
     """
     req = content.config_records.get(P.SCREEN)
     seen = state.config_records.get(_STATE_ROUND)
@@ -420,14 +436,28 @@ def _screen_challenge(content: RecordDict, state: RecordDict) -> Challenge:
         raise ProtocolError("screening request: more seeds than the round can have")
     if not 1 <= int(length) <= MAX_SCREEN_VALUES:  # type: ignore[arg-type]
         raise ProtocolError("screening request: bad vector length")
+    if int(length) != seen.get("length", 0):  # type: ignore[arg-type]
+        raise ProtocolError("screening request: not the length of this round's uploads")
+    if reps != repetitions():
+        raise ProtocolError(f"screening request: repetitions must be {repetitions()}")
+    commit = seen.get("commit", b"")
+    if not isinstance(nonce, bytes) or not isinstance(commit, bytes) or not commit:
+        raise ProtocolError("screening request for a round without a screening commitment")
+    tags = req.get(P.SCREEN_TAGS)
+    if not isinstance(tags, list) or len(tags) != len(seeds) or not all(isinstance(t, bytes) for t in tags):
+        raise ProtocolError("screening request: one tag per seed")
     answered = bytes(history["seeds"]) if history is not None else b""  # type: ignore[arg-type]
     known = {answered[i:i + 32] for i in range(0, len(answered), 32)}
     if any(isinstance(sd, bytes) and sd in known for sd in seeds):
         raise ProtocolError("screening request names a seed answered before")
     try:
-        return Challenge(int(round_), int(reps), int(length), nonce, tuple(seeds))  # type: ignore[arg-type]
+        challenge = Challenge(int(round_), int(reps), int(length), nonce, tuple(seeds))  # type: ignore[arg-type]
+        opens = commitment(challenge.round, nonce) == commit
     except (TypeError, ValueError) as exc:
         raise ProtocolError(f"bad screening request: {exc}") from None
+    if not opens:  # the server showed this trainer another nonce at the round's start
+        raise ProtocolError("screening request: the nonce does not open this round's commitment")
+    return challenge, [bytes(t) for t in tags]  # type: ignore[arg-type]
 
 
 def handle_screen(content: RecordDict, state: RecordDict, node_config: Mapping[str, Any],
@@ -435,20 +465,26 @@ def handle_screen(content: RecordDict, state: RecordDict, node_config: Mapping[s
     """Answer a screening challenge with flooded projections of ``a_i * s`` (no ``c0`` seen).
 
     See :mod:`crypto.stats`: the answer is ``<z_k, a_i * s> + f_ik mod q`` for every seed
-    ``i`` and repetition ``k``, ``n * r`` residues; the request is checked first
+    ``i`` whose tag binds it to this round's nonce and every repetition ``k`` (``r`` residues
+    per such seed, in order), and the indices of the seeds whose tag fails (not projected:
+    the server rejects those uploads). The request is checked first
     (:func:`_screen_challenge`) and its seeds are remembered so none is answered twice.
     """
     ctx = secret_context(content, state, node_config, run_id)
-    challenge = _screen_challenge(content, state)
+    challenge, tags = _screen_challenge(content, state)
     seen = state.config_records[_STATE_ROUND]
     seen["screened"] = 1
     history = state.config_records.get(_STATE_SCREENED)
     answered = bytes(history["seeds"]) if history is not None else b""  # type: ignore[arg-type]
     state[_STATE_SCREENED] = ConfigRecord({"last-round": challenge.round,
                                            "seeds": answered + b"".join(challenge.seeds)})
-    values = holder_projections(ctx, challenge)
+    bound = bound_seeds(ctx, challenge, tags)
+    kept = tuple(sd for sd, ok in zip(challenge.seeds, bound, strict=True) if ok)
+    values = holder_projections(ctx, Challenge(challenge.round, challenge.repetitions,
+                                               challenge.length, challenge.nonce, kept)) if kept else []
     return RecordDict({
-        P.SCREEN: MetricRecord({P.SCREEN_VALUES: [int(v) for row in values for v in row]}),
+        P.SCREEN: MetricRecord({P.SCREEN_VALUES: [int(v) for row in values for v in row],
+                                P.SCREEN_UNBOUND: [i for i, ok in enumerate(bound) if not ok]}),
         P.STATUS: ConfigRecord({P.STATUS_CODE: P.STATUS_OK, P.STATUS_REASON: ""}),
         P.METRICS: MetricRecord({}),
     })

@@ -191,10 +191,14 @@ class CkksTrainerScheme:
         self._state = state
         self._node_config = node_config
         self._run_id = run_id
+        self._commit = b""
 
     def install_keys(self, content: RecordDict) -> None:
         # the key in state wins; else the wrapped copy in the message; else the provisioned bundle
         encrypted.secret_context(content, self._state, self._node_config, self._run_id)
+        keys = content.config_records.get(P.KEYS)
+        commit = keys.get(P.SCREEN_COMMIT, b"") if keys is not None else b""
+        self._commit = commit if isinstance(commit, bytes) else b""  # what note_round records
 
     def _installed(self) -> None:
         if not encrypted.holds_key(self._state):
@@ -224,7 +228,7 @@ class CkksTrainerScheme:
         raise ProtocolError("message carries no global model")
 
     def note_round(self, round_: int, clients: int) -> None:
-        encrypted.note_round(self._state, round_, clients)
+        encrypted.note_round(self._state, round_, clients, self._commit)
 
     def encode_update(self, update: PlainUpdate, metrics: dict[str, float]) -> dict[str, ArrayRecord]:
         t = time.perf_counter()

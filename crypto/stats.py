@@ -17,8 +17,17 @@ linear, so for a public vector ``z``::
 * :func:`combine` adds both mod ``q`` and centres: ``v_ik = <z_k, m_i + e_i> + f_ik``.
 
 ``z_k`` (``k < r``) has i.i.d. entries ``-1 / 0 / +1`` with probabilities 1/4, 1/2, 1/4,
-expanded from ``z_seed = H(round, r, length, server nonce, every upload seed)``
-(:class:`Challenge`): drawn after all uploads of the round are fixed, and bound to them.
+expanded from ``z_seed = H(round, r, length, nonce)`` (:class:`Challenge`). The server draws
+the round's nonce before the round starts and sends only its :func:`commitment` with the
+train message; each trainer returns, with its upload, a :func:`upload_tag` -- a MAC under a
+key derived from the shared secret key, which the server does not have -- binding its seed
+to the round and to the commitment it received. The nonce is revealed in the screening
+request, after every upload is in: an uploader fixed its vector before it could know ``z``
+(the commitment hides the nonce), and a key holder projects a seed only with the one nonce
+whose commitment that seed's uploader was shown. So every answer about an upload, from any
+key holder, uses the same ``z`` (and the same flood): asking several holders, or asking with
+other nonces, subsets, lengths or repetition counts, tells the server nothing more than the
+``r`` values of one answer.
 
 What it certifies (docs/soundness.md has the argument; :func:`screen_parameters` derives
 every number from it): a client passes only if ``|v_ik| <= t`` for every ``k``. An update
@@ -30,10 +39,12 @@ norms and pair distances (``<m_i, m_j> = (2 Delta^2 / N) <x_i, x_j>``).
 
 What a key holder checks before it answers (``clients.encrypted.handle_screen`` keeps the
 state): one screening per round it trained in, rounds increasing, at most as many seeds as
-the round sampled, every seed distinct and never answered before, ``r`` equal to the
-agreed value. It recomputes ``z`` from the seeds it is sent, so the server cannot choose
-``z``, and ``a_i = PRG(seed_i)`` is pseudo-random, so the server cannot choose the
-polynomial multiplied by ``s``. Each answer is then an LWE sample with flooding noise
+the round sampled, every seed distinct and never answered before, ``r`` equal to
+:func:`repetitions` and the length equal to its own upload's, the nonce opening the
+commitment it was sent this round, and every seed's tag (:func:`bound_seeds`). It
+recomputes ``z`` from the nonce, so the server cannot choose ``z``, and ``a_i =
+PRG(seed_i)`` is pseudo-random, so the server cannot choose the polynomial multiplied by
+``s``. Each answer is then an LWE sample with flooding noise
 (pseudo-random coefficients, error uniform in ``[-F, F]``), never an exact equation in
 ``s``; repeated queries are refused, so the noise cannot be averaged away.
 
@@ -47,9 +58,9 @@ import hmac
 import math
 import os
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -66,22 +77,35 @@ __all__ = [
     "FLOOD_BITS",
     "MAX_REPETITIONS",
     "NONCE_BYTES",
+    "SOUNDNESS_BITS",
+    "TAG_BYTES",
     "Challenge",
     "ScreenParameters",
     "SketchStatistics",
+    "bound_seeds",
     "check_projections",
     "combine",
+    "commitment",
     "directions",
     "holder_projections",
     "new_challenge",
     "reconcile",
+    "repetitions",
     "screen_parameters",
     "server_projections",
     "sketch_statistics",
+    "upload_tag",
 ]
 
 NONCE_BYTES: Final = 32
 """Length of the server's fresh per-round nonce."""
+
+TAG_BYTES: Final = 32
+"""Length of an upload's tag (HMAC-SHA256, :func:`upload_tag`)."""
+
+SOUNDNESS_BITS: Final = 40
+"""An out-of-bound update passes the screen with probability ``<= 2^-40`` (the issue's target);
+:func:`repetitions` derives ``r`` from it, and key holders refuse any other ``r``."""
 
 FLOOD_BITS: Final = 10
 """Flooding amplitude ``F = 2^10`` (coefficient units, scale ``2^28``): each key-holder
@@ -99,8 +123,11 @@ THETA: Final = 0.25
 ``THETA * E[p^2]``, which happens with probability ``>= (1 - THETA)^2 / 3``. 1/4 balances
 the repetitions needed (r = 137 for 2^-40) against the certified norm gap (~23x)."""
 
-_Z_DOMAIN: Final = b"fedguard.screen.z.v1\x00"
+_Z_DOMAIN: Final = b"fedguard.screen.z.v2\x00"
+_COMMIT_DOMAIN: Final = b"fedguard.screen.commit.v1\x00"
+_TAG_DOMAIN: Final = b"fedguard.screen.tag.v1\x00"
 _FLOOD_INFO: Final = b"fedguard.screen.flood.v1"
+_TAG_INFO: Final = b"fedguard.screen.tag-key.v1"
 _LIMB_BITS: Final = 9
 _LIMBS: Final = 7  # 6 limbs of 9 bits and a signed top limb cover |y| < 2^55 (centred mod q)
 _BLOCK: Final = 8  # chunks per block: 8 * 4096 terms of < 2^9 keep float32 matmuls exact
@@ -117,6 +144,7 @@ also trains) the spinning thread only takes CPU from the others."""
 # 1.2 M fresh coefficients), not a normal clipped at 6 sigma = 19.2.
 _NOISE_MAX: Final = 21
 _ROUNDING: Final = 0.5  # encoding rounds each coefficient to the nearest integer
+_A = TypeVar("_A", bound=Hashable)
 _U64 = npt.NDArray[np.uint64]
 _I64 = npt.NDArray[np.int64]
 _F64 = npt.NDArray[np.float64]
@@ -162,12 +190,33 @@ class ScreenParameters:
         return math.sqrt(2.0 / self.repetitions)
 
 
+def repetitions(soundness_bits: int = SOUNDNESS_BITS) -> int:
+    """``r``, the projections per upload that give ``2^-soundness_bits`` soundness.
+
+    The 3-point lemma needs ``2^-r <= 2^-s``; for a long unwrapped vector the error splits in
+    two halves, Paley-Zygmund ``(1 - (1 - THETA)^2 / 3)^r <= 2^-(s+1)`` and the event that
+    some projection is so large that it wraps (Hoeffding, ``2^-(s+1)``). 137 for ``s = 40``.
+
+    Raises
+    ------
+    ValueError
+        ``soundness_bits`` below 1, or needing more than :data:`MAX_REPETITIONS`.
+    """
+    if soundness_bits < 1:
+        raise ValueError("soundness_bits must be positive")
+    pz_pass = 1.0 - (1.0 - THETA) ** 2 / 3.0
+    r = max(soundness_bits, math.ceil((soundness_bits + 1) / -math.log2(pz_pass)))
+    if r > MAX_REPETITIONS:
+        raise ValueError(f"soundness_bits={soundness_bits} needs {r} > {MAX_REPETITIONS} repetitions")
+    return r
+
+
 def screen_parameters(
     preset: Preset,
     length: int,
     norm_bound: float,
     *,
-    soundness_bits: int = 40,
+    soundness_bits: int = SOUNDNESS_BITS,
     false_reject_bits: int = 40,
     max_weight: int = 4096,
 ) -> ScreenParameters:
@@ -196,6 +245,7 @@ def screen_parameters(
     spec = preset.spec
     if len(spec.data_moduli) != 1:
         raise ValueError("projection screening needs a single-prime preset (AGGREGATION)")
+    r = repetitions(soundness_bits)
     if not (math.isfinite(norm_bound) and norm_bound > 0):
         raise ValueError(f"norm_bound must be a positive number, got {norm_bound!r}")
     if length < 1 or soundness_bits < 1 or false_reject_bits < 1:
@@ -204,13 +254,6 @@ def screen_parameters(
     n_deg = spec.poly_degree
     chunks = -(-length // spec.values_per_chunk)
     dim = chunks * n_deg
-    # Repetitions: the 3-point lemma needs 2^-r <= 2^-s; for a long unwrapped vector the
-    # error splits in two halves, Paley-Zygmund (1 - (1 - THETA)^2 / 3)^r <= 2^-(s+1) and
-    # the event that some projection is so large that it wraps (Hoeffding, 2^-(s+1)).
-    pz_pass = 1.0 - (1.0 - THETA) ** 2 / 3.0
-    r = max(soundness_bits, math.ceil((soundness_bits + 1) / -math.log2(pz_pass)))
-    if r > MAX_REPETITIONS:
-        raise ValueError(f"soundness_bits={soundness_bits} needs {r} > {MAX_REPETITIONS} repetitions")
     # Honest coefficient norm: Parseval for the canonical embedding, ||m||^2 = 2 Delta^2
     # ||x||^2 / N, plus noise and rounding (each coefficient at most 6 sigma + 1/2).
     honest = spec.scale * math.sqrt(2.0 / n_deg) * norm_bound + (_NOISE_MAX + _ROUNDING) * math.sqrt(dim)
@@ -257,8 +300,10 @@ def screen_parameters(
 class Challenge:
     """One round's screening challenge: what the server sends to the key holders.
 
-    ``z_seed`` is a hash of every field, so ``z`` is bound to the round, the repetition
-    count, the vector length, the server's fresh nonce and the uploads' seeds (in order).
+    ``z_seed`` hashes the round, the repetition count, the vector length and the nonce --
+    not the seeds: one round's ``z`` is the same for every subset of its uploads, so no
+    choice of seeds gives the server a second ``z`` for an upload. Which nonce a seed may be
+    projected with is fixed by the seed's tag (:func:`upload_tag`, checked by key holders).
     """
 
     round: int
@@ -288,9 +333,68 @@ class Challenge:
         h = hashlib.sha256(_Z_DOMAIN)
         h.update(self.round.to_bytes(8, "big") + self.repetitions.to_bytes(4, "big"))
         h.update(self.length.to_bytes(8, "big") + self.nonce)
-        for seed in self.seeds:
-            h.update(seed)
         return h.digest()
+
+    @property
+    def commitment(self) -> bytes:
+        """The commitment this challenge's nonce opens (:func:`commitment`)."""
+        return commitment(self.round, self.nonce)
+
+
+def commitment(round_: int, nonce: bytes) -> bytes:
+    """``H(round, nonce)``: sent with the round's train messages, opened by the screening request.
+
+    Hiding (a 256-bit random nonce under SHA-256): an uploader learns nothing about ``z``
+    from it; binding: the server cannot open it to a second nonce.
+    """
+    if len(nonce) != NONCE_BYTES:
+        raise ValueError(f"nonce must be {NONCE_BYTES} bytes")
+    return hashlib.sha256(_COMMIT_DOMAIN + round_.to_bytes(8, "big") + nonce).digest()
+
+
+def _tag_key(secret: SecretContext) -> bytes:
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_TAG_INFO)
+    return hkdf.derive(secret._sk_packed)
+
+
+def _tag(key: bytes, round_: int, commit: bytes, seed: bytes) -> bytes:
+    return hmac.new(key, _TAG_DOMAIN + round_.to_bytes(8, "big") + commit + seed,
+                    hashlib.sha256).digest()
+
+
+def upload_tag(secret: SecretContext, round_: int, commit: bytes, seed: bytes) -> bytes:
+    """The uploader's tag: ``HMAC(K, round, commitment, seed)`` with ``K`` derived from the key.
+
+    ``seed`` is the upload's seed (:func:`crypto.provenance.upload_seed`). Every key holder
+    can check the tag and the server cannot forge it; it pins the seed to the one commitment
+    (hence nonce, hence ``z``) its uploader was shown.
+
+    Raises
+    ------
+    TypeError
+        ``secret`` is not a :class:`~crypto.ckks.SecretContext` (a public context cannot tag).
+    ValueError
+        A seed or commitment of the wrong length.
+    """
+    if not isinstance(secret, SecretContext):
+        raise TypeError("an upload tag needs a SecretContext")
+    if len(seed) != _seal.SEED_BYTES or len(commit) != hashlib.sha256().digest_size:
+        raise ValueError("a seed and a commitment are 32 bytes each")
+    return _tag(_tag_key(secret), round_, commit, seed)
+
+
+def bound_seeds(secret: SecretContext, challenge: Challenge, tags: Sequence[bytes]) -> list[bool]:
+    """Per seed of ``challenge``: is its tag the one its uploader made for this nonce?
+
+    A seed whose tag fails was either tagged for another commitment (the server showed its
+    uploader another nonce) or not by a key holder: it is never projected.
+    """
+    if len(tags) != len(challenge.seeds):
+        raise ValueError("one tag per seed")
+    key = _tag_key(secret)
+    commit = challenge.commitment
+    return [isinstance(t, bytes) and hmac.compare_digest(_tag(key, challenge.round, commit, s), t)
+            for s, t in zip(challenge.seeds, tags, strict=True)]
 
 
 def new_challenge(
@@ -298,9 +402,10 @@ def new_challenge(
     vectors: Sequence[EncryptedVector],
     repetitions: int,
     *,
+    nonce: bytes | None = None,
     rng: Callable[[int], bytes] = os.urandom,
 ) -> Challenge:
-    """Draw the round's challenge after every upload is received (fresh nonce from ``rng``).
+    """The round's challenge for ``vectors``: the committed ``nonce``, or a fresh one from ``rng``.
 
     Raises
     ------
@@ -316,7 +421,8 @@ def new_challenge(
         seeds.append(v._seed)
     if len({v.length for v in vectors}) != 1:
         raise ValueError("vectors have different lengths")
-    return Challenge(round_, repetitions, vectors[0].length, rng(NONCE_BYTES), tuple(seeds))
+    return Challenge(round_, repetitions, vectors[0].length,
+                     rng(NONCE_BYTES) if nonce is None else nonce, tuple(seeds))
 
 
 _TERNARY: Final = np.array(
@@ -570,21 +676,27 @@ def sketch_statistics(projections: npt.ArrayLike, params: ScreenParameters) -> S
     return SketchStatistics(sq, dists)
 
 
-def reconcile(
-    answers: Mapping[str, Sequence[Sequence[int]]],
-) -> tuple[list[list[int]] | None, frozenset[str]]:
-    """Agree on the key holders' projections; name those who differ from a strict majority.
+def reconcile(answers: Mapping[str, _A], needed: int) -> tuple[_A | None, frozenset[str]]:
+    """The key holders' answer given identically by at least ``needed`` of them, and by more
+    holders than any other answer; who differs.
 
     Honest holders compute the same integers (the flooding is a PRF of the shared secret
-    key), so agreement is exact equality of the whole answer. Without a strict majority
-    the result is ``None`` and every holder is reported (ask another holder).
+    key), so agreement is exact equality of the whole answer. With ``needed = f + 1`` and at
+    most ``f`` lying trainers, an answer given ``needed`` times was given by an honest holder
+    at least once, so it is the true one -- whatever the liars agreed on among themselves.
+    Returns ``(None, every holder)`` when no answer qualifies (ask more holders).
+
+    Raises
+    ------
+    ValueError
+        No answers, or ``needed < 1``.
     """
     if not answers:
         raise ValueError("no answers")
-    keyed = {h: tuple(tuple(int(x) for x in row) for row in rows) for h, rows in answers.items()}
-    votes = Counter(keyed.values())
-    best, support = votes.most_common(1)[0]
-    if 2 * support > len(answers):
-        liars = frozenset(h for h, v in keyed.items() if v != best)
-        return [list(row) for row in best], liars
-    return None, frozenset(answers)
+    if needed < 1:
+        raise ValueError("needed must be positive")
+    ranked = Counter(answers.values()).most_common(2)
+    best, votes = ranked[0]
+    if votes < needed or (len(ranked) > 1 and ranked[1][1] == votes):
+        return None, frozenset(answers)
+    return best, frozenset(h for h, v in answers.items() if v != best)

@@ -11,6 +11,7 @@ from typing import Final
 __all__ = [
     "ARRAYS",
     "BLOB_GLOBAL",
+    "BLOB_TAG",
     "BLOB_UPDATE",
     "CANDIDATES",
     "CFG",
@@ -65,11 +66,14 @@ __all__ = [
     "ROLE_GENERATOR",
     "ROLE_MEMBER",
     "SCREEN",
+    "SCREEN_COMMIT",
     "SCREEN_LENGTH",
     "SCREEN_NONCE",
     "SCREEN_REPETITIONS",
     "SCREEN_ROUND",
     "SCREEN_SEEDS",
+    "SCREEN_TAGS",
+    "SCREEN_UNBOUND",
     "SCREEN_VALUES",
     "STATUS",
     "STATUS_BUDGET_EXHAUSTED",
@@ -110,9 +114,12 @@ SCREEN: Final = "screen"  # ConfigRecord (request) / MetricRecord (answer) of th
 SCREEN_ROUND: Final = "round"  # int: the round being screened
 SCREEN_REPETITIONS: Final = "repetitions"  # int: projections per upload (r)
 SCREEN_LENGTH: Final = "length"  # int: values per update
-SCREEN_NONCE: Final = "nonce"  # bytes: the server's fresh nonce, drawn after all uploads
+SCREEN_NONCE: Final = "nonce"  # bytes: the round's nonce, committed to before the uploads
 SCREEN_SEEDS: Final = "seeds"  # list[bytes]: the uploads' seeds, in the server's order
-SCREEN_VALUES: Final = "values"  # list[int]: the key holder's n * r residues, row-major
+SCREEN_TAGS: Final = "tags"  # list[bytes]: each seed's upload tag (crypto.stats.upload_tag)
+SCREEN_VALUES: Final = "values"  # list[int]: r residues per bound seed, row-major
+SCREEN_UNBOUND: Final = "unbound"  # list[int]: indices of seeds whose tag failed (not projected)
+SCREEN_COMMIT: Final = "screen-commit"  # bytes (KEYS of a CKKS train message): H(round, nonce)
 PROVENANCE: Final = "provenance"  # ConfigRecord: which uploads (seed, weight, round) a global sums
 CANDIDATES: Final = "candidates"  # ArrayRecord: candidate globals of an attribution request
 VOTE: Final = "vote"  # ConfigRecord: a trainer's verdict on the global(s) it received
@@ -166,6 +173,7 @@ KEY_DENOMINATOR: Final = "denominator"  # int: the decrypted global sum is divid
 # -- items of the byte records (federation.records.bytes_record) ---------------------------------
 BLOB_GLOBAL: Final = "g"  # in GLOBAL_CIPHER: the encrypted global model's envelope
 BLOB_UPDATE: Final = "u"  # in UPDATE_CIPHER: the encrypted update's envelope
+BLOB_TAG: Final = "t"  # in UPDATE_CIPHER: the upload's screening tag (32 bytes)
 VECTOR_ITEM: Final = "v"  # in GLOBAL_PLAIN / UPDATE_PLAIN / CANDIDATES: a flat float32 vector
 
 # -- fields of a train reply's METRICS record (besides the EVAL_* fields above) -------------------

@@ -82,6 +82,7 @@ __all__ = [
     "noise_cosine_sd",
     "norm_filter",
     "pairwise_cosines",
+    "resolve_max_malicious",
     "screen",
     "stats_from_plain",
 ]
@@ -456,6 +457,15 @@ def max_krum_f(n: int) -> int:
     0 when ``n < 5``. It is also the default ``f`` when ``max-malicious`` is -1 (automatic).
     """
     return max(0, (n - 3) // 2)
+
+
+def resolve_max_malicious(max_malicious: int, n: int) -> int:
+    """The ``f`` a round with ``n`` updates assumes: ``max-malicious``, or -1 for :func:`max_krum_f`.
+
+    The one rule the filters (Krum's ``f``) and the screen (``f + 1`` agreeing key holders)
+    both read.
+    """
+    return max_malicious if max_malicious >= 0 else max_krum_f(n)
 
 
 def _effective_f(n: int, f: int) -> int:

@@ -21,11 +21,15 @@ Keys come either from a provisioned server bundle (``key-dir``) or from the in-b
 other trainer; the server only relays opaque blobs and keeps the public context.
 
 Screening (when a defence is on): seed-bound random projections (:mod:`crypto.stats`,
-docs/soundness.md). The server projects each upload's ``c0`` itself; a quorum of key holders
-projects the seed parts ``a_i * s`` (never seeing ``c0``), :func:`crypto.stats.reconcile`
-checks that they agree exactly, and a key holder whose answers disagree is reported and not
-used. Out-of-bound updates are rejected with a ``statistic:*`` reason; the filters decide on
-norms and distances estimated from the same projections.
+docs/soundness.md). Each round's nonce is drawn when the round starts; its commitment travels
+in the train messages and each upload comes back with a tag binding its seed to it. The server
+projects each upload's ``c0`` itself; key holders project the seed parts ``a_i * s`` (never
+seeing ``c0``). An answer counts only when ``f + 1`` key holders gave it identically
+(:func:`crypto.stats.reconcile`; ``f`` = ``max-malicious``), so at least one of them is honest:
+the quorum is ``max(screen-quorum, f + 1)`` holders and must agree, and when it does not, every
+other trainer of the round is asked too. A key holder whose answer differs is reported and
+asked last from then on. Out-of-bound updates are rejected with a ``statistic:*`` reason; the
+filters decide on norms and distances estimated from the same projections.
 """
 
 from __future__ import annotations
@@ -46,10 +50,13 @@ from crypto import EncryptedVector, Preset, PublicContext, add, weighted_sum, wi
 from crypto.keys import load_server_bundle
 from crypto.provenance import SEED_BYTES, upload_seed
 from crypto.stats import (
+    NONCE_BYTES,
+    TAG_BYTES,
     Challenge,
     ScreenParameters,
     check_projections,
     combine,
+    commitment,
     new_challenge,
     reconcile,
     screen_parameters,
@@ -68,7 +75,7 @@ from federation.errors import (
     RejectedUpdate,
 )
 from federation.records import bytes_record, record_bytes, vector_record
-from federation.robust import UpdateStats
+from federation.robust import UpdateStats, resolve_max_malicious
 from server.loop import exchange
 
 __all__ = ["CkksScheme", "provenance_record"]
@@ -126,6 +133,9 @@ class CkksScheme:
         self._floor = 0  # history entries that cannot be rolled back (a restored checkpoint)
         self._seen_seeds: set[bytes] = set()
         self._restored_round = 0
+        self._round_nonce: tuple[int, bytes] | None = None  # secret until the round's screening
+        self._tags: dict[bytes, bytes] = {}  # upload seed -> its tag, this round
+        self._distrusted: set[int] = set()  # key holders that disagreed with an agreed answer
 
     hides_updates = True
 
@@ -224,6 +234,8 @@ class CkksScheme:
         else:
             rd[P.GLOBAL_CIPHER] = bytes_record({P.BLOB_GLOBAL: self._blob()})
             rd[P.PROVENANCE] = provenance_record([self._prov])
+        if round_ >= 1:  # a train message: the commitment its upload's tag will bind to
+            meta[P.SCREEN_COMMIT] = commitment(round_, self._nonce_of(round_))
         rd[P.KEYS] = ConfigRecord(meta)
         return rd
 
@@ -231,6 +243,13 @@ class CkksScheme:
         fingerprint = self.public.fingerprint if self.public is not None else ""
         return {P.KEY_DENOMINATOR: WEIGHT_DENOMINATOR, P.KEY_PRESET: self.preset.id,
                 "fingerprint": fingerprint}
+
+    def _nonce_of(self, round_: int) -> bytes:
+        """The round's screening nonce, drawn once, before any of its uploads exists."""
+        if self._round_nonce is None or self._round_nonce[0] != round_:
+            self._round_nonce = (round_, self._nonce(NONCE_BYTES))
+            self._tags.clear()
+        return self._round_nonce[1]
 
     def candidate_records(self, groups: Sequence[tuple[Sequence[EncryptedVector], Sequence[int]]],
                           round_: int) -> RecordDict:
@@ -299,6 +318,14 @@ class CkksScheme:
         seed = upload_seed(enc)
         if seed in self._seen_seeds:  # a replayed or copied upload
             raise RejectedUpdate("ciphertext:replayed-seed", "this upload's seed was seen before")
+        if self.validates_uploads:  # the key holders project only a seed its tag binds
+            rec = content.array_records[P.UPDATE_CIPHER]
+            if P.BLOB_TAG not in rec:
+                raise RejectedUpdate("ciphertext:untagged", "an upload must carry its screening tag")
+            tag = record_bytes(rec, P.BLOB_TAG, TAG_BYTES)
+            if len(tag) != TAG_BYTES:
+                raise RejectedUpdate("ciphertext:untagged", f"a tag is {TAG_BYTES} bytes")
+            self._tags[seed] = tag
         self._seen_seeds.add(seed)
         return enc
 
@@ -329,71 +356,104 @@ class CkksScheme:
         if screened:
             vectors = [payloads[i] for i in screened]
             params = self.screen_params
-            challenge = new_challenge(round_, vectors, params.repetitions, rng=self._nonce)
+            challenge = new_challenge(round_, vectors, params.repetitions, nonce=self._nonce_of(round_))
+            tags = [self._tags.get(sd, b"") for sd in challenge.seeds]
             # The server's c0 projections (about half the screen's CPU time) run in a thread
             # while the key holders compute the seed parts on their own machines: neither
             # needs the other's result until combine(). numpy's matmuls release the GIL.
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedguard-screen") as pool:
                 own = pool.submit(server_projections, self._public(), vectors, challenge)
-                holder_part = self._holders_answer(grid, ids, challenge, round_)
+                agreed = self._holders_answer(grid, ids, challenge, tags, round_)
                 server_part = own.result()
-            if holder_part is None:
+            if agreed is None:
                 rejected.update({i: "statistic:no-key-holder-quorum" for i in screened})
             else:
-                proj = combine(self.preset, server_part, holder_part)
-                reasons = check_projections(proj, params)
-                sketch = sketch_statistics(proj, params)
-                pos = {c: k for k, c in enumerate(ids)}
-                for a_, i in enumerate(screened):
-                    if reasons[a_] is not None:
-                        rejected[i] = str(reasons[a_])
-                        self._audit.append({"round": round_, "node": i, "event": "screen-rejected",
-                                            "reason": reasons[a_]})
-                    norms[pos[i]] = sketch.sq_norms[a_]
-                    for b_, j in enumerate(screened):
-                        dists[pos[i], pos[j]] = sketch.sq_dists[a_, b_]
+                unbound, holder_part = agreed
+                for a_ in unbound:  # the holders refused its tag: never projected
+                    rejected[screened[a_]] = "statistic:unbound-seed"
+                    self._audit.append({"round": round_, "node": screened[a_],
+                                        "event": "screen-rejected", "reason": "statistic:unbound-seed"})
+                bound = [a_ for a_ in range(len(screened)) if a_ not in set(unbound)]
+                if bound:
+                    proj = combine(self.preset, [server_part[a_] for a_ in bound], holder_part)
+                    reasons = check_projections(proj, params)
+                    sketch = sketch_statistics(proj, params)
+                    pos = {c: k for k, c in enumerate(ids)}
+                    for x, a_ in enumerate(bound):
+                        i = screened[a_]
+                        if reasons[x] is not None:
+                            rejected[i] = str(reasons[x])
+                            self._audit.append({"round": round_, "node": i, "event": "screen-rejected",
+                                                "reason": reasons[x]})
+                        norms[pos[i]] = sketch.sq_norms[x]
+                        for y, b_ in enumerate(bound):
+                            dists[pos[i], pos[screened[b_]]] = sketch.sq_dists[x, y]
         return UpdateStats(client_ids=tuple(ids), sq_norms=norms, pair_sq_dists=dists,
                            rejected=rejected, sketch_repetitions=self.screen_params.repetitions)
 
-    def _holders_answer(self, grid: Any, ids: list[int], challenge: Challenge,
-                        round_: int) -> list[list[int]] | None:
-        """The quorum's agreed projections, asking one more holder on disagreement or silence."""
-        quorum = min(self.cfg.defense.screen_quorum, len(ids))
-        holders = sorted(self._rng.sample(ids, quorum))
-        spare = [n for n in ids if n not in holders]
-        answers = self._ask(grid, holders, challenge, round_)
-        values, liars = reconcile(answers) if answers else (None, frozenset())
-        if values is None and spare:
-            extra = self._rng.choice(spare)
-            answers.update(self._ask(grid, [extra], challenge, round_))
-            values, liars = reconcile(answers)
-        for liar in sorted(liars):
-            self._audit.append({"round": round_, "node": int(liar), "event": "key-holder-disagrees",
-                                "reason": "screening answers differ from the other key holders"})
-            log.warning("round %d: key holder %s disagrees with the quorum", round_, liar)
-        return values
+    def _holders_answer(self, grid: Any, ids: list[int], challenge: Challenge, tags: list[bytes],
+                        round_: int) -> tuple[tuple[int, ...], list[list[int]]] | None:
+        """The key holders' agreed answer: (indices of unbound seeds, rows of the bound ones).
 
-    def _ask(self, grid: Any, holders: list[int], challenge: Challenge,
-             round_: int) -> dict[str, list[list[int]]]:
+        An answer counts once ``needed = min(len(ids), f + 1)`` holders gave it identically
+        (and more than gave any other): with at most ``f`` lying trainers one of them is
+        honest, so colluders cannot vouch for an upload the honest holders would reject.
+        First ``max(screen-quorum, f + 1)`` holders are asked (those that never disagreed
+        first); when their answers decide nothing, every other trainer of the round as well.
+        """
+        f = resolve_max_malicious(self.cfg.defense.max_malicious, len(ids))
+        needed = min(len(ids), f + 1)
+        ask = min(len(ids), max(self.cfg.defense.screen_quorum, needed))
+        order = self._rng.sample(ids, len(ids))
+        order.sort(key=lambda n: n in self._distrusted)  # stable: trusted first, random within
+        holders, spare = sorted(order[:ask]), order[ask:]
+        answers = self._ask(grid, holders, challenge, tags, round_)
+        agreed, liars = reconcile(answers, needed)
+        if agreed is None and spare:
+            answers.update(self._ask(grid, sorted(spare), challenge, tags, round_))
+            agreed, liars = reconcile(answers, needed)
+        if agreed is None:
+            log.warning("round %d: no screening answer was given by %d key holders (and by more "
+                        "than any other)", round_, needed)
+            return None
+        for liar in sorted(liars):
+            if answers[liar][0] == "silent":  # reported as key-holder-silent already
+                continue
+            self._distrusted.add(int(liar))
+            self._audit.append({"round": round_, "node": int(liar), "event": "key-holder-disagrees",
+                                "reason": "screening answers differ from the agreed answer"})
+            log.warning("round %d: key holder %s disagrees with the agreed answer", round_, liar)
+        unbound, values = agreed
+        r = challenge.repetitions
+        return unbound, [list(values[k * r:(k + 1) * r]) for k in range(len(values) // r)]
+
+    def _ask(self, grid: Any, holders: list[int], challenge: Challenge, tags: list[bytes],
+             round_: int) -> dict[str, Any]:
+        """Each holder's answer as a hashable ``(unbound indices, values)``; a malformed or
+        missing answer becomes a value of its own, which never matches another holder's."""
         request = ConfigRecord({
             P.SCREEN_ROUND: challenge.round, P.SCREEN_REPETITIONS: challenge.repetitions,
             P.SCREEN_LENGTH: challenge.length, P.SCREEN_NONCE: challenge.nonce,
-            P.SCREEN_SEEDS: list(challenge.seeds)})
+            P.SCREEN_SEEDS: list(challenge.seeds), P.SCREEN_TAGS: list(tags)})
         contents = {h: RecordDict({P.SCREEN: request, P.CFG: ConfigRecord({P.CFG_ROUND: round_})})
                     for h in holders}
         replies, lost = exchange(grid, contents, P.MSG_SCREEN, round_, self.cfg.run.round_timeout)
         n, r = len(challenge.seeds), challenge.repetitions
-        answers: dict[str, list[list[int]]] = {}
+        answers: dict[str, Any] = {}
         for h, reply in replies.items():
             rec = reply.content.metric_records.get(P.SCREEN)
             vals = rec.get(P.SCREEN_VALUES) if rec is not None else None
+            gaps = rec.get(P.SCREEN_UNBOUND, []) if rec is not None else None
             listed = vals if isinstance(vals, list) else []
             ints = [v for v in listed if isinstance(v, int) and not isinstance(v, bool)]
-            if len(ints) == n * r == len(listed):
-                answers[str(h)] = [ints[k * r:(k + 1) * r] for k in range(n)]
-            else:
-                answers[str(h)] = []  # a malformed answer never matches the honest majority
+            holes = [v for v in gaps if isinstance(v, int) and not isinstance(v, bool)] \
+                if isinstance(gaps, list) else []
+            well_formed = (isinstance(gaps, list) and len(holes) == len(gaps) == len(set(holes))
+                           and all(0 <= v < n for v in holes) and len(ints) == len(listed)
+                           and len(ints) == (n - len(holes)) * r)
+            answers[str(h)] = (tuple(sorted(holes)), tuple(ints)) if well_formed else ("malformed", h)
         for h, why in lost.items():
+            answers[str(h)] = ("silent", h)  # asked, did not answer: never part of an agreement
             self._audit.append({"round": round_, "node": h, "event": "key-holder-silent", "reason": why})
         return answers
 

@@ -45,7 +45,7 @@ from federation import protocol as P
 from federation.aggregation import capped_counts, integer_weights
 from federation.config import FedConfig, to_flat
 from federation.errors import FedguardError, ProtocolError, RejectedUpdate
-from federation.robust import Decision, decide, max_krum_f
+from federation.robust import Decision, decide, resolve_max_malicious
 from server.replies import describe_error_reply
 from server.schemes import Scheme, U
 
@@ -772,7 +772,7 @@ def screen_round(grid: GridLike, cfg: FedConfig, scheme: Scheme[U], payloads: Ma
     ids = sorted(payloads)
     if not ids or not (cfg.defense.defenses or scheme.validates_uploads):
         return {i: Decision(i, True, counts[i], (), {}) for i in ids}
-    f = cfg.defense.max_malicious if cfg.defense.max_malicious >= 0 else max_krum_f(len(ids))
+    f = resolve_max_malicious(cfg.defense.max_malicious, len(ids))
     try:
         stats = scheme.statistics(grid, {i: payloads[i] for i in ids}, rnd)
     except (FedguardError, ValueError) as exc:

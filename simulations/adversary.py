@@ -214,8 +214,15 @@ def _tamper_ciphertext(arrays: dict[str, Any], state: Any, attack: UploadAttack,
     secret = secret_context(RecordDict(), state, {}, 0)  # the key is in this node's state
     blob = record_bytes(arrays[P.UPDATE_CIPHER], P.BLOB_UPDATE, 1 << 31)
     enc = wire.decode(blob, secret, expected_length=None, max_bytes=len(blob))
-    tampered = wire.encode(attack.poison_upload(enc, ctx))
-    return {**arrays, P.UPDATE_CIPHER: bytes_record({P.BLOB_UPDATE: tampered})}
+    return _replace_blob(arrays, wire.encode(attack.poison_upload(enc, ctx)))
+
+
+def _replace_blob(arrays: dict[str, Any], blob: bytes) -> dict[str, Any]:
+    """The upload's records with ``blob`` as its envelope; the rest (the screening tag the
+    trainer made for its seed) kept: the attacks keep the seed, so the tag still binds it."""
+    rec = arrays[P.UPDATE_CIPHER]
+    others = {k: bytes(rec[k].data) for k in rec if k != P.BLOB_UPDATE}
+    return {**arrays, P.UPDATE_CIPHER: bytes_record({P.BLOB_UPDATE: blob, **others})}
 
 
 def _garbage_upload(attack: Garbage, seed: int, pid: int, arrays: dict[str, Any],
@@ -223,8 +230,7 @@ def _garbage_upload(attack: Garbage, seed: int, pid: int, arrays: dict[str, Any]
     rng = np.random.default_rng([seed, pid, int(info["round"]), 7])
     if P.UPDATE_CIPHER in arrays:
         honest = bytes(arrays[P.UPDATE_CIPHER][P.BLOB_UPDATE].data)
-        garbage = attack.garbage_envelope(honest, rng)
-        return {**arrays, P.UPDATE_CIPHER: bytes_record({P.BLOB_UPDATE: garbage})}
+        return _replace_blob(arrays, attack.garbage_envelope(honest, rng))
     dim = int(arrays[P.UPDATE_PLAIN][P.VECTOR_ITEM].shape[0])
     return {**arrays, P.UPDATE_PLAIN: vector_record(attack.garbage_update(dim, rng))}
 

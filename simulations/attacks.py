@@ -664,7 +664,8 @@ class Garbage:
         return _f32(own_update)  # the upload itself is replaced after encryption
 
     def garbage_envelope(self, honest: bytes, rng: np.random.Generator) -> bytes:
-        """A seeded-upload envelope with the header fields of ``honest`` and a uniform payload."""
+        """A seeded-upload envelope with the header fields and seed of ``honest`` and a uniform
+        payload (the seed stays, so the trainer's screening tag still binds the upload)."""
         from crypto import EncryptedVector, Preset, wire
 
         preset = Preset.from_id(honest[8:24].rstrip(b"\0").decode("ascii"))
@@ -674,7 +675,8 @@ class Garbage:
         chunks = -(-length // spec.values_per_chunk)
         c0 = np.stack([rng.integers(0, q, size=(chunks, spec.poly_degree), dtype=np.uint64)
                        for q in spec.data_moduli], axis=1)
-        enc = EncryptedVector(preset, fingerprint, length, 1, c0, None, rng.bytes(32))
+        seed = honest[wire.HEADER_BYTES:wire.HEADER_BYTES + 32]  # a seeded envelope's seed field
+        enc = EncryptedVector(preset, fingerprint, length, 1, c0, None, seed)
         return wire.encode(enc)
 
     def garbage_update(self, dim: int, rng: np.random.Generator) -> F32:

@@ -9,9 +9,9 @@ import pytest
 from flwr.app import ConfigRecord, RecordDict
 
 from clients.app import app as client_app
-from clients.encrypted import handle_screen, note_round, secret_context
+from clients.encrypted import encrypt_update, handle_screen, note_round, secret_context
 from crypto import Preset
-from crypto.stats import FLOOD_BITS, Challenge, directions
+from crypto.stats import FLOOD_BITS, Challenge, commitment, directions, repetitions, upload_tag
 from federation import protocol as P
 from federation.config import from_flat
 from federation.errors import ProtocolError
@@ -48,11 +48,28 @@ def test_a_restarted_client_keeps_its_privacy_ledger(fake_grid, tmp_path: Path, 
         assert sum('"label"' in line for line in lines) == 2
 
 
-def _screen_request(round_: int, seeds: list[bytes], reps: int = 40, length: int = 39210,
-                    nonce: bytes = b"\x07" * 32) -> RecordDict:
+ROUND_NONCE = b"\x07" * 32
+LENGTH = 39210  # the bundled CNN's parameters: what the holder uploads in its round
+
+
+def _holder_round(ctx, round_: int, clients: int, nonce: bytes = ROUND_NONCE) -> None:
+    """A round this trainer trains in: the train message's commitment, then its own upload."""
+    note_round(ctx.state, round_, clients, commitment(round_, nonce))
+    encrypt_update(np.zeros(LENGTH, np.float32), ctx.state)
+
+
+def _screen_request(ctx, round_: int, seeds: list[bytes], reps: int | None = None,
+                    length: int = LENGTH, nonce: bytes = ROUND_NONCE,
+                    tags: list[bytes] | None = None) -> RecordDict:
+    """A request as the server sends it; by default every seed tagged by its uploader (a
+    trainer with the same key) for the commitment of ``nonce``."""
+    secret = secret_context(RecordDict(), ctx.state, {}, ctx.run_id)
+    if tags is None:
+        tags = [upload_tag(secret, round_, commitment(round_, ROUND_NONCE), sd) for sd in seeds]
     return RecordDict({P.SCREEN: ConfigRecord({
-        P.SCREEN_ROUND: round_, P.SCREEN_REPETITIONS: reps, P.SCREEN_LENGTH: length,
-        P.SCREEN_NONCE: nonce, P.SCREEN_SEEDS: seeds})})
+        P.SCREEN_ROUND: round_, P.SCREEN_REPETITIONS: repetitions() if reps is None else reps,
+        P.SCREEN_LENGTH: length, P.SCREEN_NONCE: nonce, P.SCREEN_SEEDS: seeds,
+        P.SCREEN_TAGS: tags})})
 
 
 def _trained_key_holder(fake_grid, recorder):
@@ -62,30 +79,44 @@ def _trained_key_holder(fake_grid, recorder):
     ctx = next(iter(grid.nodes.values()))
     # Round 1 was screened for validity by the run itself (CKKS checks every upload, filter or
     # not); the requests below are about a round 2 this trainer took part in, with 2 clients.
-    note_round(ctx.state, 2, 2)
+    _holder_round(ctx, 2, 2)
     return ctx
 
 
 def test_a_key_holder_answers_one_checked_screen_request_per_round(fake_grid, recorder) -> None:
     ctx = _trained_key_holder(fake_grid, recorder)
     seeds = [bytes([k]) * 32 for k in range(3)]
+    r = repetitions()
     refusals = {
-        "another round": _screen_request(5, seeds[:2]),
-        "more seeds": _screen_request(2, seeds),
-        "distinct": _screen_request(2, [seeds[0], seeds[0]]),
-        "repetitions": _screen_request(2, seeds[:2], reps=10_000),
-        "length": _screen_request(2, seeds[:2], length=0),
-        "nonce": _screen_request(2, seeds[:2], nonce=b"short"),
+        "another round": _screen_request(ctx, 5, seeds[:2]),
+        "more seeds": _screen_request(ctx, 2, seeds),
+        "distinct": _screen_request(ctx, 2, [seeds[0], seeds[0]]),
+        "too many repetitions": _screen_request(ctx, 2, seeds[:2], reps=10_000),
+        "more repetitions than the soundness needs": _screen_request(ctx, 2, seeds[:2], reps=r + 1),
+        "no length": _screen_request(ctx, 2, seeds[:2], length=0),
+        "one chunk only": _screen_request(ctx, 2, seeds[:2], length=4096),
+        "short nonce": _screen_request(ctx, 2, seeds[:2], nonce=b"short"),
+        "another nonce": _screen_request(ctx, 2, seeds[:2], nonce=b"\x09" * 32),
+        "no tags": _screen_request(ctx, 2, seeds[:2], tags=[]),
     }
     for why, request in refusals.items():
         with pytest.raises(ProtocolError):
             handle_screen(request, ctx.state, {}, ctx.run_id)
         assert why  # each refusal above is a different check
-    reply = handle_screen(_screen_request(2, seeds[:2]), ctx.state, {}, ctx.run_id)
+    reply = handle_screen(_screen_request(ctx, 2, seeds[:2]), ctx.state, {}, ctx.run_id)
     values = list(reply[P.SCREEN][P.SCREEN_VALUES])
-    assert len(values) == 2 * 40 and all(isinstance(v, int) for v in values)
+    assert len(values) == 2 * r and all(isinstance(v, int) for v in values)
+    assert list(reply[P.SCREEN][P.SCREEN_UNBOUND]) == []
     with pytest.raises(ProtocolError, match="second screening request"):
-        handle_screen(_screen_request(2, seeds[2:]), ctx.state, {}, ctx.run_id)
+        handle_screen(_screen_request(ctx, 2, seeds[2:]), ctx.state, {}, ctx.run_id)
+    # next round: a seed whose tag is not its uploader's is named, not projected
+    _holder_round(ctx, 3, 2)
+    fresh = [bytes([7]) * 32, bytes([8]) * 32]
+    good = _screen_request(ctx, 3, fresh)[P.SCREEN][P.SCREEN_TAGS]
+    reply = handle_screen(_screen_request(ctx, 3, fresh, tags=[good[0], b"\x00" * 32]),  # type: ignore[index]
+                          ctx.state, {}, ctx.run_id)
+    assert list(reply[P.SCREEN][P.SCREEN_UNBOUND]) == [1]
+    assert len(list(reply[P.SCREEN][P.SCREEN_VALUES])) == r
 
 
 def test_a_key_holder_is_no_decryption_oracle(fake_grid, recorder) -> None:
@@ -102,19 +133,20 @@ def test_a_key_holder_is_no_decryption_oracle(fake_grid, recorder) -> None:
         handle_screen(old, ctx.state, {}, ctx.run_id)
     # 2) a seed-only request: the answer is never the exact linear form in s
     seeds = [bytes([9]) * 32, bytes([10]) * 32]
-    reply = handle_screen(_screen_request(2, seeds), ctx.state, {}, ctx.run_id)
-    got = np.array(list(reply[P.SCREEN][P.SCREEN_VALUES]), dtype=object).reshape(2, 40)
-    challenge = Challenge(2, 40, 39210, b"\x07" * 32, tuple(seeds))
+    r = repetitions()
+    reply = handle_screen(_screen_request(ctx, 2, seeds), ctx.state, {}, ctx.run_id)
+    got = np.array(list(reply[P.SCREEN][P.SCREEN_VALUES]), dtype=object).reshape(2, r)
+    challenge = Challenge(2, r, LENGTH, ROUND_NONCE, tuple(seeds))
     exact = _exact_seed_projections(secret, challenge)
     q = Preset.AGGREGATION.spec.data_moduli[0]
     diff = [(int(g) - e + q // 2) % q - q // 2 for g, e in zip(got.ravel(), exact, strict=True)]
     assert all(0 < abs(d) <= 2**FLOOD_BITS for d in diff if d != 0)
-    assert sum(d != 0 for d in diff) >= 78  # a zero flood has probability 1/2049 per value
-    assert len(set(diff)) > 60  # spread, not a constant offset one could subtract
-    # 3) asking about the same seeds again (next round, fresh nonce) is refused
-    note_round(ctx.state, 3, 2)
+    assert sum(d != 0 for d in diff) >= 2 * r - 3  # a zero flood has probability 1/2049 per value
+    assert len(set(diff)) > r  # spread, not a constant offset one could subtract
+    # 3) asking about the same seeds again (next round, its own nonce) is refused
+    _holder_round(ctx, 3, 2, nonce=b"\x08" * 32)
     with pytest.raises(ProtocolError, match="answered before"):
-        handle_screen(_screen_request(3, seeds, nonce=b"\x08" * 32), ctx.state, {}, ctx.run_id)
+        handle_screen(_screen_request(ctx, 3, seeds, nonce=b"\x08" * 32), ctx.state, {}, ctx.run_id)
 
 
 def _exact_seed_projections(secret, challenge: Challenge) -> list[int]:

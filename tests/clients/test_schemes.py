@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from flwr.app import ConfigRecord, Message, RecordDict
 
 from clients.app import app as client_app
@@ -19,6 +20,7 @@ from clients.encrypted import holds_key, secret_context
 from clients.schemes import trainer_scheme
 from federation import protocol as P
 from federation.config import FedConfig, from_flat, to_flat
+from federation.errors import RejectedUpdate
 from federation.updates import PlainUpdate
 from server.app import make_scheme
 from server.encrypted import CkksScheme
@@ -113,7 +115,10 @@ def test_a_key_holder_is_not_downgraded_by_a_plaintext_config(fake_grid: Any) ->
     [reply] = grid.send_and_receive([_message(initial.global_records(100, 1), plain_cfg, 100, 1, 0)])
     assert _status(reply) == (P.STATUS_OK, "")
     assert P.UPDATE_PLAIN not in reply.content.array_records  # never a plaintext update
-    server.parse_update(100, reply.content)
+    # decoded under the federation's key (the tag is checked last), but untagged: a plaintext config carries no
+    # screening commitment, and the CKKS server refuses an upload its key holders cannot bind
+    with pytest.raises(RejectedUpdate, match="untagged"):
+        server.parse_update(100, reply.content)
     # and a plaintext global that is not the public initial model is refused, not trained on
     other = make_scheme(plain_cfg)
     other.aggregate([PlainUpdate(np.full(other.dim, 0.01, np.float32))], [1], 1)

@@ -105,11 +105,50 @@ def test_honest_key_holders_agree_bit_for_bit_and_the_flood_is_keyed(
     again = SecretContext.from_bytes(secret.to_bytes())  # another trainer, same key
     a, b = S.holder_projections(secret, ch), S.holder_projections(again, ch)
     assert a == b
-    values, liars = S.reconcile({"1": a, "2": b, "3": [[x + 1 for x in row] for row in a]})
-    assert values == a and liars == {"3"}
-    assert S.reconcile({"1": a, "2": [[0] * 40] * 2})[0] is None
+    def t(rows: list[list[int]]) -> tuple[tuple[int, ...], ...]:
+        return tuple(tuple(row) for row in rows)
+
+    lie = t([[x + 1 for x in row] for row in a])
+    values, liars = S.reconcile({"1": t(a), "2": t(b), "3": lie}, 2)
+    assert values == t(a) and liars == {"3"}
+    assert S.reconcile({"1": t(a), "2": t([[0] * 40] * 2)}, 2)[0] is None
     other = SecretContext.generate(PRESET)
     assert S.holder_projections(other, ch) != a
+
+
+def test_colluding_key_holders_need_f_plus_one_identical_answers() -> None:
+    """Two colluders agree on a lie; with f = 2 an answer needs 3 identical votes, so their
+    pair never decides, and once the honest trainers answer too the truth is the one with 3."""
+    truth, lie = ((), (1, 2, 3)), ((), (4, 5, 6))
+    assert S.reconcile({"a": lie, "b": lie}, 2) == (lie, frozenset())  # f = 1: the old hole
+    assert S.reconcile({"a": lie, "b": lie, "c": truth}, 3)[0] is None  # ask everyone
+    values, liars = S.reconcile({"a": lie, "b": lie, "c": truth, "d": truth, "e": truth}, 3)
+    assert values == truth and liars == {"a", "b"}
+    assert S.reconcile({"a": lie, "b": truth}, 1)[0] is None  # a tie decides nothing
+    with pytest.raises(ValueError):
+        S.reconcile({"a": truth}, 0)
+
+
+def test_tags_pin_each_seed_to_one_nonce_and_z_ignores_the_seed_set(
+        server: PublicContext, secret: SecretContext) -> None:
+    uploads = [encrypt(secret, np.full(3000, 0.01, np.float32)) for _ in range(3)]
+    nonce, other_nonce = b"\x01" * 32, b"\x02" * 32
+    ch = S.new_challenge(4, uploads, S.repetitions(), nonce=nonce)
+    tags = [S.upload_tag(secret, 4, S.commitment(4, nonce), sd) for sd in ch.seeds]
+    assert S.bound_seeds(SecretContext.from_bytes(secret.to_bytes()), ch, tags) == [True] * 3
+    # the same seeds asked with another nonce, in another round or with swapped tags: unbound
+    assert S.bound_seeds(secret, S.new_challenge(4, uploads, S.repetitions(), nonce=other_nonce),
+                         tags) == [False] * 3
+    assert S.bound_seeds(secret, S.new_challenge(5, uploads, S.repetitions(), nonce=nonce),
+                         tags) == [False] * 3
+    assert S.bound_seeds(secret, ch, [tags[1], tags[0], tags[2]]) == [False, False, True]
+    # a subset of the round's uploads gets the very same z: no second view of any upload
+    sub = S.new_challenge(4, uploads[1:], S.repetitions(), nonce=nonce)
+    assert sub.z_seed == ch.z_seed
+    assert S.holder_projections(secret, sub) == S.holder_projections(secret, ch)[1:]
+    with pytest.raises(TypeError):  # the server holds a public context: it cannot tag
+        S.upload_tag(server, 4, S.commitment(4, nonce), ch.seeds[0])  # type: ignore[arg-type]
+    assert S.repetitions() == 137 == S.screen_parameters(PRESET, 3000, 50.0).repetitions
 
 
 def test_sketch_estimates_norms_and_distances_within_the_stated_error(
@@ -197,13 +236,16 @@ def test_honest_updates_at_the_norm_bound_are_never_rejected(
     assert np.abs(v).max() < params.threshold / 2
 
 
-def test_a_challenge_is_bound_to_the_round_the_nonce_and_every_seed(secret: SecretContext) -> None:
+def test_a_challenge_is_bound_to_the_round_and_the_nonce_not_the_seed_order(secret: SecretContext) -> None:
     uploads = [encrypt(secret, np.ones(100, np.float32)) for _ in range(2)]
     a = S.new_challenge(1, uploads, 40, rng=lambda n: b"\x01" * n)
     assert S.new_challenge(1, uploads, 40, rng=lambda n: b"\x01" * n).z_seed == a.z_seed
     assert S.new_challenge(2, uploads, 40, rng=lambda n: b"\x01" * n).z_seed != a.z_seed
     assert S.new_challenge(1, uploads, 40, rng=lambda n: b"\x02" * n).z_seed != a.z_seed
-    assert S.new_challenge(1, uploads[::-1], 40, rng=lambda n: b"\x01" * n).z_seed != a.z_seed
+    assert S.new_challenge(1, uploads, 41, rng=lambda n: b"\x01" * n).z_seed != a.z_seed
+    # reordering (or subsetting) the seeds gives no second z for an upload
+    assert S.new_challenge(1, uploads[::-1], 40, rng=lambda n: b"\x01" * n).z_seed == a.z_seed
+    assert a.commitment == S.commitment(1, b"\x01" * 32) != S.commitment(2, b"\x01" * 32)
     with pytest.raises(ValueError, match="distinct"):
         S.Challenge(1, 40, 100, b"\x00" * 32, (a.seeds[0], a.seeds[0]))
     with pytest.raises(ValueError, match="seeded"):

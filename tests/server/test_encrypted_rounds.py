@@ -14,6 +14,7 @@ from numpy.typing import NDArray
 from clients.app import app as client_app
 from clients.encrypted import secret_context
 from crypto import Preset, PublicContext, SecretContext, decrypt, encrypt, wire
+from crypto.stats import repetitions
 from federation import protocol as P
 from federation.aggregation import WEIGHT_DENOMINATOR
 from federation.config import FedConfig, from_flat
@@ -194,6 +195,39 @@ def test_a_lying_key_holder_is_caught(fake_grid: type[FakeGrid], recorder: type[
     assert [e["node"] for e in liars] == [102]
     # The honest majority's statistics decided: nobody honest was filtered.
     assert sorted(rec.rounds[0].accepted) == [100, 101, 102, 103]
+
+
+def _colluding_screen(liars: set[int]) -> ReplyTamper:
+    """Colluding key holders: the same lie from each, making the first upload of the request
+    look wrapped (a quarter of the modulus added to its projections) -- it would be rejected
+    if the lie decided."""
+    q = Preset.AGGREGATION.spec.data_moduli[0]
+
+    def tamper(node: int, reply: Message) -> Message | None:
+        if node in liars and reply.metadata.message_type == P.MSG_SCREEN and reply.has_content():
+            rec = reply.content[P.SCREEN]
+            values = [int(v) for v in rec[P.SCREEN_VALUES]]  # type: ignore[union-attr]
+            r = repetitions()
+            lie = [(v + q // 4) % q if k < r else v for k, v in enumerate(values)]
+            reply.content[P.SCREEN] = MetricRecord({P.SCREEN_VALUES: lie,
+                                                    P.SCREEN_UNBOUND: list(rec[P.SCREEN_UNBOUND])})  # type: ignore[arg-type]
+        return reply
+    return tamper
+
+
+def test_colluding_key_holders_cannot_decide_the_screen(
+        fake_grid: type[FakeGrid], recorder: type[Recorder]) -> None:
+    # f = 2: an answer counts once 3 holders gave it; the two colluders agree with each
+    # other, never with the three honest holders, so the truth decides and both are named.
+    cfg = _cfg(**{"num-clients": 5, "num-server-rounds": 1, "defense": "norm",
+                  "max-malicious": 2, "screen-quorum": 5})
+    rec = recorder()
+    grid = fake_grid(client_app, 5, tamper=_colluding_screen({101, 102}))
+    result = run_federation(grid, cfg, make_scheme(cfg), observer=rec)
+    assert result.rounds_completed == 1
+    liars = sorted(e["node"] for e in rec.audit if e.get("event") == "key-holder-disagrees")
+    assert liars == [101, 102]
+    assert sorted(rec.rounds[0].accepted) == [100, 101, 102, 103, 104]  # nobody made to look wrapped
 
 
 def test_dp_and_ckks_together(fake_grid: type[FakeGrid], recorder: type[Recorder]) -> None:
