@@ -389,7 +389,8 @@ def encrypt_update(update: npt.NDArray[np.float32], state: RecordDict) -> tuple[
         seen["length"] = int(update.shape[0])  # the only length this trainer screens this round
         commit = seen.get("commit", b"")
         if isinstance(commit, bytes) and commit:  # pins this seed to the round's one nonce
-            blobs[P.BLOB_TAG] = upload_tag(ctx, int(seen["round"]), commit, upload_seed(enc))  # type: ignore[arg-type]
+            blobs[P.BLOB_TAG] = upload_tag(ctx, int(seen["round"]), commit,  # type: ignore[arg-type]
+                                           int(update.shape[0]), upload_seed(enc))
     return {P.UPDATE_CIPHER: bytes_record(blobs)}, len(blobs[P.BLOB_UPDATE]), clipped
 
 
@@ -400,6 +401,11 @@ def note_round(state: RecordDict, round_: int, clients: int, commit: bytes = b""
     (:data:`federation.protocol.SCREEN_COMMIT`): the upload's tag binds the seed to it, and
     this trainer answers a screening request only with the nonce that opens it.
     """
+    last = state.config_records.get(_STATE_ROUND)
+    if last is not None and int(last["round"]) >= round_:  # type: ignore[arg-type]
+        # a second train message for a round (or an older one) would be a second upload of
+        # the same update under another commitment: another z, more projections of it
+        raise ProtocolError(f"already trained in round {int(last['round'])}")  # type: ignore[arg-type]
     state[_STATE_ROUND] = ConfigRecord({"round": round_, "clients": clients, "screened": 0,
                                         "commit": commit, "length": 0})
 

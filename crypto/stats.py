@@ -21,7 +21,7 @@ expanded from ``z_seed = H(round, r, length, nonce)`` (:class:`Challenge`). The 
 the round's nonce before the round starts and sends only its :func:`commitment` with the
 train message; each trainer returns, with its upload, a :func:`upload_tag` -- a MAC under a
 key derived from the shared secret key, which the server does not have -- binding its seed
-to the round and to the commitment it received. The nonce is revealed in the screening
+to the round, the commitment it received and its length. The nonce is revealed in the screening
 request, after every upload is in: an uploader fixed its vector before it could know ``z``
 (the commitment hides the nonce), and a key holder projects a seed only with the one nonce
 whose commitment that seed's uploader was shown. So every answer about an upload, from any
@@ -357,17 +357,18 @@ def _tag_key(secret: SecretContext) -> bytes:
     return hkdf.derive(secret._sk_packed)
 
 
-def _tag(key: bytes, round_: int, commit: bytes, seed: bytes) -> bytes:
-    return hmac.new(key, _TAG_DOMAIN + round_.to_bytes(8, "big") + commit + seed,
-                    hashlib.sha256).digest()
+def _tag(key: bytes, round_: int, commit: bytes, length: int, seed: bytes) -> bytes:
+    msg = _TAG_DOMAIN + round_.to_bytes(8, "big") + commit + length.to_bytes(8, "big") + seed
+    return hmac.new(key, msg, hashlib.sha256).digest()
 
 
-def upload_tag(secret: SecretContext, round_: int, commit: bytes, seed: bytes) -> bytes:
-    """The uploader's tag: ``HMAC(K, round, commitment, seed)`` with ``K`` derived from the key.
+def upload_tag(secret: SecretContext, round_: int, commit: bytes, length: int, seed: bytes) -> bytes:
+    """The uploader's tag: ``HMAC(K, round, commitment, length, seed)``, ``K`` derived from the key.
 
-    ``seed`` is the upload's seed (:func:`crypto.provenance.upload_seed`). Every key holder
-    can check the tag and the server cannot forge it; it pins the seed to the one commitment
-    (hence nonce, hence ``z``) its uploader was shown.
+    ``seed`` is the upload's seed (:func:`crypto.provenance.upload_seed`) and ``length`` its
+    number of values. Every key holder can check the tag and the server cannot forge it; it
+    pins the seed to the one commitment (hence nonce) and the one length its uploader used,
+    hence to one ``z`` (a holder told another length by the server finds the tag unbound).
 
     Raises
     ------
@@ -380,11 +381,13 @@ def upload_tag(secret: SecretContext, round_: int, commit: bytes, seed: bytes) -
         raise TypeError("an upload tag needs a SecretContext")
     if len(seed) != _seal.SEED_BYTES or len(commit) != hashlib.sha256().digest_size:
         raise ValueError("a seed and a commitment are 32 bytes each")
-    return _tag(_tag_key(secret), round_, commit, seed)
+    if length < 1:
+        raise ValueError("length must be positive")
+    return _tag(_tag_key(secret), round_, commit, length, seed)
 
 
 def bound_seeds(secret: SecretContext, challenge: Challenge, tags: Sequence[bytes]) -> list[bool]:
-    """Per seed of ``challenge``: is its tag the one its uploader made for this nonce?
+    """Per seed of ``challenge``: is its tag the one its uploader made for this nonce and length?
 
     A seed whose tag fails was either tagged for another commitment (the server showed its
     uploader another nonce) or not by a key holder: it is never projected.
@@ -393,7 +396,8 @@ def bound_seeds(secret: SecretContext, challenge: Challenge, tags: Sequence[byte
         raise ValueError("one tag per seed")
     key = _tag_key(secret)
     commit = challenge.commitment
-    return [isinstance(t, bytes) and hmac.compare_digest(_tag(key, challenge.round, commit, s), t)
+    return [isinstance(t, bytes) and hmac.compare_digest(
+                _tag(key, challenge.round, commit, challenge.length, s), t)
             for s, t in zip(challenge.seeds, tags, strict=True)]
 
 

@@ -136,6 +136,7 @@ class CkksScheme:
         self._round_nonce: tuple[int, bytes] | None = None  # secret until the round's screening
         self._tags: dict[bytes, bytes] = {}  # upload seed -> its tag, this round
         self._distrusted: set[int] = set()  # key holders that disagreed with an agreed answer
+        self._silent: set[int] = set()  # key holders that did not answer a screening request
 
     hides_updates = True
 
@@ -405,7 +406,9 @@ class CkksScheme:
         needed = min(len(ids), f + 1)
         ask = min(len(ids), max(self.cfg.defense.screen_quorum, needed))
         order = self._rng.sample(ids, len(ids))
-        order.sort(key=lambda n: n in self._distrusted)  # stable: trusted first, random within
+        # stable: responsive and trusted first, random within; a silent holder is not called
+        # a liar, but it no longer makes every round wait for it and then ask everyone
+        order.sort(key=lambda n: (n in self._distrusted, n in self._silent))
         holders, spare = sorted(order[:ask]), order[ask:]
         answers = self._ask(grid, holders, challenge, tags, round_)
         agreed, liars = reconcile(answers, needed)
@@ -441,6 +444,7 @@ class CkksScheme:
         n, r = len(challenge.seeds), challenge.repetitions
         answers: dict[str, Any] = {}
         for h, reply in replies.items():
+            self._silent.discard(int(h))
             rec = reply.content.metric_records.get(P.SCREEN)
             vals = rec.get(P.SCREEN_VALUES) if rec is not None else None
             gaps = rec.get(P.SCREEN_UNBOUND, []) if rec is not None else None
@@ -454,6 +458,7 @@ class CkksScheme:
             answers[str(h)] = (tuple(sorted(holes)), tuple(ints)) if well_formed else ("malformed", h)
         for h, why in lost.items():
             answers[str(h)] = ("silent", h)  # asked, did not answer: never part of an agreement
+            self._silent.add(int(h))
             self._audit.append({"round": round_, "node": h, "event": "key-holder-silent", "reason": why})
         return answers
 

@@ -65,7 +65,7 @@ def _screen_request(ctx, round_: int, seeds: list[bytes], reps: int | None = Non
     trainer with the same key) for the commitment of ``nonce``."""
     secret = secret_context(RecordDict(), ctx.state, {}, ctx.run_id)
     if tags is None:
-        tags = [upload_tag(secret, round_, commitment(round_, ROUND_NONCE), sd) for sd in seeds]
+        tags = [upload_tag(secret, round_, commitment(round_, ROUND_NONCE), LENGTH, sd) for sd in seeds]
     return RecordDict({P.SCREEN: ConfigRecord({
         P.SCREEN_ROUND: round_, P.SCREEN_REPETITIONS: repetitions() if reps is None else reps,
         P.SCREEN_LENGTH: length, P.SCREEN_NONCE: nonce, P.SCREEN_SEEDS: seeds,
@@ -111,6 +111,8 @@ def test_a_key_holder_answers_one_checked_screen_request_per_round(fake_grid, re
         handle_screen(_screen_request(ctx, 2, seeds[2:]), ctx.state, {}, ctx.run_id)
     # next round: a seed whose tag is not its uploader's is named, not projected
     _holder_round(ctx, 3, 2)
+    with pytest.raises(ProtocolError, match="already trained"):  # no second upload, no second z
+        note_round(ctx.state, 3, 2, commitment(3, b"\x0a" * 32))
     fresh = [bytes([7]) * 32, bytes([8]) * 32]
     good = _screen_request(ctx, 3, fresh)[P.SCREEN][P.SCREEN_TAGS]
     reply = handle_screen(_screen_request(ctx, 3, fresh, tags=[good[0], b"\x00" * 32]),  # type: ignore[index]

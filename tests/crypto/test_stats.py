@@ -134,7 +134,7 @@ def test_tags_pin_each_seed_to_one_nonce_and_z_ignores_the_seed_set(
     uploads = [encrypt(secret, np.full(3000, 0.01, np.float32)) for _ in range(3)]
     nonce, other_nonce = b"\x01" * 32, b"\x02" * 32
     ch = S.new_challenge(4, uploads, S.repetitions(), nonce=nonce)
-    tags = [S.upload_tag(secret, 4, S.commitment(4, nonce), sd) for sd in ch.seeds]
+    tags = [S.upload_tag(secret, 4, S.commitment(4, nonce), 3000, sd) for sd in ch.seeds]
     assert S.bound_seeds(SecretContext.from_bytes(secret.to_bytes()), ch, tags) == [True] * 3
     # the same seeds asked with another nonce, in another round or with swapped tags: unbound
     assert S.bound_seeds(secret, S.new_challenge(4, uploads, S.repetitions(), nonce=other_nonce),
@@ -142,12 +142,16 @@ def test_tags_pin_each_seed_to_one_nonce_and_z_ignores_the_seed_set(
     assert S.bound_seeds(secret, S.new_challenge(5, uploads, S.repetitions(), nonce=nonce),
                          tags) == [False] * 3
     assert S.bound_seeds(secret, ch, [tags[1], tags[0], tags[2]]) == [False, False, True]
+    # the same seeds under another length (a holder told another model size): unbound too
+    other_length = S.Challenge(4, S.repetitions(), 2000, nonce, ch.seeds)
+    assert other_length.z_seed != ch.z_seed
+    assert S.bound_seeds(secret, other_length, tags) == [False] * 3
     # a subset of the round's uploads gets the very same z: no second view of any upload
     sub = S.new_challenge(4, uploads[1:], S.repetitions(), nonce=nonce)
     assert sub.z_seed == ch.z_seed
     assert S.holder_projections(secret, sub) == S.holder_projections(secret, ch)[1:]
     with pytest.raises(TypeError):  # the server holds a public context: it cannot tag
-        S.upload_tag(server, 4, S.commitment(4, nonce), ch.seeds[0])  # type: ignore[arg-type]
+        S.upload_tag(server, 4, S.commitment(4, nonce), 3000, ch.seeds[0])  # type: ignore[arg-type]
     assert S.repetitions() == 137 == S.screen_parameters(PRESET, 3000, 50.0).repetitions
 
 
