@@ -399,13 +399,10 @@ def note_round(state: RecordDict, round_: int, clients: int, commit: bytes = b""
 
     ``commit`` is the round's screening commitment from the train message
     (:data:`federation.protocol.SCREEN_COMMIT`): the upload's tag binds the seed to it, and
-    this trainer answers a screening request only with the nonce that opens it.
+    this trainer answers a screening request only with the nonce that opens it. Each round is
+    noted once: both trainer paths refuse a replayed round first
+    (:func:`clients.private.claim_round`).
     """
-    last = state.config_records.get(_STATE_ROUND)
-    if last is not None and int(last["round"]) >= round_:  # type: ignore[arg-type]
-        # a second train message for a round (or an older one) would be a second upload of
-        # the same update under another commitment: another z, more projections of it
-        raise ProtocolError(f"already trained in round {int(last['round'])}")  # type: ignore[arg-type]
     state[_STATE_ROUND] = ConfigRecord({"round": round_, "clients": clients, "screened": 0,
                                         "commit": commit, "length": 0})
 

@@ -23,7 +23,7 @@ import torch
 from flwr.app import ConfigRecord, MetricRecord, RecordDict
 
 from clients.ledger import LedgerFile, load_ledger, record_event
-from clients.private import LEDGER_KEY, dp_plan
+from clients.private import LEDGER_KEY, claim_round, dp_plan, mark_trained
 from clients.schemes import trainer_scheme
 from clients.training import evaluate, train_local
 from federation import protocol as P
@@ -228,8 +228,7 @@ def handle_train(
     """
     _set_threads()
     cfg, round_ = _config(content)
-    if round_ <= _last_trained(state, run_id):  # a replayed round: never train (and spend epsilon) twice
-        raise FedguardError(f"round {round_} is not after the last round this trainer trained in")
+    claim_round(state, run_id, round_)  # a replayed round: never train (and spend epsilon) twice
     scheme = trainer_scheme(cfg, state, node_config, run_id)
     scheme.install_keys(content)  # before anything is read or spent: refuses with a reason
     local = _prepare(cfg, node_config, hooks.poison_data)
@@ -242,7 +241,7 @@ def handle_train(
     except GlobalRefused as exc:
         return _refused(exc, global_round, {P.M_PARTITION_ID: pid, **timings})
     metrics: dict[str, float] = {P.M_PARTITION_ID: pid, **evaluated, **timings}
-    state[_STATE_TRAINED] = ConfigRecord({"round": round_, "run": run_id})
+    mark_trained(state, run_id, round_)
     if hooks.extra_eval is not None:
         metrics.update(hooks.extra_eval(model, cfg, pid, num))
     scheme.note_round(round_, cfg.run.clients)
@@ -338,7 +337,6 @@ def handle_evaluate(
 # the trainer runs anyway, so a clean round pays no extra phase and no extra pass over data.
 
 _STATE_VERIFY = "fg-verify"  # ConfigRecord {"rounds": [...], "losses": [...]}: accepted globals
-_STATE_TRAINED = "fg-trained"  # ConfigRecord {"round", "run"}: the last round this trainer trained in
 _KEPT_LOSSES = 8
 
 
@@ -346,14 +344,6 @@ def _global_round(content: RecordDict) -> int:
     rec = content.config_records.get(P.CFG)
     value = rec.get(P.GLOBAL_ROUND, 0) if rec is not None else 0
     return value if type(value) is int else -1
-
-
-def _last_trained(state: RecordDict, run_id: int) -> int:
-    rec = state.config_records.get(_STATE_TRAINED)
-    if rec is None or rec.get("run") != run_id:
-        return 0
-    value = rec.get("round", 0)
-    return value if isinstance(value, int) else 0
 
 
 def _kept_losses(state: RecordDict, run_id: int) -> dict[int, float]:

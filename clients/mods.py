@@ -41,7 +41,7 @@ import numpy.typing as npt
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from clients.private import config_of, spent_epsilon
+from clients.private import claim_round, config_of, mark_trained, spent_epsilon
 from clients.schemes import TrainerScheme, trainer_scheme
 from federation import protocol as P
 from federation.arrays import ArrayLayout
@@ -106,9 +106,11 @@ def _for_user(msg: Message, layout: ArrayLayout, vec: np.ndarray) -> Message:
 
 def _train(msg: Message, context: Context, call_next: CallNext) -> Message:
     cfg, round_ = config_of(msg.content)
+    claim_round(context.state, context.run_id, round_)  # as the fedguard ClientApp: once per round
     scheme = trainer_scheme(cfg, context.state, context.node_config, context.run_id)
     timings: dict[str, float] = {}
     layout, global_vec = _global(msg, context, scheme, timings)
+    mark_trained(context.state, context.run_id, round_)
     scheme.note_round(round_, cfg.run.clients)
     t = time.perf_counter()
     out = call_next(_for_user(msg, layout, global_vec), context)

@@ -27,7 +27,7 @@ from clients.ledger import LedgerFile, load_ledger, record_event
 from clients.training import DPPlan, TrainResult, train_local
 from federation import protocol as P
 from federation.config import FLAT_KEYS, FedConfig, from_flat
-from federation.errors import ConfigError
+from federation.errors import ConfigError, FedguardError
 from federation.privacy import (
     PrivacyBudget,
     PrivacyEvent,
@@ -39,9 +39,11 @@ from federation.privacy import (
 )
 from federation.tasks import ClientData, DataRequest, Task, cross_entropy_loss
 
-__all__ = ["LEDGER_KEY", "config_of", "dp_plan", "dp_train", "spent_epsilon"]
+__all__ = ["LEDGER_KEY", "claim_round", "config_of", "dp_plan", "dp_train", "mark_trained",
+           "spent_epsilon"]
 
 LEDGER_KEY = "privacy-ledger"  # node state key of the ledger
+_STATE_TRAINED = "fg-trained"  # ConfigRecord {"round", "run"}: the last round this trainer trained in
 LEDGER_FILE_KEY = "ledger-file"  # node config key of the node-local ledger file
 _DP_CACHE = "fg-dp-calibration"
 
@@ -211,3 +213,25 @@ def dp_train(
                                   event.label), file, budget=budget)
     return result
 
+
+def claim_round(state: RecordDict, run_id: int, round_: int) -> None:
+    """Refuse a train message for a round at or before the last one this trainer trained in.
+
+    The one rule both trainer paths (:mod:`clients.handlers`, :mod:`clients.mods`) apply
+    first: a replayed round would spend epsilon twice and, under CKKS, upload the same update
+    a second time under another screening commitment (another ``z``, more projections of it).
+
+    Raises
+    ------
+    FedguardError
+        ``round_`` is not after the last trained round of this run.
+    """
+    rec = state.config_records.get(_STATE_TRAINED)
+    last = rec.get("round", 0) if rec is not None and rec.get("run") == run_id else 0
+    if round_ <= (last if isinstance(last, int) else 0):
+        raise FedguardError(f"round {round_} is not after the last round this trainer trained in")
+
+
+def mark_trained(state: RecordDict, run_id: int, round_: int) -> None:
+    """Record ``round_`` as trained (after its global was accepted, before training)."""
+    state[_STATE_TRAINED] = ConfigRecord({"round": round_, "run": run_id})

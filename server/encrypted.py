@@ -235,7 +235,7 @@ class CkksScheme:
         else:
             rd[P.GLOBAL_CIPHER] = bytes_record({P.BLOB_GLOBAL: self._blob()})
             rd[P.PROVENANCE] = provenance_record([self._prov])
-        if round_ >= 1:  # a train message: the commitment its upload's tag will bind to
+        if round_ >= 1:  # every message of the round; a trainer records it from its train message
             meta[P.SCREEN_COMMIT] = commitment(round_, self._nonce_of(round_))
         rd[P.KEYS] = ConfigRecord(meta)
         return rd
@@ -374,7 +374,7 @@ class CkksScheme:
                     rejected[screened[a_]] = "statistic:unbound-seed"
                     self._audit.append({"round": round_, "node": screened[a_],
                                         "event": "screen-rejected", "reason": "statistic:unbound-seed"})
-                bound = [a_ for a_ in range(len(screened)) if a_ not in set(unbound)]
+                bound = [a_ for a_ in range(len(screened)) if a_ not in unbound]  # a short tuple
                 if bound:
                     proj = combine(self.preset, [server_part[a_] for a_ in bound], holder_part)
                     reasons = check_projections(proj, params)

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord, RecordDict
+from flwr.app import ConfigRecord, Message, RecordDict
 
 from clients.app import app as client_app
 from clients.encrypted import encrypt_update, handle_screen, note_round, secret_context
+from clients.ledger import load_ledger
+from clients.private import LEDGER_KEY
 from crypto import Preset
 from crypto.stats import FLOOD_BITS, Challenge, commitment, directions, repetitions, upload_tag
 from federation import protocol as P
@@ -111,8 +113,6 @@ def test_a_key_holder_answers_one_checked_screen_request_per_round(fake_grid, re
         handle_screen(_screen_request(ctx, 2, seeds[2:]), ctx.state, {}, ctx.run_id)
     # next round: a seed whose tag is not its uploader's is named, not projected
     _holder_round(ctx, 3, 2)
-    with pytest.raises(ProtocolError, match="already trained"):  # no second upload, no second z
-        note_round(ctx.state, 3, 2, commitment(3, b"\x0a" * 32))
     fresh = [bytes([7]) * 32, bytes([8]) * 32]
     good = _screen_request(ctx, 3, fresh)[P.SCREEN][P.SCREEN_TAGS]
     reply = handle_screen(_screen_request(ctx, 3, fresh, tags=[good[0], b"\x00" * 32]),  # type: ignore[index]
@@ -194,3 +194,21 @@ def test_a_replayed_real_screen_request_is_refused(fake_grid, recorder) -> None:
     assert len(answer[P.SCREEN][P.SCREEN_VALUES]) == 3 * real[P.SCREEN][P.SCREEN_REPETITIONS]  # type: ignore[operator]
     with pytest.raises(ProtocolError, match="second screening request"):
         handle_screen(RecordDict(real), idle.state, {}, idle.run_id)
+
+
+def test_a_replayed_train_message_is_refused_before_anything_is_spent(fake_grid, recorder) -> None:
+    # Under CKKS a second train message for a round would be a second upload of the same update
+    # under a fresh screening commitment: another z, more projections of it. Refused first.
+    cfg = _cfg(**{"secure-aggregation": "ckks"})
+    grid = fake_grid(client_app, 2)
+    run_federation(grid, cfg, make_scheme(cfg), observer=recorder())
+    train = next(m for m in grid.sent if m.metadata.message_type == P.MSG_TRAIN)
+    node = grid.nodes[train.metadata.dst_node_id]
+    spent = len(load_ledger(node.state, LEDGER_KEY).events)
+    assert spent == 1  # round 1 was trained, with DP
+    [reply] = grid.send_and_receive([Message(train.content, dst_node_id=train.metadata.dst_node_id,
+                                             message_type=P.MSG_TRAIN, group_id="1")])
+    status = reply.content.config_records[P.STATUS]
+    assert status[P.STATUS_CODE] == P.STATUS_ERROR
+    assert "not after the last round" in str(status[P.STATUS_REASON])
+    assert len(load_ledger(node.state, LEDGER_KEY).events) == spent  # nothing spent twice

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pytest
@@ -215,18 +217,31 @@ def _colluding_screen(liars: set[int]) -> ReplyTamper:
     return tamper
 
 
+class _LiarsFirst(random.Random):
+    """The server's holder draw, rigged so that the colluders are the first holders asked."""
+
+    def __init__(self, liars: set[int]) -> None:
+        super().__init__(0)
+        self.liars = liars
+
+    def sample(self, population: Any, k: int, **_: Any) -> list[Any]:  # type: ignore[override]
+        return sorted(population, key=lambda n: (n not in self.liars, n))[:k]
+
+
 def test_colluding_key_holders_cannot_decide_the_screen(
         fake_grid: type[FakeGrid], recorder: type[Recorder]) -> None:
-    # f = 2: an answer counts once 3 holders gave it; the two colluders agree with each
-    # other, never with the three honest holders, so the truth decides and both are named.
-    cfg = _cfg(**{"num-clients": 5, "num-server-rounds": 1, "defense": "norm",
-                  "max-malicious": 2, "screen-quorum": 5})
+    # f = 2: an answer counts once 3 holders gave it. The two colluders are drawn first and
+    # agree on a lie that would make node 100's upload look wrapped; with the default quorum
+    # of 2 (the rule before f + 1) their pair alone decided. Now the truth decides, both named.
+    liars = {101, 102}
+    cfg = _cfg(**{"num-clients": 5, "num-server-rounds": 1, "defense": "norm", "max-malicious": 2})
     rec = recorder()
-    grid = fake_grid(client_app, 5, tamper=_colluding_screen({101, 102}))
-    result = run_federation(grid, cfg, make_scheme(cfg), observer=rec)
+    grid = fake_grid(client_app, 5, tamper=_colluding_screen(liars))
+    scheme = CkksScheme(make_scheme(cfg).initial, cfg, rng=_LiarsFirst(liars))
+    result = run_federation(grid, cfg, scheme, observer=rec)
     assert result.rounds_completed == 1
-    liars = sorted(e["node"] for e in rec.audit if e.get("event") == "key-holder-disagrees")
-    assert liars == [101, 102]
+    named = sorted(e["node"] for e in rec.audit if e.get("event") == "key-holder-disagrees")
+    assert named == [101, 102]
     assert sorted(rec.rounds[0].accepted) == [100, 101, 102, 103, 104]  # nobody made to look wrapped
 
 

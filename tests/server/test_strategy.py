@@ -82,3 +82,22 @@ def test_a_plaintext_round_trains_from_the_current_global(fake_grid: Any) -> Non
         assert np.isfinite(g).all() and float(np.abs(g - first).max()) > 0
     assert [r.round for r in strategy.reports] == [1, 2] and all(
         sorted(r.accepted) == [100, 101, 102] for r in strategy.reports)
+
+
+def test_a_replayed_train_message_is_refused_by_the_partner_mod(fake_grid: Any) -> None:
+    # A deviating server re-sends a round's train message (under CKKS: a second upload of the
+    # same update under a fresh screening commitment). The mod refuses it before the partner's
+    # code trains or anything is spent, as the fedguard ClientApp does
+    # (tests/clients/test_handlers.py).
+    grid = fake_grid(client_app_fedguard.app, 2)
+    strategy = FedguardStrategy(FedAvg(fraction_train=1.0, min_train_nodes=2, min_available_nodes=2),
+                                {"defense": "none"}, primary_metric="eval_acc")
+    strategy.start(grid, ArrayRecord(Net().state_dict()), num_rounds=1,
+                   train_config=ConfigRecord({"lr": 0.1}))
+    train = next(m for m in grid.sent if m.metadata.message_type == P.MSG_TRAIN)
+    again = Message(train.content, dst_node_id=train.metadata.dst_node_id,
+                    message_type=P.MSG_TRAIN, group_id="1")
+    [reply] = grid.send_and_receive([again])
+    status = reply.content.config_records[P.STATUS]
+    assert status[P.STATUS_CODE] == P.STATUS_ERROR
+    assert "not after the last round" in str(status[P.STATUS_REASON])
