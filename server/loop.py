@@ -33,6 +33,7 @@ One round (DESIGN.md §3):
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -309,11 +310,14 @@ def _weighted_extra(results: Sequence[ClientResult[Any]]) -> dict[str, float]:
     out = {}
     for name in sorted(names):
         key = P.EVAL_EXTRA_PREFIX + name
-        pairs = [(r.metrics[key], r.metrics.get(key + "-examples", 0.0))
-                 for r in results if key in r.metrics]
-        total = sum(w for _v, w in pairs if w > 0)
+        # a peer's metric: a value or weight that is not a finite number in bound carries no weight
+        pairs = [(float(v), float(w)) for r in results if key in r.metrics
+                 for v, w in [(r.metrics[key], r.metrics.get(key + "-examples", 0.0))]
+                 if isinstance(v, (int, float)) and isinstance(w, (int, float))
+                 and math.isfinite(v) and abs(v) <= _EVAL_BOUND and math.isfinite(w) and 0 < w <= _EVAL_BOUND]
+        total = sum(w for _v, w in pairs)
         if total > 0:
-            out[name] = sum(v * w for v, w in pairs if w > 0) / total
+            out[name] = sum(v * w for v, w in pairs) / total
     return out
 
 

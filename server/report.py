@@ -152,6 +152,8 @@ class RunWriter:
             "max_epsilon": max(eps_by_client.values(), default=None),
             "attack_success_rate": next((r["eval_asr"] for r in reversed(rows) if "eval_asr" in r), None),
             "attack_success_rate_by_round": [r.get("eval_asr") for r in rows],
+            "trigger_flip_rate": next((r["eval_asr-flip"] for r in reversed(rows) if "eval_asr-flip" in r),
+                                      None),
             "wall_seconds": round(time.time() - self.started, 2),
             "seconds_per_round": [r.get("seconds") for r in rows],
             "rolled_back_rounds": sorted({int(r["round"]) for r in rows if r.get("rolled_back")}

@@ -41,6 +41,7 @@ from simulations.attacks import (
     attack_success_rate,
     make_attack,
     select_malicious,
+    trigger_flip_rate,
 )
 
 __all__ = ["asr_eval", "check_attack", "hooks_for", "make_adversarial_client_app", "parse_attack",
@@ -51,7 +52,8 @@ BACKDOOR_TARGET = 0
 
 def asr_eval(model: torch.nn.Module, cfg: FedConfig, pid: int, num: int,
              target: int = BACKDOOR_TARGET) -> dict[str, float]:
-    """Backdoor success on this client's triggered test images (non-target classes only)."""
+    """Backdoor success on this client's triggered test images (non-target classes only), and
+    the trigger's flip rate (:func:`simulations.attacks.trigger_flip_rate`)."""
     _x, _y, tx, ty = raw_partition(cfg, pid, num)
 
     def predict(images: npt.NDArray[np.uint8]) -> npt.NDArray[np.int64]:
@@ -62,7 +64,10 @@ def asr_eval(model: torch.nn.Module, cfg: FedConfig, pid: int, num: int,
 
     keep = ty != target
     rate = attack_success_rate(predict, tx, ty, target)
-    return {P.EVAL_EXTRA_PREFIX + "asr": float(rate), P.EVAL_EXTRA_PREFIX + "asr-examples": float(keep.sum())}
+    flip, eligible = trigger_flip_rate(predict, tx, ty, target)
+    x = P.EVAL_EXTRA_PREFIX
+    return {x + "asr": float(rate), x + "asr-examples": float(keep.sum()),
+            x + "asr-flip": flip, x + "asr-flip-examples": float(eligible)}
 
 
 def _benign_estimates(cfg: FedConfig, pid: int, num: int, global_vec: npt.NDArray[np.float32],

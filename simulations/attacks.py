@@ -78,6 +78,7 @@ __all__ = [
     "compose",
     "make_attack",
     "select_malicious",
+    "trigger_flip_rate",
 ]
 
 F32 = npt.NDArray[np.float32]
@@ -761,6 +762,42 @@ def attack_success_rate(
     if preds.shape[0] != int(keep.sum()):
         raise ValueError(f"predict_fn returned {preds.shape[0]} labels for {int(keep.sum())}")
     return float(np.mean(preds == target))
+
+
+def trigger_flip_rate(
+    predict_fn: Callable[[Images], npt.ArrayLike],
+    test_x: Images,
+    test_y: npt.ArrayLike,
+    target: int,
+) -> tuple[float, int]:
+    """Fraction of test images the trigger *flips* to ``target``, and how many were eligible.
+
+    Eligible are images not of class ``target`` that the model classifies correctly without
+    the trigger; the rate counts those whose triggered copy is classified as ``target``.
+    Unlike :func:`attack_success_rate` it has no floor from ordinary errors: a model that
+    is 75 % accurate already sends about a ninth of its mistakes to any one class, so an
+    unpoisoned model's success rate is a few percent, while its flip rate is what the
+    trigger alone does. Returns ``(0.0, 0)`` when no image is eligible (the rate is then
+    undefined and carries no weight).
+
+    Raises
+    ------
+    ValueError
+        If ``predict_fn`` returns the wrong number of labels.
+    """
+    labels = np.asarray(test_y).ravel()
+    images = np.asarray(test_x)
+    clean = np.asarray(predict_fn(images)).ravel()
+    if clean.shape[0] != labels.shape[0]:
+        raise ValueError(f"predict_fn returned {clean.shape[0]} labels for {labels.shape[0]}")
+    eligible = (labels != target) & (clean == labels)
+    count = int(eligible.sum())
+    if count == 0:
+        return 0.0, 0
+    triggered = np.asarray(predict_fn(apply_trigger(images[eligible]))).ravel()
+    if triggered.shape[0] != count:
+        raise ValueError(f"predict_fn returned {triggered.shape[0]} labels for {count}")
+    return float(np.mean(triggered == target)), count
 
 
 def select_malicious(n_clients: int, frac: float, seed: int) -> frozenset[int]:

@@ -202,6 +202,7 @@ def run_matrix(
             "scenario": sc.name, "attack": sc.attack, "defense": sc.defense, "mode": sc.mode,
             "dp": sc.dp, "final_accuracy": summary.get("final_accuracy"),
             "attack_success_rate": summary.get("attack_success_rate"),
+            "trigger_flip_rate": summary.get("trigger_flip_rate"),
             "max_epsilon": summary.get("max_epsilon"),
             "rejected_last_round": (summary.get("rejected_by_round") or [{}])[-1],
             "rejected_per_round": [len(r) for r in summary.get("rejected_by_round") or []],
@@ -223,22 +224,26 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     unfiltered, plaintext run with the same DP setting (plain FedAvg), when the matrix has it.
     An attack-free row's "backdoor success" is the trigger's base rate: triggered images an
     unpoisoned model already assigns to the target class (the floor a backdoor row is read
-    against).
+    against). "trigger flips" has no such floor: of the test images a model classifies
+    correctly without the trigger (target class excluded), the share the trigger sends to the
+    target (:func:`simulations.attacks.trigger_flip_rate`).
     """
     ref = {r["dp"]: r["final_accuracy"] for r in rows
            if (r["attack"], r["defense"], r["mode"]) == ("none", "none", "none")}
     lines = ["| attack | defence | aggregation | DP | accuracy | vs attack-free | backdoor success "
-             "| rejected (last round) | attackers caught per round | honest rejected per round |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| trigger flips | rejected (last round) | attackers caught per round "
+             "| honest rejected per round |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         acc = r["final_accuracy"]
         base = ref.get(r["dp"])
         delta = "" if acc is None or base is None else f"{round(100 * (acc - base), 1) + 0.0:+.1f}"
         acc_s = "n/a" if acc is None else f"{100 * acc:.1f} %"
         asr = "" if r["attack_success_rate"] is None else f"{100 * r['attack_success_rate']:.1f} %"
+        flip = "" if r.get("trigger_flip_rate") is None else f"{100 * r['trigger_flip_rate']:.1f} %"
         caught = _per_round(r.get("caught_per_round"), r["attackers"]) if r.get("attackers") else ""
         lines.append(f"| {r['attack']} | {r['defense']} | {r['mode']} | {'on' if r['dp'] else 'off'} "
-                     f"| {acc_s} | {delta} | {asr} | {len(r['rejected_last_round'])} "
+                     f"| {acc_s} | {delta} | {asr} | {flip} | {len(r['rejected_last_round'])} "
                      f"| {caught} "
                      f"| {_per_round(r.get('honest_rejected_per_round'))} |")
     return "\n".join(lines) + "\n"

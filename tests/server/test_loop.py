@@ -105,3 +105,28 @@ def test_budget_exhaustion_stops_the_run_and_says_why(fake_grid, recorder) -> No
     assert result.stopped_early and result.rounds_completed == 0
     assert "privacy budget" in result.stop_reason
     assert all(v.startswith("budget-exhausted") for v in rec2.rounds[0].refused.values())
+
+
+def test_a_peers_extra_metric_that_is_not_a_finite_number_carries_no_weight(fake_grid, recorder) -> None:
+    # eval-x-NAME metrics (e.g. a backdoor's success) are averaged by their -examples weights;
+    # a peer that reports a huge, infinite or negative-weight value must not move the mean
+    cfg = _cfg(**{"num-server-rounds": 1})
+    values = {100: (0.2, 10.0), 101: (0.4, 30.0), 102: (1e300, 1e6)}
+
+    def tamper(node: int, reply: Message) -> Message | None:
+        if reply.metadata.message_type in (P.MSG_TRAIN, P.MSG_EVALUATE) and reply.has_content():
+            v, w = values[node]
+            reply.content[P.METRICS][P.EVAL_EXTRA_PREFIX + "probe"] = v
+            reply.content[P.METRICS][P.EVAL_EXTRA_PREFIX + "probe-examples"] = w
+        return reply
+
+    rec = recorder()
+    result = run_federation(fake_grid(client_app, 3, tamper=tamper), cfg, make_scheme(cfg), observer=rec)
+    assert result.rounds_completed == 1
+    reports = [r for r in rec.rounds if r.extra]
+    assert reports and all(r.extra == {"probe": pytest.approx(0.35)} for r in reports)
+    for bad in [(float("inf"), 5.0), (0.9, float("nan")), (0.9, -50.0)]:
+        values[102] = bad
+        rec = recorder()
+        run_federation(fake_grid(client_app, 3, tamper=tamper), cfg, make_scheme(cfg), observer=rec)
+        assert all(r.extra == {"probe": pytest.approx(0.35)} for r in rec.rounds if r.extra)

@@ -49,6 +49,7 @@ def test_attack_free_runs_have_no_attackers() -> None:
 def _row(attack: str, defense: str, mode: str, acc: float | None, dp: bool = False) -> dict[str, object]:
     return {"scenario": f"{attack}-{defense}-{mode}", "attack": attack, "defense": defense, "mode": mode,
             "dp": dp, "final_accuracy": acc, "attack_success_rate": 0.04 if attack == "backdoor" else None,
+            "trigger_flip_rate": 0.01 if attack == "backdoor" else None,
             "rejected_last_round": {"3": "norm"} if defense != "none" else {}}
 
 
@@ -58,7 +59,8 @@ def test_table_reports_the_difference_to_attack_free_fedavg_with_the_same_dp_set
             _row("ipm", GUARD, "ckks", 0.72, dp=True), _row("alie", GUARD, "ckks", 0.7999)]
     lines = markdown_table(rows).splitlines()
     assert "| +0.0 |" in lines[2] and "| -1.5 |" in lines[3]
-    assert "| n/a |  | 4.0 % | 0 |" in lines[4]
+    assert "| n/a |  | 4.0 % | 1.0 % | 0 |" in lines[4]
+    assert "| -1.5 |  |  | 1 |" in lines[3]  # no probe: both backdoor columns empty
     assert "| +2.0 |" in lines[6]
     assert "| +0.0 |" in lines[7]  # never "-0.0"
 
