@@ -23,7 +23,7 @@ from federation.config import FedConfig, SecureAggregation, from_flat, to_flat
 from federation.errors import ConfigError
 from federation.tasks import build_model, flatten_params
 from server.loop import RunResult, run_federation
-from server.progress import PROGRESS_FILE, RoundProgress, polling
+from server.progress import MAX_PULL_WAIT, PROGRESS_FILE, RoundProgress, polling
 from server.report import RunWriter, atomic_write, load_checkpoint
 from server.schemes import PlaintextScheme, Scheme
 
@@ -97,7 +97,8 @@ def run_server(
 
 
 GRID_POLL_ENV = "FEDGUARD_GRID_POLL_MAX"
-"""Longest pause, in seconds, between two pulls of replies in a deployment (default 0.5)."""
+"""Longest pause, in seconds, between two pulls of replies in a deployment (default
+:data:`server.progress.MAX_PULL_WAIT`)."""
 
 
 def fast_polling(grid: Grid) -> Grid:
@@ -120,9 +121,9 @@ def fast_polling(grid: Grid) -> Grid:
 def poll_max_wait() -> float:
     """``$FEDGUARD_GRID_POLL_MAX`` clipped to [0.01, 3] s (default 0.5; 0: Flower's own 3 s)."""
     try:
-        max_wait = float(os.environ.get(GRID_POLL_ENV, "") or 0.5)
+        max_wait = float(os.environ.get(GRID_POLL_ENV, "") or MAX_PULL_WAIT)
     except ValueError:
-        max_wait = 0.5
+        max_wait = MAX_PULL_WAIT
     return 0.0 if max_wait <= 0 else min(max(max_wait, 0.01), 3.0)
 
 

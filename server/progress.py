@@ -46,7 +46,7 @@ from rich.text import Text
 from federation import protocol as P
 from server.report import atomic_write
 
-__all__ = ["PHASE_NAMES", "PROGRESS_FILE", "RoundProgress", "phase_name", "polling"]
+__all__ = ["MAX_PULL_WAIT", "PHASE_NAMES", "PROGRESS_FILE", "RoundProgress", "phase_name", "polling"]
 
 PROGRESS_FILE = "progress.json"
 """The run folder's phase status file: ``{"round", "message_type", "replied", "expected",
@@ -63,7 +63,8 @@ PHASE_NAMES: dict[str, str] = {
 """Message type -> the phase name shown on the live line."""
 
 _MIN_PULL_WAIT = 0.05  # s: first pause between two pulls of replies
-_MAX_PULL_WAIT = 0.5  # s: the pause grows by half after every empty pull, up to this (default)
+MAX_PULL_WAIT = 0.5  # s: the longest pause between two pulls (default)
+_PULL_WAIT_SHARE = 0.05  # the pause after an empty pull: this share of the phase's time so far
 
 
 def phase_name(message_type: str) -> str:
@@ -216,7 +217,7 @@ class RoundProgress:
                 if self._live is not None:
                     self._live.update(Text(self._status, style="dim"))
 
-    def watch(self, grid: Any, *, max_wait: float = _MAX_PULL_WAIT) -> Any:
+    def watch(self, grid: Any, *, max_wait: float = MAX_PULL_WAIT) -> Any:
         """``grid`` with its message phases reported on the live line (everything else as is).
 
         Replies are pulled at most ``max_wait`` s apart (see :func:`polling`).
@@ -224,13 +225,14 @@ class RoundProgress:
         return _WatchedGrid(grid, self, max_wait)
 
 
-def polling(grid: Any, max_wait: float = _MAX_PULL_WAIT) -> Any:
+def polling(grid: Any, max_wait: float = MAX_PULL_WAIT) -> Any:
     """``grid`` pulling replies at a short, growing interval (no progress reported).
 
     Flower 1.42's deployment grid sleeps a fixed 3 s between pulls, which adds about 1.5 s to
-    every message phase; here the pause starts at 50 ms, grows by half after every empty pull
-    up to ``max_wait`` and drops back when a reply arrives. Each pull is one request to the
-    SuperLink next door.
+    every message phase; here the pause after an empty pull is 5 % of the phase's time so far
+    (at least 50 ms, at most ``max_wait``) and drops back to 50 ms when a reply arrives, so a
+    reply waits at most ~5 % of the phase (a 1 s screening phase: 50 ms, not the up to 0.5 s of a
+    pause that grows by half per pull). Each pull is one request to the SuperLink next door.
     """
     return _WatchedGrid(grid, None, max_wait)
 
@@ -240,8 +242,8 @@ class _WatchedGrid:
 
     It pushes the messages and pulls the replies itself (the same contract as Flower's
     ``send_and_receive``: return the replies that arrived before ``timeout``), pausing
-    ``_MIN_PULL_WAIT`` s after a pull that brought replies and up to ``max_wait`` s after
-    empty ones. Without a ``progress`` it only polls.
+    ``_MIN_PULL_WAIT`` s after a pull that brought replies and ``_PULL_WAIT_SHARE`` of the
+    phase's time so far (up to ``max_wait`` s) after empty ones. Without a ``progress`` it only polls.
     """
 
     def __init__(self, grid: Any, progress: RoundProgress | None, max_wait: float) -> None:
@@ -289,7 +291,10 @@ class _WatchedGrid:
             self._update(round_, mtype, len(replies), expected, now - started)
             if not pending or (end is not None and now >= end):
                 break
-            wait = self._min_wait if got else min(wait * 1.5, self._max_wait)
+            # after an empty pull, pause a fixed share of the time already waited: a reply is
+            # seen at most that share (or _MIN_PULL_WAIT) after it arrived, however long the phase
+            wait = self._min_wait if got else min(max(self._min_wait, _PULL_WAIT_SHARE * (now - started)),
+                                                  self._max_wait)
             time.sleep(wait if end is None else max(min(wait, end - now), 0.0))
         self._phase_done(round_, mtype, len(replies), expected)
         return replies
