@@ -128,9 +128,10 @@ _COMMIT_DOMAIN: Final = b"fedguard.screen.commit.v1\x00"
 _TAG_DOMAIN: Final = b"fedguard.screen.tag.v1\x00"
 _FLOOD_INFO: Final = b"fedguard.screen.flood.v1"
 _TAG_INFO: Final = b"fedguard.screen.tag-key.v1"
-_LIMB_BITS: Final = 9
-_LIMBS: Final = 7  # 6 limbs of 9 bits and a signed top limb cover |y| < 2^55 (centred mod q)
-_BLOCK: Final = 8  # chunks per block: 8 * 4096 terms of < 2^9 keep float32 matmuls exact
+_LIMB_BITS: Final = 14
+_LIMBS: Final = 4  # balanced digits: 4 of 14 bits cover |y| < 2^55 (centred mod q), |digit| <= 2^13
+_SUB: Final = 2048  # terms per float32 product: 2^11 * 2^13 = 2^24, float32's exact-integer limit
+_BLOCK: Final = 8  # chunks per block of z bytes (one AES-CTR call; a whole number of _SUB)
 _THREADED_MIN_UPLOADS: Final = 16
 """Below this many uploads a projection runs its matrix products on one BLAS thread.
 
@@ -461,13 +462,6 @@ def _z_bytes(z_seed: bytes, start: int, stop: int, degree: int, r: int) -> npt.N
     return np.frombuffer(ctr.encryptor().update(bytes(nbytes)), dtype=np.uint8)
 
 
-def _z_block32(z_seed: bytes, start: int, stop: int, degree: int, r: int) -> npt.NDArray[np.float32]:
-    """:func:`_z_block` as float32 (the same entries; half the memory traffic)."""
-    out: npt.NDArray[np.float32] = np.take(_TERNARY32, _z_bytes(z_seed, start, stop, degree, r)).view(
-        np.float32).reshape(r, (stop - start) * degree)
-    return out
-
-
 def directions(challenge: Challenge) -> _F64:
     """The challenge's ``z``: ``(r, D)`` float64 in {-1, 0, 1}, ``D = chunks * N``.
 
@@ -498,24 +492,32 @@ def _project(
 ) -> list[list[int]]:
     """``<z_k, y_i> mod q`` for ``y_i`` given block by block as ``(count, block, N)`` coefficients.
 
-    Exact in float32: each centred coefficient (``|y| < 2^55``) is split into
-    :data:`_LIMBS` limbs of :data:`_LIMB_BITS` bits (the top one signed), so every partial
-    sum of a block's ``B * N <= 2^15`` products with ``z`` in {-1, 0, 1} stays below
-    ``2^15 * 2^9 = 2^24``, where float32 represents every integer -- whatever order BLAS
-    adds in. float32 halves the memory traffic of the ``(r, B * N)`` block of ``z``, which
-    is what the product costs.
+    Exact in float32: each centred coefficient (``|y| < 2^55``) is written in
+    :data:`_LIMBS` balanced digits of :data:`_LIMB_BITS` bits (``y = sum d_j 2^(14 j)``,
+    ``|d_j| <= 2^13``), and each product with ``z`` in {-1, 0, 1} spans :data:`_SUB` terms,
+    so every partial sum stays within ``2^11 * 2^13 = 2^24``, where float32 represents every
+    integer -- whatever order BLAS adds in; sums are carried on in int64. A product's slice of
+    ``z`` (``r x _SUB`` float32, ~1 MB) is expanded from its bytes just before it is used, so
+    it is read from cache, not memory.
     """
-    acc = np.zeros((_LIMBS * count, r), dtype=np.int64)
+    acc = np.zeros((r, _LIMBS * count), dtype=np.int64)
+    half = 1 << (_LIMB_BITS - 1)
     mask = np.int64((1 << _LIMB_BITS) - 1)
+    # offset: a digit 2^13 in every place; y + offset is in [0, 2^57), its unsigned digits
+    # minus 2^13 are the balanced ones (the top digit is not masked, so it may reach +2^13)
+    offset = np.int64(sum(half << (_LIMB_BITS * j) for j in range(_LIMBS)))
     with threadpool_limits(1 if count < _THREADED_MIN_UPLOADS else None, user_api="blas"):
         for start in range(0, params_chunks, _BLOCK):
             stop = min(params_chunks, start + _BLOCK)
-            z = _z_block32(z_seed, start, stop, degree, r)  # (r, B * N)
-            y = _centre(polys_of(start, stop), q).reshape(count, -1)  # (count, B * N)
-            limbs = np.concatenate([(y >> (_LIMB_BITS * i)) & mask for i in range(_LIMBS - 1)]
-                                   + [y >> (_LIMB_BITS * (_LIMBS - 1))]).astype(np.float32)
-            acc += (z @ limbs.T).T.astype(np.int64)  # (limbs * count, r), exact integers
-    per_limb = acc.reshape(_LIMBS, count, r)
+            zb = _z_bytes(z_seed, start, stop, degree, r).reshape(r, -1)  # (r, B * N / 4)
+            u = _centre(polys_of(start, stop), q).reshape(count, -1) + offset  # (count, B * N)
+            digits = np.concatenate([(u >> (_LIMB_BITS * j)) & mask for j in range(_LIMBS - 1)]
+                                    + [u >> (_LIMB_BITS * (_LIMBS - 1))])
+            digits = (digits - half).astype(np.float32)  # (limbs * count, B * N), |d| <= 2^13
+            for c in range(0, digits.shape[1], _SUB):
+                z = np.take(_TERNARY32, zb[:, c // 4:(c + _SUB) // 4]).view(np.float32).reshape(r, -1)
+                acc += (z @ digits[:, c:c + _SUB].T).astype(np.int64)  # (r, limbs * count), exact
+    per_limb = acc.T.reshape(_LIMBS, count, r)
     return [[sum(int(per_limb[j, i, k]) << (_LIMB_BITS * j) for j in range(_LIMBS)) % q
              for k in range(r)] for i in range(count)]
 

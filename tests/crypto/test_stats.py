@@ -98,6 +98,41 @@ def test_projections_stay_exact_across_full_blocks_of_z(
     assert S.server_projections(server, [zeros], ch) == [[0] * 40]
 
 
+def test_server_projections_are_exact_integers_for_any_reduced_c0(server: PublicContext,
+                                                                 secret: SecretContext) -> None:
+    # A peer chooses c0 freely (any coefficient below q passes the wire check). Its projection
+    # must be <z_k, centred(INTT(c0))> mod q exactly, computed here with Python integers: no
+    # float32 product may round. The worst case is a vector aligned with z (which no uploader
+    # can know; the test does): repetition 0 sees every coefficient at the largest digits
+    # 2^13 - 1 in all four places, with z's sign. Also the centred range's extremes, and random
+    # values. 9 chunks: a full block of z and one more.
+    from crypto._seal import ntt_forward, ntt_inverse  # the reference NTT (tests/crypto/test_seal.py)
+
+    rng = np.random.default_rng(11)
+    chunks, reps, nonce = 9, 40, bytes(range(32))
+    length = (chunks - 1) * SPEC.values_per_chunk + 1
+    upload = encrypt(secret, np.zeros(length, np.float32))
+    z = S.directions(S.new_challenge(5, [upload], reps, nonce=nonce)).astype(np.int64)
+    big = sum(((1 << 13) - 1) << (14 * j) for j in range(4))  # < (q - 1) / 2
+    assert big <= Q // 2
+    y = np.where(z[0] >= 0, big, -big).reshape(chunks, N)
+    y[7] = rng.integers(-(Q // 2), Q // 2, size=N, dtype=np.int64)
+    y[8, ::2], y[8, 1::2] = Q // 2, -(Q // 2)  # the extremes of the centred range
+    reduced = np.where(y < 0, y + Q, y).astype(np.uint64)
+    c0 = ntt_forward(reduced, Q)
+    assert np.array_equal(ntt_inverse(c0, Q), reduced)
+    blob = wire.encode(upload)
+    head = wire.HEADER_BYTES + 32  # header and seed; then c0, 7 bytes per coefficient (LE)
+    width = (Q.bit_length() + 7) // 8
+    packed = c0.astype("<u8").view(np.uint8).reshape(chunks, N, 8)[:, :, :width].tobytes()
+    assert len(blob) == head + len(packed)
+    crafted = wire.decode(blob[:head] + packed, server, expected_length=length, max_bytes=len(blob))
+    ch = S.new_challenge(5, [crafted], reps, nonce=nonce)
+    flat = [int(v) for v in y.reshape(-1)]
+    exact = [sum(int(zk) * v for zk, v in zip(z[k], flat, strict=True) if zk) % Q for k in range(reps)]
+    assert S.server_projections(server, [crafted], ch) == [exact]
+
+
 def test_honest_key_holders_agree_bit_for_bit_and_the_flood_is_keyed(
         server: PublicContext, secret: SecretContext) -> None:
     uploads = [encrypt(secret, np.full(5000, 0.01, np.float32)) for _ in range(2)]
