@@ -406,3 +406,24 @@ def test_wrap_and_shift_change_only_the_ciphertext_plaintext_as_documented() -> 
         bad = attack.poison_upload(enc, ctx())  # type: ignore[attr-defined]
         assert bad.seeded and upload_seed(bad) == upload_seed(enc) and bad.length == enc.length
         assert not np.allclose(decrypt(secret, bad), u, atol=1e-3)  # the plaintext is gone
+
+
+def test_the_backdoor_probe_reports_success_and_flips_each_with_its_weight() -> None:
+    # every client of a backdoor run (attackers or not) measures both rates on its own test
+    # images; the server averages each by its own "-examples" count
+    from federation import protocol as P
+    from federation.config import from_flat
+    from federation.tasks import build_model
+    from simulations.adversary import hooks_for
+
+    cfg = from_flat({"num-clients": 3, "partition": "iid", "data-dir": "subset", "malicious": 0.0,
+                     "attack": "backdoor"})
+    hooks = hooks_for(cfg, {P.NODE_PARTITION_ID: 1, P.NODE_NUM_PARTITIONS: 3})
+    assert hooks.extra_eval is not None and hooks.poison_update is None
+    got = hooks.extra_eval(build_model(cfg.data.task, cfg.run.seed), cfg, 1, 3)
+    x = P.EVAL_EXTRA_PREFIX
+    assert sorted(got) == [x + "asr", x + "asr-examples", x + "asr-flip", x + "asr-flip-examples"]
+    assert 0.0 <= got[x + "asr"] <= 1.0 and 0.0 <= got[x + "asr-flip"] <= 1.0
+    # eligible for a flip: right without the trigger, so at most the images the rate counts
+    assert 0 <= got[x + "asr-flip-examples"] <= got[x + "asr-examples"]
+    assert got[x + "asr-examples"] > 0
