@@ -528,7 +528,7 @@ def server_projections(
     """Server side: ``<z_k, c0_i> mod q`` for every upload ``i`` and repetition ``k``.
 
     Cost ``O(n * D * (log N + r))``: an inverse NTT of every ``c0`` chunk (by SEAL), then
-    two exact float64 matrix products per block (28-bit limbs against ternary ``z``).
+    exact float32 products of balanced 14-bit digits against ternary ``z`` (:func:`_project`).
 
     Raises
     ------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -23,7 +24,7 @@ from federation.config import FedConfig, SecureAggregation, from_flat, to_flat
 from federation.errors import ConfigError
 from federation.tasks import build_model, flatten_params
 from server.loop import RunResult, run_federation
-from server.progress import MAX_PULL_WAIT, PROGRESS_FILE, RoundProgress, polling
+from server.progress import FLOWER_PULL_WAIT, MAX_PULL_WAIT, PROGRESS_FILE, RoundProgress, polling
 from server.report import RunWriter, atomic_write, load_checkpoint
 from server.schemes import PlaintextScheme, Scheme
 
@@ -119,12 +120,15 @@ def fast_polling(grid: Grid) -> Grid:
 
 
 def poll_max_wait() -> float:
-    """``$FEDGUARD_GRID_POLL_MAX`` clipped to [0.01, 3] s (default 0.5; 0: Flower's own 3 s)."""
+    """``$FEDGUARD_GRID_POLL_MAX`` clipped to [0.01, 3] s (default and for anything that is not a
+    finite number: :data:`server.progress.MAX_PULL_WAIT`; 0 or less: 0, Flower's own 3 s)."""
     try:
         max_wait = float(os.environ.get(GRID_POLL_ENV, "") or MAX_PULL_WAIT)
     except ValueError:
         max_wait = MAX_PULL_WAIT
-    return 0.0 if max_wait <= 0 else min(max(max_wait, 0.01), 3.0)
+    if not math.isfinite(max_wait):
+        max_wait = MAX_PULL_WAIT
+    return 0.0 if max_wait <= 0 else min(max(max_wait, 0.01), FLOWER_PULL_WAIT)
 
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
@@ -198,7 +202,7 @@ def make_server_app(overrides: Mapping[str, Any] | None = None,
             status = Path(cfg.run.out_dir) / PROGRESS_FILE
             status.parent.mkdir(parents=True, exist_ok=True)
             watched = RoundProgress(cfg.run.rounds, live=False, status_file=status).watch(
-                grid, max_wait=poll_max_wait() or 3.0)
+                grid, max_wait=poll_max_wait())
         else:
             watched = fast_polling(grid)
         run_server(watched, cfg, resume=resume_flag, progress=progress)

@@ -56,6 +56,7 @@ from federation.processes import (
     port_free,
     port_holders,
 )
+from server.progress import MAX_PULL_WAIT
 
 __all__ = [
     "APP_PACKAGES",
@@ -202,7 +203,7 @@ class ServerOptions:
     host: str = "127.0.0.1"
     port: int = 9092
     resume: bool = False
-    grid_poll: float = 0.5
+    grid_poll: float = MAX_PULL_WAIT
     client_wait: float = 300.0
     new_session: bool = False
     extra_env: dict[str, str] = field(default_factory=dict)

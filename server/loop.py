@@ -36,6 +36,7 @@ import logging
 import math
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol
@@ -303,21 +304,35 @@ def _status_of(content: RecordDict) -> tuple[str, str]:
     return str(code), str(reason)[:500]
 
 
+_MAX_EXTRA_METRICS = 16
+"""At most this many ``eval-x-NAME`` metrics per round (a hook adds one or two)."""
+
+
 def _weighted_extra(results: Sequence[ClientResult[Any]]) -> dict[str, float]:
-    """Weighted means of ``eval-x-NAME`` metrics (weights ``eval-x-NAME-examples``)."""
-    names = {k[len(P.EVAL_EXTRA_PREFIX):] for r in results for k in r.metrics
-             if k.startswith(P.EVAL_EXTRA_PREFIX) and not k.endswith("-examples")}
-    out = {}
-    for name in sorted(names):
-        key = P.EVAL_EXTRA_PREFIX + name
-        # a peer's metric: a value or weight that is not a finite number in bound carries no weight
-        pairs = [(float(v), float(w)) for r in results if key in r.metrics
-                 for v, w in [(r.metrics[key], r.metrics.get(key + "-examples", 0.0))]
-                 if isinstance(v, (int, float)) and isinstance(w, (int, float))
-                 and math.isfinite(v) and abs(v) <= _EVAL_BOUND and math.isfinite(w) and 0 < w <= _EVAL_BOUND]
-        total = sum(w for _v, w in pairs)
-        if total > 0:
-            out[name] = sum(v * w for v, w in pairs) / total
+    """Weighted means of ``eval-x-NAME`` metrics (weights ``eval-x-NAME-examples``).
+
+    Each is a peer's claim, so a value counts only if it is a finite number in bound and its
+    weight is in ``(0, eval-examples]`` (no more examples than the peer says it evaluated);
+    and a NAME counts only if more than half of the replies report it validly (every client
+    runs the same hooks, so a name only a minority sends cannot make a row of its own).
+    """
+    def valid(r: ClientResult[Any], key: str) -> tuple[float, float] | None:
+        v, w = r.metrics.get(key), r.metrics.get(key + "-examples", 0.0)
+        examples = r.metrics.get(P.EVAL_EXAMPLES, 0.0)
+        if not (isinstance(v, (int, float)) and isinstance(w, (int, float))
+                and isinstance(examples, (int, float))):
+            return None
+        if not (math.isfinite(v) and abs(v) <= _EVAL_BOUND and math.isfinite(w) and 0 < w <= examples):
+            return None
+        return float(v), float(w)
+
+    sent = Counter(k for r in results for k in r.metrics
+                   if k.startswith(P.EVAL_EXTRA_PREFIX) and not k.endswith("-examples"))
+    out: dict[str, float] = {}
+    for key in sorted(k for k, c in sent.items() if 2 * c > len(results)):
+        pairs = [p for p in (valid(r, key) for r in results) if p is not None]
+        if 2 * len(pairs) > len(results) and len(out) < _MAX_EXTRA_METRICS:
+            out[key[len(P.EVAL_EXTRA_PREFIX):]] = sum(v * w for v, w in pairs) / sum(w for _v, w in pairs)
     return out
 
 

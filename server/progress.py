@@ -46,7 +46,8 @@ from rich.text import Text
 from federation import protocol as P
 from server.report import atomic_write
 
-__all__ = ["MAX_PULL_WAIT", "PHASE_NAMES", "PROGRESS_FILE", "RoundProgress", "phase_name", "polling"]
+__all__ = ["FLOWER_PULL_WAIT", "MAX_PULL_WAIT", "PHASE_NAMES", "PROGRESS_FILE", "RoundProgress", "phase_name",
+           "polling"]
 
 PROGRESS_FILE = "progress.json"
 """The run folder's phase status file: ``{"round", "message_type", "replied", "expected",
@@ -64,6 +65,7 @@ PHASE_NAMES: dict[str, str] = {
 
 _MIN_PULL_WAIT = 0.05  # s: first pause between two pulls of replies
 MAX_PULL_WAIT = 0.5  # s: the longest pause between two pulls (default)
+FLOWER_PULL_WAIT = 3.0  # s: Flower 1.42's deployment grid's fixed pause (kept with max wait 0)
 _PULL_WAIT_SHARE = 0.05  # the pause after an empty pull: this share of the phase's time so far
 
 
@@ -220,7 +222,8 @@ class RoundProgress:
     def watch(self, grid: Any, *, max_wait: float = MAX_PULL_WAIT) -> Any:
         """``grid`` with its message phases reported on the live line (everything else as is).
 
-        Replies are pulled at most ``max_wait`` s apart (see :func:`polling`).
+        Replies are pulled at most ``max_wait`` s apart (see :func:`polling`); with
+        ``max_wait <= 0``, every :data:`FLOWER_PULL_WAIT` s, as Flower's own grid does.
         """
         return _WatchedGrid(grid, self, max_wait)
 
@@ -249,8 +252,9 @@ class _WatchedGrid:
     def __init__(self, grid: Any, progress: RoundProgress | None, max_wait: float) -> None:
         self._grid = grid
         self._progress = progress
-        self._max_wait = max_wait
-        self._min_wait = min(_MIN_PULL_WAIT, max_wait)
+        self._fixed = not max_wait > 0  # 0 (or NaN): Flower's fixed pause after every pull
+        self._max_wait = FLOWER_PULL_WAIT if self._fixed else max_wait
+        self._min_wait = self._max_wait if self._fixed else min(_MIN_PULL_WAIT, max_wait)
 
     def _update(self, *args: Any) -> None:
         if self._progress is not None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
+from server.progress import MAX_PULL_WAIT
 from simulations import options as opt
 
 if TYPE_CHECKING:
@@ -155,7 +156,7 @@ def server(
         help="The SuperLink's HTTPS port (Fleet, Control, Runtime APIs).")] = 9092,
     grid_poll: Annotated[float, typer.Option(
         "--grid-poll", min=0.0, max=3.0,
-        help="Longest pause (s) between the ServerApp's pulls for replies (0: Flower's 3 s).")] = 0.5,
+        help="Longest pause (s) between the ServerApp's pulls for replies (0: Flower's 3 s).")] = MAX_PULL_WAIT,
 ) -> None:
     """Start a SuperLink (TLS, SuperNode authentication) and run one federation on it.
 

@@ -76,7 +76,7 @@ def test_projections_are_the_exact_inner_products_plus_bounded_flooding(
 
 def test_projections_stay_exact_across_full_blocks_of_z(
         server: PublicContext, secret: SecretContext) -> None:
-    # 9 chunks: one full block of z (the largest float32 product, 8 * N terms) and a
+    # 9 chunks: one full block of z (8 * N terms, in 2048-term float32 products) and a
     # partial one; values near the preset bound make the limbs of c0 and a*s as large as
     # they get. The combined projections must still be the plaintext's, up to noise + flood.
     rng = np.random.default_rng(7)

@@ -107,26 +107,29 @@ def test_budget_exhaustion_stops_the_run_and_says_why(fake_grid, recorder) -> No
     assert all(v.startswith("budget-exhausted") for v in rec2.rounds[0].refused.values())
 
 
-def test_a_peers_extra_metric_that_is_not_a_finite_number_carries_no_weight(fake_grid, recorder) -> None:
+def test_a_peers_extra_metric_counts_only_within_its_own_evaluation(fake_grid, recorder) -> None:
     # eval-x-NAME metrics (e.g. a backdoor's success) are averaged by their -examples weights;
-    # a peer that reports a huge, infinite or negative-weight value must not move the mean
+    # a peer that reports a huge or non-finite value, a bad weight, or more examples than it
+    # evaluated must not move the mean, and a name only it sends makes no column
     cfg = _cfg(**{"num-server-rounds": 1})
-    values = {100: (0.2, 10.0), 101: (0.4, 30.0), 102: (1e300, 1e6)}
+    values = {100: (0.2, 10.0), 101: (0.4, 30.0), 102: (1e300, 5.0)}
 
     def tamper(node: int, reply: Message) -> Message | None:
         if reply.metadata.message_type in (P.MSG_TRAIN, P.MSG_EVALUATE) and reply.has_content():
             v, w = values[node]
-            reply.content[P.METRICS][P.EVAL_EXTRA_PREFIX + "probe"] = v
-            reply.content[P.METRICS][P.EVAL_EXTRA_PREFIX + "probe-examples"] = w
+            metrics = reply.content[P.METRICS]
+            metrics[P.EVAL_EXTRA_PREFIX + "probe"] = v
+            metrics[P.EVAL_EXTRA_PREFIX + "probe-examples"] = w
+            if node == 102:
+                for i in range(50):
+                    metrics[P.EVAL_EXTRA_PREFIX + f"junk{i}"] = 1.0
+                    metrics[P.EVAL_EXTRA_PREFIX + f"junk{i}-examples"] = 1.0
         return reply
 
-    rec = recorder()
-    result = run_federation(fake_grid(client_app, 3, tamper=tamper), cfg, make_scheme(cfg), observer=rec)
-    assert result.rounds_completed == 1
-    reports = [r for r in rec.rounds if r.extra]
-    assert reports and all(r.extra == {"probe": pytest.approx(0.35)} for r in reports)
-    for bad in [(float("inf"), 5.0), (0.9, float("nan")), (0.9, -50.0)]:
+    for bad in [(1e300, 5.0), (float("inf"), 5.0), (0.9, float("nan")), (0.9, -50.0), (0.0, 1e9)]:
         values[102] = bad
         rec = recorder()
-        run_federation(fake_grid(client_app, 3, tamper=tamper), cfg, make_scheme(cfg), observer=rec)
-        assert all(r.extra == {"probe": pytest.approx(0.35)} for r in rec.rounds if r.extra)
+        result = run_federation(fake_grid(client_app, 3, tamper=tamper), cfg, make_scheme(cfg), observer=rec)
+        assert result.rounds_completed == 1
+        reports = [r for r in rec.rounds if r.extra]
+        assert reports and all(r.extra == {"probe": pytest.approx(0.35)} for r in reports), bad

@@ -8,6 +8,7 @@ import re
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -130,3 +131,52 @@ def test_a_deployment_draws_the_phase_the_serverapp_writes(fake_grid: Any, tmp_p
         reader.follow(status)
         assert reader.status().startswith("round 1/1 · train · 2/3")
     assert "2/3 replied" in buf.getvalue()
+
+
+class _LateGrid:
+    """Push/pull grid on a fake clock: every reply becomes available ``after`` s after the push."""
+
+    def __init__(self, clock: list[float], after: float) -> None:
+        self.clock, self.after = clock, after
+        self.pushed = 0.0
+        self.pulled_at: list[float] = []
+
+    def push_messages(self, messages: Iterable[Message]) -> list[str]:
+        self.pushed = self.clock[0]
+        return [f"m{i}" for i, _ in enumerate(messages)]
+
+    def pull_messages(self, ids: Iterable[str]) -> list[Any]:
+        self.pulled_at.append(self.clock[0])
+        if self.clock[0] - self.pushed < self.after:
+            return []
+        return [SimpleNamespace(metadata=SimpleNamespace(reply_to_message_id=i)) for i in ids]
+
+
+@pytest.mark.parametrize("after", [0.2, 0.95, 10.2, 200.0])
+def test_a_reply_waits_at_most_a_twentieth_of_its_phase(after: float, monkeypatch: Any) -> None:
+    from server import progress
+    from server.progress import polling
+
+    clock = [0.0]
+    sleeps: list[float] = []
+
+    def sleep(s: float) -> None:
+        assert s >= 0
+        sleeps.append(s)
+        clock[0] += s
+
+    monkeypatch.setattr(progress.time, "sleep", sleep)
+    monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
+    grid = _LateGrid(clock, after)
+    msgs = [SimpleNamespace(metadata=SimpleNamespace(group_id="1", message_type=P.MSG_TRAIN))
+            for _ in (1, 2)]
+    got = polling(grid).send_and_receive(msgs, timeout=600.0)
+    assert len(got) == 2
+    seen = grid.pulled_at[-1]
+    assert seen - after <= max(0.05 * after, 0.05) + 1e-9  # waited <= 5 % of the phase (or 50 ms)
+    assert max(sleeps) <= 0.5 and min(sleeps) >= 0.05  # no busy loop, never past the cap
+    # max wait 0 keeps Flower's own fixed 3 s between pulls
+    clock[0], sleeps[:] = 0.0, []
+    grid = _LateGrid(clock, after)
+    RoundProgress(1, live=False).watch(grid, max_wait=0).send_and_receive(msgs, timeout=600.0)
+    assert set(sleeps) == {3.0}
