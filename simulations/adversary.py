@@ -38,10 +38,9 @@ from simulations.attacks import (
     AttackContext,
     Garbage,
     UploadAttack,
-    attack_success_rate,
     make_attack,
     select_malicious,
-    trigger_flip_rate,
+    trigger_rates,
 )
 
 __all__ = ["asr_eval", "check_attack", "hooks_for", "make_adversarial_client_app", "parse_attack",
@@ -52,8 +51,8 @@ BACKDOOR_TARGET = 0
 
 def asr_eval(model: torch.nn.Module, cfg: FedConfig, pid: int, num: int,
              target: int = BACKDOOR_TARGET) -> dict[str, float]:
-    """Backdoor success on this client's triggered test images (non-target classes only), and
-    the trigger's flip rate (:func:`simulations.attacks.trigger_flip_rate`)."""
+    """Backdoor success and trigger flips on this client's test images
+    (:func:`simulations.attacks.trigger_rates`), each with its own weight."""
     _x, _y, tx, ty = raw_partition(cfg, pid, num)
 
     def predict(images: npt.NDArray[np.uint8]) -> npt.NDArray[np.int64]:
@@ -62,12 +61,10 @@ def asr_eval(model: torch.nn.Module, cfg: FedConfig, pid: int, num: int,
             predicted: npt.NDArray[np.int64] = model(torch.from_numpy(normalize(images))).argmax(1).numpy()
             return predicted
 
-    keep = ty != target
-    rate = attack_success_rate(predict, tx, ty, target)
-    flip, eligible = trigger_flip_rate(predict, tx, ty, target)
+    rates = trigger_rates(predict, tx, ty, target)
     x = P.EVAL_EXTRA_PREFIX
-    return {x + "asr": float(rate), x + "asr-examples": float(keep.sum()),
-            x + "asr-flip": flip, x + "asr-flip-examples": float(eligible)}
+    return {x + "asr": rates.success, x + "asr-examples": float(rates.success_examples),
+            x + "asr-flip": rates.flips, x + "asr-flip-examples": float(rates.flip_examples)}
 
 
 def _benign_estimates(cfg: FedConfig, pid: int, num: int, global_vec: npt.NDArray[np.float32],

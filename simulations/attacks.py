@@ -42,7 +42,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from statistics import NormalDist
-from typing import Any, Final, Protocol, runtime_checkable
+from typing import Any, Final, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -70,15 +70,15 @@ __all__ = [
     "Scaling",
     "Shift",
     "SignFlip",
+    "TriggerRates",
     "UploadAttack",
     "Wrap",
     "alie_z",
     "apply_trigger",
-    "attack_success_rate",
     "compose",
     "make_attack",
     "select_malicious",
-    "trigger_flip_rate",
+    "trigger_rates",
 ]
 
 F32 = npt.NDArray[np.float32]
@@ -732,13 +732,30 @@ def make_attack(name: str, **params: Any) -> Attack:
 # --------------------------------------------------------------------------- helpers
 
 
-def attack_success_rate(
+class TriggerRates(NamedTuple):
+    """What the backdoor trigger does to one client's test images (:func:`trigger_rates`).
+
+    ``success``: share of triggered images not of class ``target`` classified as ``target``
+    (over ``success_examples``), the usual backdoor success rate; its floor is the model's
+    ordinary mistakes into the target class (a few percent at 75 % accuracy). ``flips``: share
+    of the images classified correctly without the trigger (target class excluded, over
+    ``flip_examples``) that the trigger sends to ``target``: what the trigger alone does, with
+    no such floor (0.0 with no eligible image, which then carries no weight).
+    """
+
+    success: float
+    success_examples: int
+    flips: float
+    flip_examples: int
+
+
+def trigger_rates(
     predict_fn: Callable[[Images], npt.ArrayLike],
     test_x: Images,
     test_y: npt.ArrayLike,
     target: int,
-) -> float:
-    """Fraction of triggered test images *not* of class ``target`` classified as ``target``.
+) -> TriggerRates:
+    """Backdoor success and trigger flips of ``predict_fn`` (one clean and one triggered pass).
 
     Parameters
     ----------
@@ -752,52 +769,23 @@ def attack_success_rate(
     Raises
     ------
     ValueError
-        If every test image is of the target class (the rate is undefined).
-    """
-    labels = np.asarray(test_y)
-    keep = labels != target
-    if not keep.any():
-        raise ValueError("no test image outside the target class")
-    preds = np.asarray(predict_fn(apply_trigger(np.asarray(test_x)[keep]))).ravel()
-    if preds.shape[0] != int(keep.sum()):
-        raise ValueError(f"predict_fn returned {preds.shape[0]} labels for {int(keep.sum())}")
-    return float(np.mean(preds == target))
-
-
-def trigger_flip_rate(
-    predict_fn: Callable[[Images], npt.ArrayLike],
-    test_x: Images,
-    test_y: npt.ArrayLike,
-    target: int,
-) -> tuple[float, int]:
-    """Fraction of test images the trigger *flips* to ``target``, and how many were eligible.
-
-    Eligible are images not of class ``target`` that the model classifies correctly without
-    the trigger; the rate counts those whose triggered copy is classified as ``target``.
-    Unlike :func:`attack_success_rate` it has no floor from ordinary errors: a model that
-    is 75 % accurate already sends about a ninth of its mistakes to any one class, so an
-    unpoisoned model's success rate is a few percent, while its flip rate is what the
-    trigger alone does. Returns ``(0.0, 0)`` when no image is eligible (the rate is then
-    undefined and carries no weight).
-
-    Raises
-    ------
-    ValueError
-        If ``predict_fn`` returns the wrong number of labels.
+        If every test image is of the target class (the rates are undefined), or
+        ``predict_fn`` returns the wrong number of labels.
     """
     labels = np.asarray(test_y).ravel()
-    images = np.asarray(test_x)
-    clean = np.asarray(predict_fn(images)).ravel()
-    if clean.shape[0] != labels.shape[0]:
-        raise ValueError(f"predict_fn returned {clean.shape[0]} labels for {labels.shape[0]}")
-    eligible = (labels != target) & (clean == labels)
-    count = int(eligible.sum())
+    keep = labels != target
+    count = int(keep.sum())
     if count == 0:
-        return 0.0, 0
-    triggered = np.asarray(predict_fn(apply_trigger(images[eligible]))).ravel()
-    if triggered.shape[0] != count:
-        raise ValueError(f"predict_fn returned {triggered.shape[0]} labels for {count}")
-    return float(np.mean(triggered == target)), count
+        raise ValueError("no test image outside the target class")
+    images = np.asarray(test_x)[keep]
+    clean = np.asarray(predict_fn(images)).ravel()
+    triggered = np.asarray(predict_fn(apply_trigger(images))).ravel()
+    if clean.shape[0] != count or triggered.shape[0] != count:
+        raise ValueError(f"predict_fn returned {clean.shape[0]} / {triggered.shape[0]} labels for {count}")
+    hit = triggered == target
+    eligible = clean == labels[keep]
+    flips = int(eligible.sum())
+    return TriggerRates(float(hit.mean()), count, float(hit[eligible].mean()) if flips else 0.0, flips)
 
 
 def select_malicious(n_clients: int, frac: float, seed: int) -> frozenset[int]:

@@ -226,7 +226,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     unpoisoned model already assigns to the target class (the floor a backdoor row is read
     against). "trigger flips" has no such floor: of the test images a model classifies
     correctly without the trigger (target class excluded), the share the trigger sends to the
-    target (:func:`simulations.attacks.trigger_flip_rate`).
+    target (:func:`simulations.attacks.trigger_rates`).
     """
     ref = {r["dp"]: r["final_accuracy"] for r in rows
            if (r["attack"], r["defense"], r["mode"]) == ("none", "none", "none")}

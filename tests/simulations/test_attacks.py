@@ -17,10 +17,9 @@ from simulations.attacks import (
     AttackContext,
     alie_z,
     apply_trigger,
-    attack_success_rate,
     make_attack,
     select_malicious,
-    trigger_flip_rate,
+    trigger_rates,
 )
 
 D = 256
@@ -242,23 +241,7 @@ def test_backdoor_hides_in_the_benign_cloud_under_multikrum() -> None:
     assert screen(stats, [1] * 10, ("norm", "multikrum"), f=1)[9].accepted
 
 
-def test_attack_success_rate() -> None:
-    x, y = images(50)
-    y[:10] = 0
-
-    def backdoored(batch: np.ndarray) -> np.ndarray:
-        hit = np.all(batch[:, -TRIGGER_SIZE:, -TRIGGER_SIZE:] == 255, axis=(1, 2))
-        return np.where(hit, 0, 1)
-
-    assert attack_success_rate(backdoored, x, y, target=0) == 1.0
-    assert attack_success_rate(lambda b: np.ones(len(b), int), x, y, target=0) == 0.0
-    half = attack_success_rate(lambda b: np.arange(len(b)) % 2 * 3, x, y, target=3)
-    assert 0.4 < half < 0.6
-    with pytest.raises(ValueError, match="target class"):
-        attack_success_rate(backdoored, x[:10], y[:10], target=0)
-
-
-def test_trigger_flip_rate_counts_only_what_the_trigger_changes() -> None:
+def test_trigger_rates_count_success_and_what_the_trigger_alone_changes() -> None:
     x, y = images(60)
     y[:] = np.arange(60) % 3  # classes 0, 1, 2; target 0
     x[:, 0, 0] = y  # the models below read the truth here (the trigger is bottom-right)
@@ -266,22 +249,25 @@ def test_trigger_flip_rate_counts_only_what_the_trigger_changes() -> None:
     def triggered(batch: np.ndarray) -> np.ndarray:
         return np.all(batch[:, -TRIGGER_SIZE:, -TRIGGER_SIZE:] == 255, axis=(1, 2))
 
+    def backdoored(batch: np.ndarray) -> np.ndarray:  # right without the trigger, 0 with it
+        return np.where(triggered(batch), 0, batch[:, 0, 0].astype(int))
+
+    assert trigger_rates(backdoored, x, y, target=0) == (1.0, 40, 1.0, 40)
+
     def mistaken(batch: np.ndarray) -> np.ndarray:  # always says 0 for class 2; no backdoor
         truth = batch[:, 0, 0].astype(int)
         return np.where(truth == 2, 0, truth)
 
-    # the success rate counts class 2's ordinary mistakes; the flip rate admits only images
-    # classified right without the trigger (class 1), and the trigger flips none of them
-    assert attack_success_rate(mistaken, x, y, target=0) == 0.5
-    assert trigger_flip_rate(mistaken, x, y, target=0) == (0.0, 20)
-
-    def backdoored(batch: np.ndarray) -> np.ndarray:  # right without the trigger, 0 with it
-        return np.where(triggered(batch), 0, batch[:, 0, 0].astype(int))
-
-    assert trigger_flip_rate(backdoored, x, y, target=0) == (1.0, 40)
-    assert trigger_flip_rate(lambda b: np.zeros(len(b), int), x, y, target=0) == (0.0, 0)
+    # success counts class 2's ordinary mistakes; flips admit only images classified right
+    # without the trigger (class 1), and the trigger flips none of them
+    assert trigger_rates(mistaken, x, y, target=0) == (0.5, 40, 0.0, 20)
+    assert trigger_rates(lambda b: np.zeros(len(b), int), x, y, target=0) == (1.0, 40, 0.0, 0)
+    half = trigger_rates(lambda b: np.arange(len(b)) % 2 * 3, x, y, target=3)
+    assert 0.4 < half.success < 0.6
     with pytest.raises(ValueError, match="labels for"):
-        trigger_flip_rate(lambda b: np.zeros(3, int), x, y, target=0)
+        trigger_rates(lambda b: np.zeros(3, int), x, y, target=0)
+    with pytest.raises(ValueError, match="target class"):
+        trigger_rates(backdoored, x[y == 0], y[y == 0], target=0)
 
 
 def test_select_malicious() -> None:
